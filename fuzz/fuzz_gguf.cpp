@@ -1,0 +1,60 @@
+// libFuzzer target for the GGUF reader: parses the input as a GGUF image and reads every metadata value
+// and every tensor byte. Only kvd::Error may escape File::parse; anything else (a crash, a sanitizer
+// report, another exception) is a bug.
+#include <cstddef>
+#include <cstdint>
+
+#include "gguf/gguf.h"
+
+namespace {
+
+// Reads a value through every accessor and walks arrays; the sum keeps the reads from being optimized out.
+uint64_t touch(const kvd::gguf::Value& v) {
+  uint64_t h = v.to_string(4).size();
+  try {
+    h += static_cast<uint64_t>(v.as_int());
+  } catch (const kvd::Error&) {
+  }
+  try {
+    h += static_cast<uint64_t>(v.as_float() > 0);
+  } catch (const kvd::Error&) {
+  }
+  try {
+    h += v.as_bool();
+  } catch (const kvd::Error&) {
+  }
+  try {
+    h += v.as_string().size();
+  } catch (const kvd::Error&) {
+  }
+  try {
+    for (const kvd::gguf::Value& e : v.as_array()) h += touch(e);
+  } catch (const kvd::Error&) {
+  }
+  return h;
+}
+
+volatile uint64_t g_sink;
+
+}  // namespace
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  try {
+    const auto f = kvd::gguf::File::parse(data, size, "fuzz.gguf");
+    uint64_t h = f->version() + f->alignment();
+    for (const auto& [key, v] : f->metadata()) {
+      h += key.size() + touch(v);
+      const kvd::gguf::Value* found = f->find(key);
+      h += found != nullptr;
+    }
+    for (const kvd::gguf::TensorInfo& t : f->tensors()) {
+      h += f->tensor(t.name).n_elements;
+      h += kvd::gguf::block_info(t.type).bytes + kvd::gguf::tensor_type_name(t.type)[0];
+      for (uint64_t i = 0; i < t.n_bytes; ++i) h += t.data[i];
+    }
+    h += static_cast<uint64_t>(f->get_int("general.alignment", 0));
+    g_sink = h;
+  } catch (const kvd::Error&) {
+  }
+  return 0;
+}

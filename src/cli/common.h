@@ -1,0 +1,43 @@
+// Options shared by the kvdial subcommands (model, threads, context, backend, KV cache) and the
+// helpers that build the engine from them.
+#pragma once
+#include <CLI/CLI.hpp>
+#include <memory>
+#include <string>
+
+#include "kv/kv_cache.h"
+#include "model/backend.h"
+#include "model/forward.h"
+#include "model/model.h"
+#include "policy/policy.h"
+
+namespace kvd::cli {
+
+struct EngineOptions {
+  std::string model_path;
+  int threads = 0;  // 0 = physical cores
+  int ctx = 4096;
+  int batch = 512;
+  std::string backend = "cpu";
+  std::string kv_policy = "static:16";
+  int kv_group = 32;
+  int kv_residual = 0;
+};
+
+void add_engine_options(CLI::App* app, EngineOptions& o, bool with_ctx = true);
+
+// Everything one run needs, built from the options.
+struct Engine {
+  std::unique_ptr<Model> model;
+  std::unique_ptr<Backend> backend;
+  std::unique_ptr<KvCache> cache;
+  std::unique_ptr<KvPolicy> policy;
+  std::unique_ptr<Session> session;
+};
+Engine make_engine(const EngineOptions& o, int ctx_override = 0);
+
+// "KV cache: 1234 tokens, 5.00 bits/elem (avg width 4.00), 12.3 MiB; 2: 0%, 4: 100%, 8: 0%, 16: 0%"
+std::string kv_summary(const KvCache& cache, int seq = 0);
+std::string human_bytes(double bytes);
+
+}  // namespace kvd::cli

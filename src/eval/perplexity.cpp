@@ -1,0 +1,109 @@
+// Chunked perplexity and KL divergence against the 16-bit cache.
+#include "eval/perplexity.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+
+#include "util/error.h"
+
+namespace kvd {
+namespace {
+
+double log_sum_exp(const float* x, int n, float* max_out = nullptr) {
+  float mx = x[0];
+  for (int i = 1; i < n; ++i) mx = std::max(mx, x[i]);
+  double s = 0;
+  for (int i = 0; i < n; ++i) s += std::exp(static_cast<double>(x[i]) - mx);
+  if (max_out) *max_out = mx;
+  return mx + std::log(s);
+}
+
+}  // namespace
+
+double PerplexityResult::ppl() const { return n_scored ? std::exp(nll_sum / static_cast<double>(n_scored)) : 0; }
+
+double PerplexityResult::ppl_stderr() const {
+  if (n_scored < 2) return 0;
+  const double n = static_cast<double>(n_scored);
+  const double mean = nll_sum / n, var = nll2_sum / n - mean * mean;
+  return std::sqrt(std::max(0.0, var) / (n - 1)) * ppl();
+}
+
+double nll_of(const float* logits, int vocab, int32_t target) { return log_sum_exp(logits, vocab) - logits[target]; }
+
+double kl_divergence(const float* p_logits, const float* q_logits, int vocab) {
+  const double lp = log_sum_exp(p_logits, vocab), lq = log_sum_exp(q_logits, vocab);
+  double kl = 0;
+  for (int i = 0; i < vocab; ++i) {
+    const double a = p_logits[i] - lp, b = q_logits[i] - lq;
+    kl += std::exp(a) * (a - b);
+  }
+  return std::max(0.0, kl);
+}
+
+PerplexityResult perplexity(Session& session, KvPolicy& policy, const std::vector<int32_t>& tokens,
+                            const PerplexityOptions& opt, const PerplexityProgress& progress) {
+  const auto t0 = std::chrono::steady_clock::now();
+  const int vocab = session.model().config().vocab;
+  const int n_ctx = opt.n_ctx, first = n_ctx / 2;
+  if (n_ctx < 8) throw Error("perplexity needs a context of at least 8 tokens (-c)");
+  PerplexityResult r;
+  r.n_tokens = static_cast<int>(tokens.size());
+  int n_chunks = r.n_tokens / n_ctx;
+  if (opt.max_chunks > 0) n_chunks = std::min(n_chunks, opt.max_chunks);
+  if (n_chunks == 0)
+    throw Error("the text has " + std::to_string(r.n_tokens) + " tokens, fewer than one chunk of " +
+                std::to_string(n_ctx) + " (lower -c)");
+  r.n_chunks = n_chunks;
+  KvCache& cache = session.cache();
+  const int seq = session.seq();
+  std::vector<uint8_t> bits(static_cast<size_t>(n_ctx));
+  std::vector<TokenForwardStats> fwd;
+  std::vector<float> ref_logits;
+  double bits_sum = 0, agree = 0;
+  const bool dynamic = policy.needs_features();
+  for (int c = 0; c < n_chunks; ++c) {
+    const int32_t* chunk = tokens.data() + static_cast<size_t>(c) * n_ctx;
+    // A 16-bit pass gives the reference logits for KL, and the features dynamic policies decide from.
+    if (dynamic || opt.kl_against_fp16) {
+      cache.clear(seq);
+      std::fill(bits.begin(), bits.end(), 16);
+      const int from = dynamic ? 0 : first;
+      const std::vector<float>& l16 = session.forward(chunk, n_ctx, from, dynamic ? &fwd : nullptr, bits.data());
+      if (dynamic) {
+        for (int i = 0; i < n_ctx; ++i) {
+          const float* li = l16.data() + static_cast<size_t>(i) * vocab;
+          bits[i] = static_cast<uint8_t>(
+              policy.choose(make_features(session.model().tokenizer(), chunk[i], i, li, vocab, fwd[i])));
+        }
+      }
+      if (opt.kl_against_fp16)
+        ref_logits.assign(l16.begin() + static_cast<std::ptrdiff_t>(from == 0 ? first : 0) * vocab, l16.end());
+    }
+    if (!dynamic) std::fill(bits.begin(), bits.end(), static_cast<uint8_t>(policy.choose(TokenFeatures{})));
+    cache.clear(seq);
+    const std::vector<float>& logits = session.forward(chunk, n_ctx, first, nullptr, bits.data());
+    for (int i = first; i < n_ctx - 1; ++i) {
+      const float* li = logits.data() + static_cast<size_t>(i - first) * vocab;
+      const double nll = nll_of(li, vocab, chunk[i + 1]);
+      r.nll_sum += nll;
+      r.nll2_sum += nll * nll;
+      r.n_scored++;
+      if (opt.kl_against_fp16) {
+        const float* ri = ref_logits.data() + static_cast<size_t>(i - first) * vocab;
+        r.kl_sum += kl_divergence(ri, li, vocab);
+        agree += std::max_element(ri, ri + vocab) - ri == std::max_element(li, li + vocab) - li;
+      }
+    }
+    for (int i = 0; i < n_ctx; ++i) bits_sum += bits[i];
+    r.avg_bits = bits_sum / (static_cast<double>(c + 1) * n_ctx);
+    r.top1_agree = r.n_scored ? agree / static_cast<double>(r.n_scored) : 0;
+    r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    if (progress) progress(c + 1, n_chunks, r);
+  }
+  cache.clear(seq);
+  return r;
+}
+
+}  // namespace kvd

@@ -1,0 +1,653 @@
+// Fast CPU matmul y[t, r] = dot(row r of W, x[t]) for every supported weight type; no whole matrix is
+// ever dequantized. Few tokens: fused unpack+dot per row, rows split over threads, with fp32 activations
+// or (ActQuant::Q8) activations rounded to int8 blocks and integer dot products. Many tokens: a blocked
+// GEMM that dequantizes a small tile of rows once and reuses it for every token from cache.
+//
+// The SIMD code below is compiled once per Highway target (foreach_target re-includes this file) and the
+// best one for the running CPU is picked at run time (HWY_DYNAMIC_DISPATCH).
+#undef HWY_TARGET_INCLUDE
+#define HWY_TARGET_INCLUDE "kernels/cpu/matmul.cpp"
+// Opt in to the AVX3_DL target (AVX-512 + VNNI: Ice Lake, Zen 4) for the int8 dot products.
+#ifndef HWY_WANT_AVX3_DL
+#define HWY_WANT_AVX3_DL
+#endif
+#include <hwy/foreach_target.h>  // must precede highway.h
+#include <hwy/aligned_allocator.h>
+#include <hwy/highway.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "kernels/cpu/matmul_internal.h"
+#include "kernels/kernels.h"
+#include "util/error.h"
+#include "util/fp16.h"
+#include "util/thread_pool.h"
+
+HWY_BEFORE_NAMESPACE();
+namespace kvd::cpu::HWY_NAMESPACE {
+namespace hn = hwy::HWY_NAMESPACE;
+using gguf::TensorType;
+
+// Vectors of at most 16 floats: one vector never spans two 16-element sub-blocks of a quant block.
+using DF = hn::CappedTag<float, 16>;
+using DI = hn::RebindToSigned<DF>;
+using VF = hn::Vec<DF>;
+using VI = hn::Vec<DI>;
+constexpr size_t kN = hn::MaxLanes(DF());
+
+HWY_INLINE float Half(const uint8_t* p) {
+  uint16_t h;
+  std::memcpy(&h, p, 2);
+#if HWY_ARCH_X86 && HWY_TARGET <= HWY_AVX2
+  return _cvtsh_ss(h);  // F16C: every AVX2 target has it
+#else
+  return fp16_to_float(h);
+#endif
+}
+
+// Widens n (= kN) bytes at p to int32 lanes.
+HWY_INLINE VI LoadU8(const uint8_t* p) { return hn::PromoteTo(DI(), hn::LoadU(hn::Rebind<uint8_t, DF>(), p)); }
+HWY_INLINE VI LoadI8(const uint8_t* p) {
+  return hn::PromoteTo(DI(), hn::LoadU(hn::Rebind<int8_t, DF>(), reinterpret_cast<const int8_t*>(p)));
+}
+HWY_INLINE VF ToF(VI v) { return hn::ConvertTo(DF(), v); }
+
+// ---------------------------------------------------------------------------------------------------
+// fp32-activation dot products of one row with one token. Quant blocks are handled as
+// d * sum(q * x) + m * sum(x): the per-block sums of x (sx, one per 32 elements) are computed once per
+// token, so the inner loop is convert + FMA and the scale is applied once per block.
+
+// Q4_0 (m = -8 d) and Q4_1.
+template <bool kQ40>
+float DotQ4(const uint8_t* row, const float* x, const float* sx, int64_t nb) {
+  const DF df;
+  constexpr size_t kBytes = kQ40 ? 18 : 20, kQs = kQ40 ? 2 : 4;
+  VF acc0 = hn::Zero(df), acc1 = hn::Zero(df);
+  float macc = 0.0f;
+  const VI mask = hn::Set(DI(), 0x0f);
+  for (int64_t b = 0; b < nb; ++b, row += kBytes, x += 32) {
+    const float d = Half(row), m = kQ40 ? -8.0f * d : Half(row + 2);
+    const uint8_t* qs = row + kQs;
+    VI q = LoadU8(qs);
+    VF p0 = hn::Mul(ToF(hn::And(q, mask)), hn::LoadU(df, x));
+    VF p1 = hn::Mul(ToF(hn::ShiftRight<4>(q)), hn::LoadU(df, x + 16));
+    for (size_t j = kN; j < 16; j += kN) {
+      q = LoadU8(qs + j);
+      p0 = hn::MulAdd(ToF(hn::And(q, mask)), hn::LoadU(df, x + j), p0);
+      p1 = hn::MulAdd(ToF(hn::ShiftRight<4>(q)), hn::LoadU(df, x + 16 + j), p1);
+    }
+    // Alternate accumulators so consecutive blocks do not wait on one FMA chain.
+    if (b & 1) {
+      acc1 = hn::MulAdd(hn::Add(p0, p1), hn::Set(df, d), acc1);
+    } else {
+      acc0 = hn::MulAdd(hn::Add(p0, p1), hn::Set(df, d), acc0);
+    }
+    macc += m * sx[b];
+  }
+  return hn::GetLane(hn::SumOfLanes(df, hn::Add(acc0, acc1))) + macc;
+}
+
+float DotQ8_0(const uint8_t* row, const float* x, int64_t nb) {
+  const DF df;
+  VF acc0 = hn::Zero(df), acc1 = hn::Zero(df);
+  for (int64_t b = 0; b < nb; ++b, row += 34, x += 32) {
+    const float d = Half(row);
+    const uint8_t* qs = row + 2;
+    VF p = hn::Mul(ToF(LoadI8(qs)), hn::LoadU(df, x));
+    for (size_t j = kN; j < 32; j += kN) p = hn::MulAdd(ToF(LoadI8(qs + j)), hn::LoadU(df, x + j), p);
+    if (b & 1) {
+      acc1 = hn::MulAdd(p, hn::Set(df, d), acc1);
+    } else {
+      acc0 = hn::MulAdd(p, hn::Set(df, d), acc0);
+    }
+  }
+  return hn::GetLane(hn::SumOfLanes(df, hn::Add(acc0, acc1)));
+}
+
+// Q4_K: sub-block j of 32 has scale d * sc_j and min dmin * mn_j: x = d sc q - dmin mn.
+HWY_INLINE void Q4KScaleMin(int j, const uint8_t* q, int* sc, int* mn) {
+  if (j < 4) {
+    *sc = q[j] & 63;
+    *mn = q[j + 4] & 63;
+  } else {
+    *sc = (q[j + 4] & 0x0f) | ((q[j - 4] >> 6) << 4);
+    *mn = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
+  }
+}
+
+float DotQ4K(const uint8_t* row, const float* x, const float* sx, int64_t nb) {
+  const DF df;
+  const VI mask = hn::Set(DI(), 0x0f);
+  VF acc = hn::Zero(df);
+  float macc = 0.0f;
+  for (int64_t b = 0; b < nb; ++b, row += 144) {
+    const float d = Half(row), dmin = Half(row + 2);
+    const uint8_t* scales = row + 4;
+    const uint8_t* q = row + 16;
+    for (int c = 0; c < 4; ++c, q += 32, x += 64) {
+      int sc1, mn1, sc2, mn2;
+      Q4KScaleMin(2 * c, scales, &sc1, &mn1);
+      Q4KScaleMin(2 * c + 1, scales, &sc2, &mn2);
+      VF p0 = hn::Zero(df), p1 = hn::Zero(df);
+      for (size_t j = 0; j < 32; j += kN) {
+        const VI v = LoadU8(q + j);
+        p0 = hn::MulAdd(ToF(hn::And(v, mask)), hn::LoadU(df, x + j), p0);
+        p1 = hn::MulAdd(ToF(hn::ShiftRight<4>(v)), hn::LoadU(df, x + 32 + j), p1);
+      }
+      acc = hn::MulAdd(p0, hn::Set(df, d * static_cast<float>(sc1)), acc);
+      acc = hn::MulAdd(p1, hn::Set(df, d * static_cast<float>(sc2)), acc);
+      const float* s = sx + b * 8 + 2 * c;
+      macc -= dmin * static_cast<float>(mn1) * s[0] + dmin * static_cast<float>(mn2) * s[1];
+    }
+  }
+  return hn::GetLane(hn::SumOfLanes(df, acc)) + macc;
+}
+
+// Q6_K: 6-bit q - 32 with one int8 scale per 16 elements. The four values sharing a (ql, qh) byte
+// position are 32 apart, as in the reference.
+float DotQ6K(const uint8_t* row, const float* x, int64_t nb) {
+  const DF df;
+  const DI di;
+  const VI m4 = hn::Set(di, 0x0f), m2 = hn::Set(di, 3), k32 = hn::Set(di, 32);
+  VF acc = hn::Zero(df);
+  for (int64_t b = 0; b < nb; ++b, row += 210) {
+    const uint8_t* ql = row;
+    const uint8_t* qh = row + 128;
+    const int8_t* sc = reinterpret_cast<const int8_t*>(row + 192);
+    const float d = Half(row + 208);
+    for (int n = 0; n < 2; ++n, ql += 64, qh += 32, sc += 8, x += 128) {
+      for (size_t l = 0; l < 32; l += kN) {
+        const size_t is = l / 16;
+        const VI a = LoadU8(ql + l), c = LoadU8(ql + 32 + l), h = LoadU8(qh + l);
+        const VI q1 = hn::Sub(hn::Or(hn::And(a, m4), hn::ShiftLeft<4>(hn::And(h, m2))), k32);
+        const VI q2 = hn::Sub(hn::Or(hn::And(c, m4), hn::ShiftLeft<4>(hn::And(hn::ShiftRight<2>(h), m2))), k32);
+        const VI q3 = hn::Sub(hn::Or(hn::ShiftRight<4>(a), hn::ShiftLeft<4>(hn::And(hn::ShiftRight<4>(h), m2))), k32);
+        const VI q4 = hn::Sub(hn::Or(hn::ShiftRight<4>(c), hn::ShiftLeft<4>(hn::ShiftRight<6>(h))), k32);
+        acc = hn::MulAdd(hn::Mul(ToF(q1), hn::LoadU(df, x + l)), hn::Set(df, d * sc[is]), acc);
+        acc = hn::MulAdd(hn::Mul(ToF(q2), hn::LoadU(df, x + 32 + l)), hn::Set(df, d * sc[is + 2]), acc);
+        acc = hn::MulAdd(hn::Mul(ToF(q3), hn::LoadU(df, x + 64 + l)), hn::Set(df, d * sc[is + 4]), acc);
+        acc = hn::MulAdd(hn::Mul(ToF(q4), hn::LoadU(df, x + 96 + l)), hn::Set(df, d * sc[is + 6]), acc);
+      }
+    }
+  }
+  return hn::GetLane(hn::SumOfLanes(df, acc));
+}
+
+// Unquantized rows: any length (no block structure), scalar tail.
+template <TensorType kType>
+HWY_INLINE VF LoadPlain(const uint8_t* row, int64_t i) {
+  const DF df;
+  if constexpr (kType == TensorType::F32) {
+    return hn::LoadU(df, reinterpret_cast<const float*>(row) + i);
+  } else if constexpr (kType == TensorType::F16) {
+    return hn::PromoteTo(df, hn::LoadU(hn::Rebind<hwy::float16_t, DF>(),
+                                       reinterpret_cast<const hwy::float16_t*>(row) + i));
+  } else {
+    const hn::RebindToUnsigned<DF> du;
+    const auto h = hn::LoadU(hn::Rebind<uint16_t, DF>(), reinterpret_cast<const uint16_t*>(row) + i);
+    return hn::BitCast(df, hn::ShiftLeft<16>(hn::PromoteTo(du, h)));
+  }
+}
+template <TensorType kType>
+float LoadPlainScalar(const uint8_t* row, int64_t i) {
+  if constexpr (kType == TensorType::F32) {
+    float f;
+    std::memcpy(&f, row + 4 * i, 4);
+    return f;
+  } else {
+    uint16_t h;
+    std::memcpy(&h, row + 2 * i, 2);
+    return kType == TensorType::F16 ? fp16_to_float(h) : bf16_to_float(h);
+  }
+}
+
+template <TensorType kType>
+float DotPlain(const uint8_t* row, const float* x, int64_t n) {
+  const DF df;
+  VF acc0 = hn::Zero(df), acc1 = hn::Zero(df);
+  int64_t i = 0;
+  for (; i + 2 * static_cast<int64_t>(kN) <= n; i += 2 * kN) {
+    acc0 = hn::MulAdd(LoadPlain<kType>(row, i), hn::LoadU(df, x + i), acc0);
+    acc1 = hn::MulAdd(LoadPlain<kType>(row, i + kN), hn::LoadU(df, x + i + kN), acc1);
+  }
+  float s = hn::GetLane(hn::SumOfLanes(df, hn::Add(acc0, acc1)));
+  for (; i < n; ++i) s += LoadPlainScalar<kType>(row, i) * x[i];
+  return s;
+}
+
+float DotRow(TensorType type, const uint8_t* row, const float* x, const float* sx, int64_t n) {
+  switch (type) {
+    case TensorType::F32: return DotPlain<TensorType::F32>(row, x, n);
+    case TensorType::F16: return DotPlain<TensorType::F16>(row, x, n);
+    case TensorType::BF16: return DotPlain<TensorType::BF16>(row, x, n);
+    case TensorType::Q4_0: return DotQ4<true>(row, x, sx, n / 32);
+    case TensorType::Q4_1: return DotQ4<false>(row, x, sx, n / 32);
+    case TensorType::Q8_0: return DotQ8_0(row, x, n / 32);
+    case TensorType::Q4_K: return DotQ4K(row, x, sx, n / 256);
+    case TensorType::Q6_K: return DotQ6K(row, x, n / 256);
+  }
+  return 0.0f;
+}
+
+// Rows [r0, r1) for every token; sx holds each token's block sums (stride n_sx).
+void MatvecRows(const WeightView& w, const float* x, const float* sx, int64_t n_sx, float* y, int64_t n_tokens,
+                int64_t r0, int64_t r1) {
+  for (int64_t r = r0; r < r1; ++r) {
+    const uint8_t* row = w.data + r * static_cast<int64_t>(w.row_bytes);
+    for (int64_t t = 0; t < n_tokens; ++t)
+      y[t * w.rows + r] = DotRow(w.type, row, x + t * w.cols, sx + t * n_sx, w.cols);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// int8-activation dot products (ActQuant::Q8) for Q4_0, Q4_1, Q8_0. Activations: per 32 elements a
+// float scale xd and int8 values xq (|xq| <= 127), plus sx = xd * sum(xq) for the Q4 offset terms.
+
+#if HWY_ARCH_X86 && HWY_TARGET <= HWY_AVX2
+// Per 32-element block, one 256-bit lane set: 8 int32 partial sums of u8 * s8 products.
+#if HWY_TARGET == HWY_AVX3_DL
+// Highway 1.0.3's AVX3_DL target enables "avxvnni", so GCC would emit the VEX (AVX-VNNI) form of a
+// 256-bit vpdpbusd, which Zen 4 lacks; "no-avxvnni" forces the EVEX (AVX512-VNNI) encoding.
+#define KVD_Q8_ATTR __attribute__((target("no-avxvnni,avx512vnni,avx512vl,avx512bw")))
+#define KVD_DPBUSD(u8, s8) _mm256_dpbusd_epi32(_mm256_setzero_si256(), u8, s8)
+#else
+#define KVD_Q8_ATTR
+#define KVD_DPBUSD(u8, s8) _mm256_madd_epi16(_mm256_maddubs_epi16(u8, s8), _mm256_set1_epi16(1))
+#endif
+
+template <TensorType kType>
+KVD_Q8_ATTR float DotRowQ8(const uint8_t* row, const int8_t* xq, const float* xd, const float* sx,
+                           int64_t nb) {
+  constexpr size_t kBytes = kType == TensorType::Q4_0 ? 18 : kType == TensorType::Q4_1 ? 20 : 34;
+  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+  float macc = 0.0f;
+  const __m256i mask = _mm256_set1_epi8(0x0f);
+  for (int64_t b = 0; b < nb; ++b, row += kBytes, xq += 32) {
+    uint16_t dh;
+    std::memcpy(&dh, row, 2);
+    const float d = _cvtsh_ss(dh);
+    const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq));
+    __m256i dot;
+    if constexpr (kType == TensorType::Q8_0) {
+      // u8 x s8 only: move the weight's sign onto the activation.
+      const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + 2));
+      dot = KVD_DPBUSD(_mm256_sign_epi8(wv, wv), _mm256_sign_epi8(xv, wv));
+    } else {
+      const __m128i t = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + (kType == TensorType::Q4_0 ? 2 : 4)));
+      const __m256i q = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(t, 4), t), mask);
+      dot = KVD_DPBUSD(q, xv);
+      if constexpr (kType == TensorType::Q4_0) {
+        macc -= 8.0f * d * sx[b];
+      } else {
+        uint16_t mh;
+        std::memcpy(&mh, row + 2, 2);
+        macc += _cvtsh_ss(mh) * sx[b];
+      }
+    }
+    const __m256 s = _mm256_set1_ps(d * xd[b]);
+    if (b & 1) {
+      acc1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), s, acc1);
+    } else {
+      acc0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), s, acc0);
+    }
+  }
+  const __m256 a = _mm256_add_ps(acc0, acc1);
+  __m128 v = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+  v = _mm_add_ps(v, _mm_movehl_ps(v, v));
+  v = _mm_add_ss(v, _mm_movehdup_ps(v));
+  return _mm_cvtss_f32(v) + macc;
+}
+#undef KVD_DPBUSD
+#else
+template <TensorType kType>
+float DotRowQ8(const uint8_t* row, const int8_t* xq, const float* xd, const float* sx, int64_t nb) {
+  constexpr size_t kBytes = kType == TensorType::Q4_0 ? 18 : kType == TensorType::Q4_1 ? 20 : 34;
+  float acc = 0.0f;
+  for (int64_t b = 0; b < nb; ++b, row += kBytes, xq += 32) {
+    const float d = Half(row);
+    int32_t dot = 0;
+    if constexpr (kType == TensorType::Q8_0) {
+      const int8_t* q = reinterpret_cast<const int8_t*>(row + 2);
+      for (int j = 0; j < 32; ++j) dot += q[j] * xq[j];
+    } else {
+      const uint8_t* q = row + (kType == TensorType::Q4_0 ? 2 : 4);
+      for (int j = 0; j < 16; ++j) dot += (q[j] & 0x0f) * xq[j] + (q[j] >> 4) * xq[j + 16];
+      acc += (kType == TensorType::Q4_0 ? -8.0f * d : Half(row + 2)) * sx[b];
+    }
+    acc += d * xd[b] * static_cast<float>(dot);
+  }
+  return acc;
+}
+#define KVD_Q8_ATTR
+#endif
+
+void MatvecRowsQ8(const WeightView& w, const int8_t* xq, const float* xd, const float* sx, float* y,
+                  int64_t n_tokens, int64_t r0, int64_t r1) {
+  const int64_t nb = w.cols / 32;
+  for (int64_t r = r0; r < r1; ++r) {
+    const uint8_t* row = w.data + r * static_cast<int64_t>(w.row_bytes);
+    for (int64_t t = 0; t < n_tokens; ++t) {
+      const int8_t* q = xq + t * w.cols;
+      const float* d = xd + t * nb;
+      const float* s = sx + t * nb;
+      float v = 0.0f;
+      switch (w.type) {
+        case TensorType::Q4_0: v = DotRowQ8<TensorType::Q4_0>(row, q, d, s, nb); break;
+        case TensorType::Q4_1: v = DotRowQ8<TensorType::Q4_1>(row, q, d, s, nb); break;
+        case TensorType::Q8_0: v = DotRowQ8<TensorType::Q8_0>(row, q, d, s, nb); break;
+        default: KVD_ASSERT(false);
+      }
+      y[t * w.rows + r] = v;
+    }
+  }
+}
+#undef KVD_Q8_ATTR
+
+// ---------------------------------------------------------------------------------------------------
+// SIMD dequantization of n elements (a whole number of blocks) of one row, for the GEMM's weight tile.
+
+template <bool kQ40>
+void DequantQ4(const uint8_t* src, float* dst, int64_t nb) {
+  const DF df;
+  const VI mask = hn::Set(DI(), 0x0f);
+  for (int64_t b = 0; b < nb; ++b, src += kQ40 ? 18 : 20, dst += 32) {
+    const float d = Half(src);
+    const VF vd = hn::Set(df, d), vm = hn::Set(df, kQ40 ? -8.0f * d : Half(src + 2));
+    const uint8_t* qs = src + (kQ40 ? 2 : 4);
+    for (size_t j = 0; j < 16; j += kN) {
+      const VI q = LoadU8(qs + j);
+      hn::StoreU(hn::MulAdd(ToF(hn::And(q, mask)), vd, vm), df, dst + j);
+      hn::StoreU(hn::MulAdd(ToF(hn::ShiftRight<4>(q)), vd, vm), df, dst + 16 + j);
+    }
+  }
+}
+
+void DequantQ8_0(const uint8_t* src, float* dst, int64_t nb) {
+  const DF df;
+  for (int64_t b = 0; b < nb; ++b, src += 34, dst += 32) {
+    const VF vd = hn::Set(df, Half(src));
+    for (size_t j = 0; j < 32; j += kN) hn::StoreU(hn::Mul(ToF(LoadI8(src + 2 + j)), vd), df, dst + j);
+  }
+}
+
+void DequantQ4K(const uint8_t* src, float* dst, int64_t nb) {
+  const DF df;
+  const VI mask = hn::Set(DI(), 0x0f);
+  for (int64_t b = 0; b < nb; ++b, src += 144) {
+    const float d = Half(src), dmin = Half(src + 2);
+    const uint8_t* q = src + 16;
+    for (int c = 0; c < 4; ++c, q += 32, dst += 64) {
+      int sc1, mn1, sc2, mn2;
+      Q4KScaleMin(2 * c, src + 4, &sc1, &mn1);
+      Q4KScaleMin(2 * c + 1, src + 4, &sc2, &mn2);
+      const VF d1 = hn::Set(df, d * static_cast<float>(sc1)), m1 = hn::Set(df, dmin * static_cast<float>(mn1));
+      const VF d2 = hn::Set(df, d * static_cast<float>(sc2)), m2 = hn::Set(df, dmin * static_cast<float>(mn2));
+      for (size_t j = 0; j < 32; j += kN) {
+        const VI v = LoadU8(q + j);
+        hn::StoreU(hn::MulSub(ToF(hn::And(v, mask)), d1, m1), df, dst + j);
+        hn::StoreU(hn::MulSub(ToF(hn::ShiftRight<4>(v)), d2, m2), df, dst + 32 + j);
+      }
+    }
+  }
+}
+
+void DequantQ6K(const uint8_t* src, float* dst, int64_t nb) {
+  const DF df;
+  const DI di;
+  const VI m4 = hn::Set(di, 0x0f), m2 = hn::Set(di, 3), k32 = hn::Set(di, 32);
+  for (int64_t b = 0; b < nb; ++b, src += 210) {
+    const uint8_t* ql = src;
+    const uint8_t* qh = src + 128;
+    const int8_t* sc = reinterpret_cast<const int8_t*>(src + 192);
+    const float d = Half(src + 208);
+    for (int n = 0; n < 2; ++n, ql += 64, qh += 32, sc += 8, dst += 128) {
+      for (size_t l = 0; l < 32; l += kN) {
+        const size_t is = l / 16;
+        const VI a = LoadU8(ql + l), c = LoadU8(ql + 32 + l), h = LoadU8(qh + l);
+        const VI q1 = hn::Sub(hn::Or(hn::And(a, m4), hn::ShiftLeft<4>(hn::And(h, m2))), k32);
+        const VI q2 = hn::Sub(hn::Or(hn::And(c, m4), hn::ShiftLeft<4>(hn::And(hn::ShiftRight<2>(h), m2))), k32);
+        const VI q3 = hn::Sub(hn::Or(hn::ShiftRight<4>(a), hn::ShiftLeft<4>(hn::And(hn::ShiftRight<4>(h), m2))), k32);
+        const VI q4 = hn::Sub(hn::Or(hn::ShiftRight<4>(c), hn::ShiftLeft<4>(hn::ShiftRight<6>(h))), k32);
+        hn::StoreU(hn::Mul(hn::Set(df, d * sc[is]), ToF(q1)), df, dst + l);
+        hn::StoreU(hn::Mul(hn::Set(df, d * sc[is + 2]), ToF(q2)), df, dst + 32 + l);
+        hn::StoreU(hn::Mul(hn::Set(df, d * sc[is + 4]), ToF(q3)), df, dst + 64 + l);
+        hn::StoreU(hn::Mul(hn::Set(df, d * sc[is + 6]), ToF(q4)), df, dst + 96 + l);
+      }
+    }
+  }
+}
+
+template <TensorType kType>
+void DequantPlain(const uint8_t* src, float* dst, int64_t n) {
+  const DF df;
+  int64_t i = 0;
+  for (; i + static_cast<int64_t>(kN) <= n; i += kN) hn::StoreU(LoadPlain<kType>(src, i), df, dst + i);
+  for (; i < n; ++i) dst[i] = LoadPlainScalar<kType>(src, i);
+}
+
+void DequantRow(TensorType type, const uint8_t* src, float* dst, int64_t n) {
+  switch (type) {
+    case TensorType::F32: std::memcpy(dst, src, static_cast<size_t>(n) * 4); break;
+    case TensorType::F16: DequantPlain<TensorType::F16>(src, dst, n); break;
+    case TensorType::BF16: DequantPlain<TensorType::BF16>(src, dst, n); break;
+    case TensorType::Q4_0: DequantQ4<true>(src, dst, n / 32); break;
+    case TensorType::Q4_1: DequantQ4<false>(src, dst, n / 32); break;
+    case TensorType::Q8_0: DequantQ8_0(src, dst, n / 32); break;
+    case TensorType::Q4_K: DequantQ4K(src, dst, n / 256); break;
+    case TensorType::Q6_K: DequantQ6K(src, dst, n / 256); break;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// GEMM for many tokens. X is packed once per call, transposed into token tiles of kNR tokens
+// (xp[tile][k][kNR], zero-padded), so a micro-kernel step loads kNV vectors of tokens and broadcasts one
+// dequantized weight per row: acc[row m][tokens] += w[m][k] * x[tokens][k]. Weight rows are dequantized
+// kMC at a time into a per-thread tile that stays in L2 while every token tile streams past it.
+
+using DV = hn::ScalableTag<float>;
+constexpr size_t kNF = hn::MaxLanes(DV());
+#if HWY_ARCH_X86 && HWY_TARGET <= HWY_AVX3
+constexpr size_t kMR = 8, kNV = 3;  // 24 of 32 zmm registers accumulate
+#elif HWY_ARCH_X86 && HWY_TARGET <= HWY_AVX2
+constexpr size_t kMR = 6, kNV = 2;  // 12 of 16 ymm registers
+#else
+constexpr size_t kMR = 4, kNV = 2;
+#endif
+constexpr size_t kNR = kNV * kNF;
+constexpr int64_t kMC = 64;
+
+size_t GemmTokenTile() { return kNR; }
+
+// Packs token tiles [tile0, tile1) of x (n_tokens x k) into xp.
+void PackX(const float* x, int64_t n_tokens, int64_t k, float* xp, int64_t tile0, int64_t tile1) {
+  for (int64_t tile = tile0; tile < tile1; ++tile) {
+    float* dst = xp + tile * k * static_cast<int64_t>(kNR);
+    const int64_t t0 = tile * static_cast<int64_t>(kNR);
+    const int64_t nt = std::min<int64_t>(kNR, n_tokens - t0);
+    for (int64_t c = 0; c < k; ++c) {
+      for (int64_t j = 0; j < nt; ++j) dst[c * static_cast<int64_t>(kNR) + j] = x[(t0 + j) * k + c];
+      for (int64_t j = nt; j < static_cast<int64_t>(kNR); ++j) dst[c * static_cast<int64_t>(kNR) + j] = 0.0f;
+    }
+  }
+}
+
+// out[m][j] = sum_c wt[m * k + c] * xp[c * kNR + j] for m < MR rows, j < kNR tokens.
+template <size_t MR>
+HWY_INLINE void MicroKernel(const float* HWY_RESTRICT wt, int64_t k, const float* HWY_RESTRICT xp,
+                            float* HWY_RESTRICT out) {
+  const DV d;
+  // Fully unrolled so the accumulators live in registers (GCC keeps arrays in memory otherwise).
+  hn::Vec<DV> acc[MR][kNV];
+#pragma GCC unroll 16
+  for (size_t m = 0; m < MR; ++m)
+#pragma GCC unroll 4
+    for (size_t v = 0; v < kNV; ++v) acc[m][v] = hn::Zero(d);
+  for (int64_t c = 0; c < k; ++c, xp += kNR) {
+    hn::Vec<DV> xv[kNV];
+#pragma GCC unroll 4
+    for (size_t v = 0; v < kNV; ++v) xv[v] = hn::Load(d, xp + v * kNF);
+#pragma GCC unroll 16
+    for (size_t m = 0; m < MR; ++m) {
+      const auto a = hn::Set(d, wt[m * k + c]);
+#pragma GCC unroll 4
+      for (size_t v = 0; v < kNV; ++v) acc[m][v] = hn::MulAdd(a, xv[v], acc[m][v]);
+    }
+  }
+#pragma GCC unroll 16
+  for (size_t m = 0; m < MR; ++m)
+#pragma GCC unroll 4
+    for (size_t v = 0; v < kNV; ++v) hn::Store(acc[m][v], d, out + m * kNR + v * kNF);
+}
+
+template <size_t MR>
+void MicroDispatch(size_t mr, const float* wt, int64_t k, const float* xp, float* out) {
+  if constexpr (MR > 1) {
+    if (mr < MR) return MicroDispatch<MR - 1>(mr, wt, k, xp, out);
+  }
+  MicroKernel<MR>(wt, k, xp, out);
+}
+
+// Rows [r0, r1) of y for all tokens, from the packed xp.
+void GemmRows(const WeightView& w, const float* xp, float* y, int64_t n_tokens, int64_t r0, int64_t r1) {
+  const int64_t k = w.cols;
+  thread_local std::vector<float> tile;
+  tile.resize(static_cast<size_t>(kMC * k));
+  HWY_ALIGN float out[kMR * kNR];
+  const int64_t n_tiles = (n_tokens + kNR - 1) / kNR;
+  for (int64_t p0 = r0; p0 < r1; p0 += kMC) {
+    const int64_t mc = std::min(kMC, r1 - p0);
+    for (int64_t m = 0; m < mc; ++m)
+      DequantRow(w.type, w.data + (p0 + m) * static_cast<int64_t>(w.row_bytes), tile.data() + m * k, k);
+    for (int64_t tt = 0; tt < n_tiles; ++tt) {
+      const float* xt = xp + tt * k * static_cast<int64_t>(kNR);
+      const int64_t t0 = tt * kNR, nt = std::min<int64_t>(kNR, n_tokens - t0);
+      for (int64_t m0 = 0; m0 < mc; m0 += kMR) {
+        const size_t mr = static_cast<size_t>(std::min<int64_t>(kMR, mc - m0));
+        MicroDispatch<kMR>(mr, tile.data() + m0 * k, k, xt, out);
+        for (size_t m = 0; m < mr; ++m)
+          for (int64_t j = 0; j < nt; ++j) y[(t0 + j) * w.rows + p0 + m0 + m] = out[m * kNR + j];
+      }
+    }
+  }
+}
+
+}  // namespace kvd::cpu::HWY_NAMESPACE
+HWY_AFTER_NAMESPACE();
+
+#if HWY_ONCE
+namespace kvd::cpu {
+
+HWY_EXPORT(MatvecRows);
+HWY_EXPORT(MatvecRowsQ8);
+HWY_EXPORT(GemmTokenTile);
+HWY_EXPORT(PackX);
+HWY_EXPORT(GemmRows);
+HWY_EXPORT(DequantRow);
+
+namespace {
+
+using gguf::TensorType;
+
+bool needs_block_sums(TensorType t) {
+  return t == TensorType::Q4_0 || t == TensorType::Q4_1 || t == TensorType::Q4_K;
+}
+
+// Per-32 block sums of each token's x (the Q4 offset terms).
+void block_sums(const float* x, int64_t n_tokens, int64_t cols, float* sx) {
+  const int64_t nb = cols / 32;
+  for (int64_t t = 0; t < n_tokens; ++t)
+    for (int64_t b = 0; b < nb; ++b) {
+      const float* p = x + t * cols + b * 32;
+      float s = 0.0f;
+      for (int j = 0; j < 32; ++j) s += p[j];
+      sx[t * nb + b] = s;
+    }
+}
+
+}  // namespace
+
+void quantize_act_q8(const float* x, int64_t n, int8_t* xq, float* xd, float* sx) {
+  for (int64_t b = 0; b < n / 32; ++b, x += 32, xq += 32) {
+    float amax = 0.0f;
+    for (int j = 0; j < 32; ++j) amax = std::max(amax, std::fabs(x[j]));
+    const float d = amax / 127.0f, inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+    int32_t s = 0;
+    for (int j = 0; j < 32; ++j) {
+      xq[j] = static_cast<int8_t>(std::nearbyint(x[j] * inv));
+      s += xq[j];
+    }
+    xd[b] = d;
+    // The sum of the rounded values, not of x: then the Q4 offset term m * sx sees the same rounding as
+    // d * sum(q * xq), and the error is sum(w * dx) with w = d q + m small, rather than sum(d q * dx)
+    // with d q ~ 8 d large (measured: 2-4x the error with the exact sum).
+    sx[b] = d * static_cast<float>(s);
+  }
+}
+
+void dequantize_row_fast(TensorType type, const uint8_t* src, float* dst, int64_t n) {
+  HWY_DYNAMIC_DISPATCH(DequantRow)(type, src, dst, n);
+}
+
+void matmul(const WeightView& w, const float* x, float* y, int64_t n_tokens, ThreadPool& pool,
+            ActQuant act) {
+  if (n_tokens <= 0 || w.rows <= 0) return;
+  const gguf::BlockInfo bi = gguf::block_info(w.type);
+  KVD_ASSERT(w.cols % bi.elems == 0);
+
+  if (n_tokens >= kGemmMinTokens) {
+    const int64_t nr = static_cast<int64_t>(HWY_DYNAMIC_DISPATCH(GemmTokenTile)());
+    const int64_t n_tiles = (n_tokens + nr - 1) / nr;
+    // Aligned: the micro-kernel uses aligned vector loads of the packed tiles.
+    thread_local hwy::AlignedFreeUniquePtr<float[]> xp;
+    thread_local size_t xp_size = 0;
+    const size_t need = static_cast<size_t>(n_tiles * nr * w.cols);
+    if (xp_size < need) {
+      xp = hwy::AllocateAligned<float>(need);
+      xp_size = need;
+    }
+    float* xpp = xp.get();
+    pool.parallel_for(n_tiles, [&](int64_t b, int64_t e) {
+      HWY_DYNAMIC_DISPATCH(PackX)(x, n_tokens, w.cols, xpp, b, e);
+    });
+    // Split rows in units of 8 so both threads get equal shares of the model's row counts.
+    const int64_t units = (w.rows + 7) / 8;
+    pool.parallel_for(units, [&](int64_t b, int64_t e) {
+      HWY_DYNAMIC_DISPATCH(GemmRows)(w, xpp, y, n_tokens, b * 8, std::min(w.rows, e * 8));
+    });
+    return;
+  }
+
+  const bool q8 = act == ActQuant::Q8 && (w.type == TensorType::Q4_0 || w.type == TensorType::Q4_1 ||
+                                          w.type == TensorType::Q8_0);
+  const int64_t nb = w.cols / 32;
+  thread_local std::vector<float> sx, xd;
+  thread_local std::vector<int8_t> xq;
+  if (q8) {
+    sx.resize(static_cast<size_t>(n_tokens * nb));
+    xd.resize(sx.size());
+    xq.resize(static_cast<size_t>(n_tokens * w.cols));
+    for (int64_t t = 0; t < n_tokens; ++t)
+      quantize_act_q8(x + t * w.cols, w.cols, xq.data() + t * w.cols, xd.data() + t * nb, sx.data() + t * nb);
+    // Thread-local names inside the lambda would resolve to each worker's own copy: pass pointers.
+    const int8_t* xqp = xq.data();
+    const float *xdp = xd.data(), *sxp = sx.data();
+    pool.parallel_for(w.rows, [&](int64_t r0, int64_t r1) {
+      HWY_DYNAMIC_DISPATCH(MatvecRowsQ8)(w, xqp, xdp, sxp, y, n_tokens, r0, r1);
+    });
+    return;
+  }
+  const bool sums = needs_block_sums(w.type);
+  sx.resize(sums ? static_cast<size_t>(n_tokens * nb) : 1);
+  if (sums) block_sums(x, n_tokens, w.cols, sx.data());
+  const int64_t n_sx = sums ? nb : 0;
+  const float* sxp = sx.data();
+  pool.parallel_for(w.rows, [&](int64_t r0, int64_t r1) {
+    HWY_DYNAMIC_DISPATCH(MatvecRows)(w, x, sxp, n_sx, y, n_tokens, r0, r1);
+  });
+}
+
+}  // namespace kvd::cpu
+#endif  // HWY_ONCE

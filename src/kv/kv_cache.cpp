@@ -1,0 +1,223 @@
+// Mixed-precision KV cache: staging, decisions, paged arenas and memory accounting.
+#include "kv/kv_cache.h"
+
+#include <algorithm>
+#include <cstring>
+#include <string>
+
+#include "kv/kv_quant.h"
+#include "util/error.h"
+#include "util/fp16.h"
+
+namespace kvd {
+
+double KvStats::avg_bits() const {
+  if (tokens == 0) return 0;
+  double sum = 0;
+  for (int b = 0; b <= 16; ++b) sum += static_cast<double>(b) * static_cast<double>(tokens_at_bits[b]);
+  return sum / static_cast<double>(tokens);
+}
+
+KvCache::KvCache(const KvLayout& layout, const KvCacheOptions& options) : layout_(layout), options_(options) {
+  if (layout_.group <= 0 || layout_.head_dim % layout_.group != 0 || layout_.group % 4 != 0)
+    throw Error("--kv-group " + std::to_string(layout_.group) + " must divide the head dimension (" +
+                std::to_string(layout_.head_dim) + ") and be a multiple of 4");
+  if (options_.max_tokens <= 0) throw Error("context size must be positive");
+  if (options_.residual < 0) throw Error("--kv-residual must be >= 0");
+  KVD_ASSERT(options_.n_seqs >= 1);
+  // A page must hold at least one 16-bit token record.
+  options_.page_bytes = std::max(options_.page_bytes, layout_.token_bytes(16));
+  seqs_.resize(static_cast<size_t>(options_.n_seqs));
+  for (auto& s : seqs_) {
+    s.pages.resize(static_cast<size_t>(layout_.n_layers));
+    s.staged_k.resize(static_cast<size_t>(layout_.n_layers));
+    s.staged_v.resize(static_cast<size_t>(layout_.n_layers));
+    s.staged_q.resize(static_cast<size_t>(layout_.n_layers));
+  }
+}
+
+KvCache::~KvCache() = default;
+
+KvCache::Sequence& KvCache::seq_ref(int seq) {
+  KVD_ASSERT(seq >= 0 && seq < static_cast<int>(seqs_.size()));
+  return seqs_[static_cast<size_t>(seq)];
+}
+const KvCache::Sequence& KvCache::seq_ref(int seq) const {
+  KVD_ASSERT(seq >= 0 && seq < static_cast<int>(seqs_.size()));
+  return seqs_[static_cast<size_t>(seq)];
+}
+
+int KvCache::n_tokens(int seq) const { return seq_ref(seq).n_tokens; }
+int KvCache::n_arena(int seq) const { return seq_ref(seq).n_arena; }
+
+int KvCache::begin_tokens(int seq, int n, const uint8_t* bits) {
+  Sequence& s = seq_ref(seq);
+  if (n < 0 || s.n_tokens + n > options_.max_tokens)
+    throw Error("context full: " + std::to_string(s.n_tokens) + " + " + std::to_string(n) +
+                " tokens exceed the context size " + std::to_string(options_.max_tokens) + " (raise -c)");
+  const int first = s.n_tokens;
+  s.n_tokens += n;
+  s.token_bits.resize(static_cast<size_t>(s.n_tokens), 16);
+  s.decided.resize(static_cast<size_t>(s.n_tokens), 0);
+  s.token_offset.resize(static_cast<size_t>(s.n_tokens), 0);
+  if (bits) {
+    for (int i = 0; i < n; ++i) {
+      if (!kv_bits_valid(bits[i])) throw Error("KV bit-width " + std::to_string(bits[i]) + " is not one of 2, 4, 8, 16");
+      s.token_bits[first + i] = bits[i];
+      s.decided[first + i] = 1;
+    }
+  }
+  const size_t staged = static_cast<size_t>(s.n_tokens - s.n_arena);
+  for (int l = 0; l < layout_.n_layers; ++l) {
+    s.staged_k[l].resize(staged * layout_.kv_dim());
+    s.staged_v[l].resize(staged * layout_.kv_dim());
+    s.staged_q[l].resize(staged * layout_.token_bytes(16));
+  }
+  return first;
+}
+
+void KvCache::write(int seq, int layer, int pos, const float* k, const float* v) {
+  Sequence& s = seq_ref(seq);
+  KVD_ASSERT(layer >= 0 && layer < layout_.n_layers);
+  KVD_ASSERT(pos >= s.n_arena && pos < s.n_tokens);
+  const size_t off = static_cast<size_t>(pos - s.n_arena) * layout_.kv_dim();
+  uint16_t* dk = s.staged_k[layer].data() + off;
+  uint16_t* dv = s.staged_v[layer].data() + off;
+  for (int i = 0; i < layout_.kv_dim(); ++i) {
+    dk[i] = float_to_fp16(k[i]);
+    dv[i] = float_to_fp16(v[i]);
+  }
+  if (s.decided[pos]) quantize_staged(s, layer, pos);
+}
+
+void KvCache::quantize_staged(Sequence& s, int layer, int pos) {
+  const int bits = s.token_bits[pos];
+  const size_t row = static_cast<size_t>(pos - s.n_arena);
+  uint8_t* dst = s.staged_q[layer].data() + row * layout_.token_bytes(16);
+  kv_quantize_row_fp16(layout_, bits, s.staged_k[layer].data() + row * layout_.kv_dim(), dst);
+  kv_quantize_row_fp16(layout_, bits, s.staged_v[layer].data() + row * layout_.kv_dim(), dst + layout_.row_bytes(bits));
+}
+
+void KvCache::decide(int seq, int pos, int bits) {
+  Sequence& s = seq_ref(seq);
+  if (!kv_bits_valid(bits)) throw Error("KV bit-width " + std::to_string(bits) + " is not one of 2, 4, 8, 16");
+  KVD_ASSERT(pos >= s.n_arena && pos < s.n_tokens);
+  if (s.decided[pos] && s.token_bits[pos] == bits) return;
+  s.token_bits[pos] = static_cast<uint8_t>(bits);
+  s.decided[pos] = 1;
+  for (int l = 0; l < layout_.n_layers; ++l) quantize_staged(s, l, pos);
+}
+
+void KvCache::flush_window(int seq) {
+  // Tokens leave staging in order: the oldest staged token must be decided and out of the window.
+  Sequence& s = seq_ref(seq);
+  int upto = s.n_arena;
+  while (upto < s.n_tokens - options_.residual && s.decided[upto]) ++upto;
+  if (upto > s.n_arena) move_to_arena(s, upto);
+}
+
+void KvCache::move_to_arena(Sequence& s, int upto) {
+  const size_t page = options_.page_bytes;
+  const int kv_dim = layout_.kv_dim();
+  for (int pos = s.n_arena; pos < upto; ++pos) {
+    const int bits = s.token_bits[pos];
+    const size_t rec = layout_.token_bytes(bits);
+    // Records never straddle pages: skip to the next page when this one cannot hold the record.
+    uint64_t off = s.arena_end;
+    if (off % page + rec > page) off = (off / page + 1) * page;
+    const size_t page_index = off / page;
+    const size_t in_page = off % page;
+    const size_t staged_row = static_cast<size_t>(pos - s.n_arena);
+    for (int l = 0; l < layout_.n_layers; ++l) {
+      auto& pages = s.pages[l];
+      while (pages.size() <= page_index) pages.push_back(Page{std::make_unique<uint8_t[]>(page)});
+      std::memcpy(pages[page_index].data.get() + in_page, s.staged_q[l].data() + staged_row * layout_.token_bytes(16),
+                  rec);
+    }
+    s.token_offset[pos] = off;
+    s.arena_end = off + rec;
+  }
+  const size_t drop = static_cast<size_t>(upto - s.n_arena) * kv_dim;
+  const size_t drop_q = static_cast<size_t>(upto - s.n_arena) * layout_.token_bytes(16);
+  for (int l = 0; l < layout_.n_layers; ++l) {
+    s.staged_q[l].erase(s.staged_q[l].begin(), s.staged_q[l].begin() + static_cast<std::ptrdiff_t>(drop_q));
+    s.staged_k[l].erase(s.staged_k[l].begin(), s.staged_k[l].begin() + static_cast<std::ptrdiff_t>(drop));
+    s.staged_v[l].erase(s.staged_v[l].begin(), s.staged_v[l].begin() + static_cast<std::ptrdiff_t>(drop));
+    // After a long prompt the staging vectors would keep their capacity: give it back.
+    const size_t keep = std::max<size_t>(4 * s.staged_k[l].size(), static_cast<size_t>(kv_dim) * 64);
+    if (s.staged_k[l].capacity() > keep) {
+      s.staged_k[l].shrink_to_fit();
+      s.staged_v[l].shrink_to_fit();
+      s.staged_q[l].shrink_to_fit();
+    }
+  }
+  s.n_arena = upto;
+}
+
+void KvCache::clear(int seq) {
+  Sequence& s = seq_ref(seq);
+  s.token_offset.clear();
+  s.token_bits.clear();
+  s.decided.clear();
+  s.arena_end = 0;
+  s.n_arena = 0;
+  s.n_tokens = 0;
+  for (int l = 0; l < layout_.n_layers; ++l) {
+    s.staged_k[l].clear();
+    s.staged_v[l].clear();
+    s.staged_q[l].clear();
+  }
+}
+
+KvTokenView KvCache::token(int seq, int layer, int pos, int query_pos) const {
+  const Sequence& s = seq_ref(seq);
+  KVD_ASSERT(pos >= 0 && pos < s.n_tokens);
+  if (pos >= s.n_arena) {
+    const size_t row = static_cast<size_t>(pos - s.n_arena);
+    if (s.decided[pos] && pos < query_pos - options_.residual) {
+      const int bits = s.token_bits[pos];
+      const uint8_t* rec = s.staged_q[layer].data() + row * layout_.token_bytes(16);
+      return {bits, rec, rec + layout_.row_bytes(bits)};
+    }
+    const size_t off = row * layout_.kv_dim();
+    return {16, reinterpret_cast<const uint8_t*>(s.staged_k[layer].data() + off),
+            reinterpret_cast<const uint8_t*>(s.staged_v[layer].data() + off)};
+  }
+  const int bits = s.token_bits[pos];
+  const uint64_t off = s.token_offset[pos];
+  const uint8_t* base = s.pages[layer][off / options_.page_bytes].data.get() + off % options_.page_bytes;
+  return {bits, base, base + layout_.row_bytes(bits)};
+}
+
+int KvCache::token_bits(int seq, int pos) const {
+  const Sequence& s = seq_ref(seq);
+  KVD_ASSERT(pos >= 0 && pos < s.n_tokens);
+  return s.token_bits[pos];
+}
+
+const uint16_t* KvCache::staged_k(int seq, int layer) const { return seq_ref(seq).staged_k[layer].data(); }
+const uint16_t* KvCache::staged_v(int seq, int layer) const { return seq_ref(seq).staged_v[layer].data(); }
+
+KvStats KvCache::stats(int seq) const {
+  const Sequence& s = seq_ref(seq);
+  KvStats st;
+  st.tokens = s.n_tokens;
+  size_t stored = 0;
+  for (int pos = 0; pos < s.n_tokens; ++pos) {
+    const int bits = pos < s.n_arena ? s.token_bits[pos] : 16;
+    st.tokens_at_bits[bits]++;
+    stored += layout_.token_bytes(bits) * layout_.n_layers;
+  }
+  st.bytes_stored = stored;
+  size_t alloc = 0;
+  for (int l = 0; l < layout_.n_layers; ++l) {
+    alloc += s.pages[l].size() * options_.page_bytes;
+    alloc += (s.staged_k[l].capacity() + s.staged_v[l].capacity()) * sizeof(uint16_t) + s.staged_q[l].capacity();
+  }
+  st.bytes_allocated = alloc;
+  const double elems = 2.0 * layout_.kv_dim() * layout_.n_layers * static_cast<double>(s.n_tokens);
+  st.effective_bits = elems > 0 ? 8.0 * static_cast<double>(stored) / elems : 0;
+  return st;
+}
+
+}  // namespace kvd

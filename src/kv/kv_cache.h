@@ -1,0 +1,112 @@
+// The mixed-precision KV cache: every token of a sequence is stored at its own bit-width (2, 4, 8
+// or 16; one width per token for all layers), in the byte layout of kv/kv_layout.h.
+//
+// Life of a token: the forward pass writes its K and V (fp16) into the sequence's staging area.
+// Its bit-width is decided either before the forward (static policies: begin_tokens with bits) or
+// after it, from its features (decide()); it is then quantized once, into a staged record. A query at
+// position p reads key t quantized when t is decided and t < p - residual, else at fp16: so a token
+// always sees its own key at fp16, and the newest `residual` tokens stay at 16 bits. Decided tokens
+// older than the window move, record unchanged, into the layer arenas (paged, allocated as they fill).
+#pragma once
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "kv/kv_layout.h"
+
+namespace kvd {
+
+struct KvCacheOptions {
+  int max_tokens = 4096;  // per sequence
+  int residual = 0;       // newest tokens kept at 16 bits regardless of their decided width
+  int n_seqs = 1;
+  size_t page_bytes = 64 * 1024;
+};
+
+// A stored token's K and V of one layer, as attention reads them.
+struct KvTokenView {
+  int bits;
+  const uint8_t* k;  // layout.row_bytes(bits) bytes
+  const uint8_t* v;
+};
+
+struct KvStats {
+  int64_t tokens = 0;
+  std::array<int64_t, 17> tokens_at_bits{};  // index by bit-width; undecided/staged tokens count at 16
+  size_t bytes_stored = 0;     // K+V bytes of all layers as the layout says (staged tokens as fp16)
+  size_t bytes_allocated = 0;  // pages + staging actually allocated
+  double avg_bits() const;           // mean nominal bit-width over tokens
+  double effective_bits = 0;  // stored bits per K/V element, scales included
+};
+
+class KvCache {
+ public:
+  KvCache(const KvLayout& layout, const KvCacheOptions& options);
+  ~KvCache();
+  KvCache(const KvCache&) = delete;
+  KvCache& operator=(const KvCache&) = delete;
+
+  const KvLayout& layout() const { return layout_; }
+  const KvCacheOptions& options() const { return options_; }
+
+  // Number of tokens (positions) of a sequence: arena + staged.
+  int n_tokens(int seq) const;
+  // Reserves positions [n_tokens, n_tokens + n) in staging; the forward pass then writes each layer.
+  // bits, when non-null, holds the n tokens' widths decided in advance. Returns the first position.
+  // Throws kvd::Error when the sequence would exceed max_tokens.
+  int begin_tokens(int seq, int n, const uint8_t* bits = nullptr);
+  // Writes K and V (kv_dim floats each, RoPE applied) of a reserved position, as fp16.
+  void write(int seq, int layer, int pos, const float* k, const float* v);
+  // Sets the bit-width of a staged token and quantizes it (once) into its staged record.
+  void decide(int seq, int pos, int bits);
+  // Moves decided tokens older than the residual window into the arena; call after a step's decisions.
+  void flush_window(int seq);
+  // Forgets the sequence's tokens; pages are kept for reuse.
+  void clear(int seq);
+
+  // Key/value of token t of one layer as the query at position query_pos reads it (see above).
+  KvTokenView token(int seq, int layer, int t, int query_pos) const;
+  // Decided bit-width of a token (16 while undecided).
+  int token_bits(int seq, int pos) const;
+  // Arena tokens are [0, n_arena); staged ones [n_arena, n_tokens).
+  int n_arena(int seq) const;
+  // Staged (fp16) K/V of one layer: contiguous rows of kv_dim fp16 values for positions n_arena...
+  const uint16_t* staged_k(int seq, int layer) const;
+  const uint16_t* staged_v(int seq, int layer) const;
+
+  KvStats stats(int seq) const;
+
+ private:
+  struct Page {
+    std::unique_ptr<uint8_t[]> data;
+  };
+  struct Sequence {
+    // Arena: per layer a list of pages; token_offset[pos] = page * page_bytes + offset, the same
+    // in every layer since every layer stores the token at the same width.
+    std::vector<std::vector<Page>> pages;  // [layer][page]
+    std::vector<uint64_t> token_offset;
+    std::vector<uint8_t> token_bits;  // [pos], for arena and staged tokens (16 until decided)
+    std::vector<uint8_t> decided;     // [pos]
+    uint64_t arena_end = 0;           // next free offset (same in every layer)
+    int n_arena = 0;
+    int n_tokens = 0;
+    // Staging: per layer fp16 rows for positions [n_arena, n_tokens), and for decided tokens their
+    // quantized record (stride token_bytes(16), the largest record).
+    std::vector<std::vector<uint16_t>> staged_k, staged_v;
+    std::vector<std::vector<uint8_t>> staged_q;
+    std::vector<size_t> pages_allocated;
+  };
+
+  Sequence& seq_ref(int seq);
+  const Sequence& seq_ref(int seq) const;
+  void move_to_arena(Sequence& s, int upto);
+  void quantize_staged(Sequence& s, int layer, int pos);
+
+  KvLayout layout_;
+  KvCacheOptions options_;
+  std::vector<Sequence> seqs_;
+};
+
+}  // namespace kvd

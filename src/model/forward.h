@@ -1,0 +1,61 @@
+// The forward pass: one function that reads top to bottom (embed -> per layer: norm, q/k/v, RoPE,
+// write cache, attention, output, residual, norm, SwiGLU, residual -> final norm -> logits), written
+// against the Backend interface. A Session owns the activations of one sequence in a KvCache.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "kv/attention.h"
+#include "kv/kv_cache.h"
+#include "model/backend.h"
+#include "model/model.h"
+
+namespace kvd {
+
+// What the forward pass measures for each token it runs (the policies' saliency inputs that come from
+// inside the model; entropy and the like come from the logits, in policy/features).
+struct TokenForwardStats {
+  float attn_var = 0;  // mean over layers and heads of the variance of the attention weights
+  float attn_max = 0;  // mean over layers and heads of the largest attention weight
+  float k_norm = 0;    // mean over layers of the L2 norm of the token's key (after RoPE)
+  float v_norm = 0;    // mean over layers of the L2 norm of the token's value
+};
+
+class Session {
+ public:
+  Session(const Model& model, Backend& backend, KvCache& cache, int seq = 0, int n_batch = 512);
+
+  // Runs tokens at the next n positions of the sequence (in batches of n_batch) and returns logits
+  // (vocab floats per token) for the tokens at indexes [logits_from, n): (n - logits_from) x vocab.
+  // stats, when non-null, receives one entry per token. bits, when non-null, gives the tokens' KV
+  // widths in advance; otherwise they stay undecided in the cache until KvCache::decide.
+  const std::vector<float>& forward(const int32_t* tokens, int n, int logits_from,
+                                    std::vector<TokenForwardStats>* stats = nullptr, const uint8_t* bits = nullptr);
+
+  // Attention each position received so far (summed over layers, heads and later queries), when
+  // track_received() was turned on before the tokens ran.
+  void track_received(bool on) { track_received_ = on; }
+  const std::vector<float>& received() const { return received_; }
+
+  int n_tokens() const { return cache_.n_tokens(seq_); }
+  const Model& model() const { return model_; }
+  Backend& backend() { return backend_; }
+  KvCache& cache() { return cache_; }
+  int seq() const { return seq_; }
+
+ private:
+  void forward_batch(const int32_t* tokens, int n, int logits_from, float* logits, TokenForwardStats* stats,
+                     const uint8_t* bits);
+
+  const Model& model_;
+  Backend& backend_;
+  KvCache& cache_;
+  int seq_;
+  int n_batch_;
+  bool track_received_ = false;
+  std::vector<float> received_;
+  // Activations for up to n_batch tokens.
+  std::vector<float> x_, xb_, q_, k_, v_, att_, gate_, up_, logits_;
+};
+
+}  // namespace kvd

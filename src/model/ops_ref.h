@@ -1,0 +1,46 @@
+// Plain fp32 reference versions of the small ops (RMSNorm, RoPE, SwiGLU), shared by both backends:
+// they cost little next to the matmuls and attention.
+#pragma once
+#include <cmath>
+#include <cstddef>
+
+#include "model/model.h"
+
+namespace kvd::ref {
+
+inline void rmsnorm(const float* x, const float* weight, float* y, int n, int dim, float eps) {
+  for (int t = 0; t < n; ++t) {
+    const float* xt = x + static_cast<size_t>(t) * dim;
+    float* yt = y + static_cast<size_t>(t) * dim;
+    float ss = 0;
+    for (int i = 0; i < dim; ++i) ss += xt[i] * xt[i];
+    const float inv = 1.0f / std::sqrt(ss / static_cast<float>(dim) + eps);
+    for (int i = 0; i < dim; ++i) yt[i] = xt[i] * inv * weight[i];
+  }
+}
+
+// Pair (a, b) at frequency index i rotates by angle pos * theta^(-2i/rope_dim).
+inline void rope(float* x, int n, int n_heads, int head_dim, int rope_dim, int pos0, float theta, RopeStyle style) {
+  const int half = rope_dim / 2;
+  for (int t = 0; t < n; ++t) {
+    const double pos = pos0 + t;
+    for (int i = 0; i < half; ++i) {
+      const double freq = std::pow(static_cast<double>(theta), -2.0 * i / rope_dim);
+      const float c = static_cast<float>(std::cos(pos * freq)), s = static_cast<float>(std::sin(pos * freq));
+      for (int h = 0; h < n_heads; ++h) {
+        float* v = x + (static_cast<size_t>(t) * n_heads + h) * head_dim;
+        const int ia = style == RopeStyle::Adjacent ? 2 * i : i;
+        const int ib = style == RopeStyle::Adjacent ? 2 * i + 1 : i + half;
+        const float a = v[ia], b = v[ib];
+        v[ia] = a * c - b * s;
+        v[ib] = a * s + b * c;
+      }
+    }
+  }
+}
+
+inline void swiglu(const float* gate, const float* up, float* out, size_t count) {
+  for (size_t i = 0; i < count; ++i) out[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
+}
+
+}  // namespace kvd::ref

@@ -1,0 +1,76 @@
+// Byte-level BPE tokenizer built from GGUF metadata (tokenizer.ggml.*): the GPT-2 byte-to-unicode
+// mapping, a pre-tokenizer chosen by tokenizer.ggml.pre, merges by rank, special tokens kept whole.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+namespace kvd::gguf {
+class File;
+}
+
+namespace kvd {
+
+// Token types as GGUF stores them (tokenizer.ggml.token_type).
+enum class TokenType : int32_t { NORMAL = 1, UNKNOWN = 2, CONTROL = 3, USER_DEFINED = 4, UNUSED = 5, BYTE = 6 };
+
+struct Vocab {
+  std::string model = "gpt2";  // tokenizer.ggml.model
+  std::string pre = "default";  // tokenizer.ggml.pre
+  std::vector<std::string> tokens;
+  std::vector<int32_t> token_types;  // may be empty (then all NORMAL)
+  std::vector<std::string> merges;   // "left right", in rank order
+  int32_t bos_id = -1, eos_id = -1, unk_id = -1, pad_id = -1;
+  bool add_bos = false, add_eos = false;
+};
+
+// Reads tokenizer.ggml.* from a GGUF file; throws kvd::Error when a required key is missing or the
+// model is not a byte-level BPE ("gpt2").
+Vocab vocab_from_gguf(const gguf::File& file);
+
+class Tokenizer {
+ public:
+  explicit Tokenizer(Vocab vocab);
+
+  // Text to ids. add_special: prepend BOS / append EOS as the vocab says. parse_special: text that
+  // spells a CONTROL or USER_DEFINED token (e.g. "<|im_start|>") becomes that token.
+  std::vector<int32_t> encode(std::string_view text, bool add_special = true, bool parse_special = true) const;
+  // Ids to text. Control tokens are dropped unless keep_special. Bytes that do not form valid UTF-8
+  // are passed through as they are, so decode(encode(s)) == s for any byte string s.
+  std::string decode(const std::vector<int32_t>& ids, bool keep_special = false) const;
+  // The raw bytes one token stands for (its piece after undoing the byte-to-unicode mapping).
+  std::string token_bytes(int32_t id) const;
+
+  size_t vocab_size() const { return vocab_.tokens.size(); }
+  int32_t bos() const { return vocab_.bos_id; }
+  int32_t eos() const { return vocab_.eos_id; }
+  bool is_control(int32_t id) const;
+  const Vocab& vocab() const { return vocab_; }
+  // Id of an exact token string, or -1.
+  int32_t find(std::string_view token) const;
+
+ private:
+  struct Merge {
+    int32_t rank;
+    int32_t id;  // the merged token
+  };
+  // Appends the ids of one pre-tokenized word (raw bytes) to `out`.
+  void bpe(std::string_view word, std::vector<int32_t>& out) const;
+  // Pre-tokenizes and merges text that holds no special token.
+  void encode_plain(std::string_view text, std::vector<int32_t>& out) const;
+  const Merge* find_merge(int32_t left, int32_t right) const;
+
+  Vocab vocab_;
+  int scheme_ = 0;  // pretok::Scheme
+  bool ignore_merges_ = false;
+  std::unordered_map<std::string, int32_t> token_to_id_;
+  std::unordered_map<uint64_t, Merge> merges_;  // (left id << 32 | right id) -> merge
+  std::vector<int32_t> byte_token_;             // byte -> id of its one-byte token, or -1
+  std::vector<std::string> id_to_bytes_;
+  std::vector<int32_t> special_ids_;                 // CONTROL / USER_DEFINED tokens, longest first
+  std::vector<std::vector<int32_t>> special_by_byte_;  // first byte -> indices into special_ids_
+};
+
+}  // namespace kvd
