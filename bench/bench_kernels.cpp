@@ -30,13 +30,24 @@ std::vector<uint8_t> random_weights(TensorType type, int64_t rows, int64_t cols,
   const uint16_t d = float_to_fp16(0.01f), m = float_to_fp16(-0.08f);
   for (size_t off = 0; off < data.size(); off += bi.bytes) {
     switch (type) {
-      case TensorType::Q4_1: std::memcpy(&data[off + 2], &m, 2); [[fallthrough]];
+      case TensorType::Q4_1:
+        std::memcpy(&data[off + 2], &m, 2);
+        [[fallthrough]];
       case TensorType::Q4_0:
       case TensorType::Q8_0:
-      case TensorType::Q4_K: std::memcpy(&data[off], &d, 2); break;
-      case TensorType::Q6_K: std::memcpy(&data[off + 208], &d, 2); break;
-      case TensorType::F16: std::memcpy(&data[off], &d, 2); break;
-      case TensorType::BF16: data[off] = 0; data[off + 1] = 0x3c; break;
+      case TensorType::Q4_K:
+        std::memcpy(&data[off], &d, 2);
+        break;
+      case TensorType::Q6_K:
+        std::memcpy(&data[off + 208], &d, 2);
+        break;
+      case TensorType::F16:
+        std::memcpy(&data[off], &d, 2);
+        break;
+      case TensorType::BF16:
+        data[off] = 0;
+        data[off + 1] = 0x3c;
+        break;
       case TensorType::F32: {
         const float v = 0.01f;
         std::memcpy(&data[off], &v, 4);
@@ -50,7 +61,8 @@ std::vector<uint8_t> random_weights(TensorType type, int64_t rows, int64_t cols,
 struct Weight {
   std::vector<uint8_t> data;
   WeightView view;
-  Weight(TensorType type, int64_t rows, int64_t cols, uint32_t seed) : data(random_weights(type, rows, cols, seed)) {
+  Weight(TensorType type, int64_t rows, int64_t cols, uint32_t seed)
+      : data(random_weights(type, rows, cols, seed)) {
     const gguf::BlockInfo bi = gguf::block_info(type);
     view = WeightView{type, data.data(), rows, cols, static_cast<size_t>(cols / bi.elems * bi.bytes)};
   }
@@ -103,11 +115,11 @@ void BM_Matmul(benchmark::State& state) {
 void MatmulArgs(benchmark::internal::Benchmark* b) {
   b->ArgNames({"type", "rows", "cols", "tok", "impl", "thr"});
   const int64_t q41 = static_cast<int64_t>(TensorType::Q4_1), q80 = static_cast<int64_t>(TensorType::Q8_0);
-  const int64_t shapes[][3] = {{q41, kDim, kDim}, {q41, kKv, kDim}, {q41, kFfn, kDim}, {q41, kDim, kFfn},
-                               {q80, kVocab, kDim}};
+  const int64_t shapes[][3] = {
+      {q41, kDim, kDim}, {q41, kKv, kDim}, {q41, kFfn, kDim}, {q41, kDim, kFfn}, {q80, kVocab, kDim}};
   for (const auto& s : shapes) {
     for (int impl : {kFastF32, kFastQ8}) b->Args({s[0], s[1], s[2], 1, impl, 2});
-    b->Args({s[0], s[1], s[2], 1, kFastF32, 1});
+    for (int impl : {kFastF32, kFastQ8}) b->Args({s[0], s[1], s[2], 1, impl, 1});
     b->Args({s[0], s[1], s[2], 1, kRef, 1});
   }
   for (const auto& s : shapes) {
@@ -175,9 +187,10 @@ void BM_ModelMatmuls(benchmark::State& state) {
   const double out_bytes = with_out ? 0 : static_cast<double>(m.out->data.size());
   const double out_params = with_out ? 0 : static_cast<double>(kVocab * kDim);
   set_counters(state, m.bytes - out_bytes, 2.0 * (m.params - out_params) * static_cast<double>(nt));
-  state.counters["tok/s"] = benchmark::Counter(static_cast<double>(nt * state.iterations()), benchmark::Counter::kIsRate);
-  state.SetLabel(std::string(act == ActQuant::Q8 ? "q8act" : "f32act") + " " + std::to_string(state.range(2)) +
-                 "thr" + (with_out ? "" : " no-output"));
+  state.counters["tok/s"] =
+      benchmark::Counter(static_cast<double>(nt * state.iterations()), benchmark::Counter::kIsRate);
+  state.SetLabel(std::string(act == ActQuant::Q8 ? "q8act" : "f32act") + " " +
+                 std::to_string(state.range(2)) + "thr" + (with_out ? "" : " no-output"));
 }
 BENCHMARK(BM_ModelMatmuls)
     ->ArgNames({"tok", "q8", "thr", "out"})

@@ -752,6 +752,18 @@ TEST_P(GgufBad, ThrowsOneLineNamingFileAndProblem) { expect_error(GetParam().byt
 INSTANTIATE_TEST_SUITE_P(Cases, GgufBad, ::testing::ValuesIn(bad_cases()),
                          [](const ::testing::TestParamInfo<BadCase>& info) { return info.param.name; });
 
+// Millions of one-byte elements would take 64 times the file size in memory; the reader caps the total.
+TEST(GgufBadLimits, TooManyArrayElementsInAll) {
+  const uint64_t half = (uint64_t{1} << 23) + 1;
+  Builder b;
+  b.kv("a", ValueType::ARRAY, array_of(ValueType::UINT8, half, Bytes().zeros(half)))
+      .kv("b", ValueType::ARRAY, array_of(ValueType::BOOL, half, Bytes().zeros(half)));
+  expect_error(
+      b.build(),
+      "metadata key #1 'b': array length 8388609 brings the metadata to 16777218 array elements in all, "
+      "more than the limit of 16777216");
+}
+
 // ---- broken files: systematic ----
 
 // Parses the first `n` bytes from a buffer of exactly that size (so AddressSanitizer sees any read past the

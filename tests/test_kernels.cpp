@@ -29,14 +29,22 @@ constexpr TensorType kAllTypes[] = {TensorType::F32,  TensorType::F16,  TensorTy
 
 const char* name(TensorType t) {
   switch (t) {
-    case TensorType::F32: return "F32";
-    case TensorType::F16: return "F16";
-    case TensorType::BF16: return "BF16";
-    case TensorType::Q4_0: return "Q4_0";
-    case TensorType::Q4_1: return "Q4_1";
-    case TensorType::Q8_0: return "Q8_0";
-    case TensorType::Q4_K: return "Q4_K";
-    case TensorType::Q6_K: return "Q6_K";
+    case TensorType::F32:
+      return "F32";
+    case TensorType::F16:
+      return "F16";
+    case TensorType::BF16:
+      return "BF16";
+    case TensorType::Q4_0:
+      return "Q4_0";
+    case TensorType::Q4_1:
+      return "Q4_1";
+    case TensorType::Q8_0:
+      return "Q8_0";
+    case TensorType::Q4_K:
+      return "Q4_K";
+    case TensorType::Q6_K:
+      return "Q6_K";
   }
   return "?";
 }
@@ -60,7 +68,9 @@ void random_block(TensorType type, uint8_t* p, std::mt19937& rng) {
       std::memcpy(p, &v, 4);
       break;
     }
-    case TensorType::F16: put_half(p, normal(rng)); break;
+    case TensorType::F16:
+      put_half(p, normal(rng));
+      break;
     case TensorType::BF16: {
       const float v = normal(rng);
       uint32_t b;
@@ -70,7 +80,9 @@ void random_block(TensorType type, uint8_t* p, std::mt19937& rng) {
       break;
     }
     case TensorType::Q4_0:
-    case TensorType::Q8_0: put_half(p, (u(rng) < 0.5f ? -1.0f : 1.0f) * scale(1e-3f, 0.05f)); break;
+    case TensorType::Q8_0:
+      put_half(p, (u(rng) < 0.5f ? -1.0f : 1.0f) * scale(1e-3f, 0.05f));
+      break;
     case TensorType::Q4_1:
       put_half(p, scale(1e-3f, 0.05f));
       put_half(p + 2, -scale(1e-2f, 0.4f));
@@ -79,7 +91,9 @@ void random_block(TensorType type, uint8_t* p, std::mt19937& rng) {
       put_half(p, scale(1e-4f, 2e-3f));
       put_half(p + 2, scale(1e-4f, 2e-3f));
       break;
-    case TensorType::Q6_K: put_half(p + 208, scale(1e-4f, 2e-3f)); break;
+    case TensorType::Q6_K:
+      put_half(p + 208, scale(1e-4f, 2e-3f));
+      break;
   }
 }
 
@@ -128,7 +142,8 @@ constexpr double kF32Tol = 2e-5;
 
 std::vector<uint8_t> from_hex(const std::string& s) {
   std::vector<uint8_t> out(s.size() / 2);
-  for (size_t i = 0; i < out.size(); ++i) out[i] = static_cast<uint8_t>(std::stoi(s.substr(2 * i, 2), nullptr, 16));
+  for (size_t i = 0; i < out.size(); ++i)
+    out[i] = static_cast<uint8_t>(std::stoi(s.substr(2 * i, 2), nullptr, 16));
   return out;
 }
 
@@ -238,8 +253,9 @@ double check_case(const Case& cs, ThreadPool& pool, ActQuant act, std::mt19937& 
   for (size_t i = 0; i < y.size(); ++i) {
     const double err = std::fabs(static_cast<double>(y[i]) - y_ref[i]);
     const double tol = kF32Tol * scale[i] + 1.001 * q8_bound[i] + 1e-30;
-    EXPECT_LE(err, tol) << name(cs.type) << " rows " << cs.rows << " cols " << cs.cols << " tokens " << cs.n_tokens
-                        << " t " << i / cs.rows << " r " << i % cs.rows << " ref " << y_ref[i] << " fast " << y[i];
+    EXPECT_LE(err, tol) << name(cs.type) << " rows " << cs.rows << " cols " << cs.cols << " tokens "
+                        << cs.n_tokens << " t " << i / cs.rows << " r " << i % cs.rows << " ref " << y_ref[i]
+                        << " fast " << y[i];
     if (err > tol) return 1e9;  // one report per case is enough
     worst = std::max(worst, err / (scale[i] + 1e-30));
   }
@@ -264,7 +280,8 @@ TEST_P(KernelMatmul, MatchesRefF32Act) {
   ThreadPool pool(2);
   std::mt19937 rng(1234 + static_cast<int>(GetParam()));
   double worst = 0.0;
-  for (const Case& cs : cases_for(GetParam())) worst = std::max(worst, check_case(cs, pool, ActQuant::F32, rng));
+  for (const Case& cs : cases_for(GetParam()))
+    worst = std::max(worst, check_case(cs, pool, ActQuant::F32, rng));
   RecordProperty("worst_rel_err", std::to_string(worst));
   std::printf("[ %s ] fp32-act worst |fast-ref| / sum|w x| = %.3g\n", name(GetParam()), worst);
 }
@@ -395,8 +412,8 @@ TEST(KernelAccuracy, RealWeightsF32VersusQ8Activations) {
   const std::vector<float> x_attn = rms_norm(resid, f32_tensor(*f, "blk.0.attn_norm.weight"));
   const std::vector<float> x_ffn = rms_norm(resid, f32_tensor(*f, "blk.0.ffn_norm.weight"));
   std::vector<float> y_ref, gate, up;
-  for (const char* name : {"blk.0.attn_q.weight", "blk.0.attn_k.weight", "blk.0.attn_v.weight",
-                           "blk.0.attn_output.weight"}) {
+  for (const char* name :
+       {"blk.0.attn_q.weight", "blk.0.attn_k.weight", "blk.0.attn_v.weight", "blk.0.attn_output.weight"}) {
     ErrStats a, b, c, d;
     run(tensor_view(*f, name), x_attn, &y_ref, &a, &b);
     report((std::string(name) + " (real x)").c_str(), a, b);
@@ -434,7 +451,8 @@ TEST(KernelAccuracy, RealWeightsF32VersusQ8Activations) {
                      std::max_element(lr, lr + emb.rows) - lr;
     }
     std::printf("  output logits %-6s max|d logit| %.3g (max |logit| %.3g), argmax same %d/%d\n",
-                act == ActQuant::F32 ? "fp32" : "q8", max_diff, max_logit, argmax_same, static_cast<int>(n_tok));
+                act == ActQuant::F32 ? "fp32" : "q8", max_diff, max_logit, argmax_same,
+                static_cast<int>(n_tok));
   }
 }
 

@@ -23,6 +23,9 @@ namespace {
 
 constexpr uint64_t kDefaultAlignment = 32;
 constexpr int kMaxArrayDepth = 8;  // arrays of arrays nest at most this deep
+// Each element becomes a Value of about 64 bytes, so a file of 1-byte elements would need 64 times its size
+// in memory. Real vocabularies have well under a million entries; this caps memory at about 1 GiB.
+constexpr uint64_t kMaxTotalElements = uint64_t{1} << 24;
 constexpr uint32_t kMaxDims = 4;
 constexpr uint32_t kMaxValueType = static_cast<uint32_t>(ValueType::FLOAT64);
 constexpr size_t kHeaderBytes = 4 + 4 + 8 + 8;  // magic, version, tensor count, kv count
@@ -303,6 +306,11 @@ class Parser {
            " (at least " + num(min) + " bytes each) runs past end of file (offset " + num(start) +
            ", file size " + num(size_) + ")");
     }
+    total_elements_ += n;  // cannot overflow: n and the running total are both bounded by the file size
+    if (total_elements_ > kMaxTotalElements) {
+      fail(where() + ": array length " + num(n) + " brings the metadata to " + num(total_elements_) +
+           " array elements in all, more than the limit of " + num(kMaxTotalElements));
+    }
     if (!elem_origin_) {
       elem_origin_ = std::make_shared<const std::string>(name_ + ": element of metadata key " + key_quoted_);
     }
@@ -329,7 +337,7 @@ class Parser {
     } else if (const auto* s = std::get_if<int64_t>(&a.data); s && is_signed(a.type) && *s >= 0) {
       al = static_cast<uint64_t>(*s);
     } else {
-      fail("bad general.alignment: has type " + type_desc(a) + " value " + a.to_string(2) +
+      fail("bad general.alignment: has type " + type_desc(a) + " value " + printable(a.to_string(2), 40) +
            ", expected a non-negative integer");
     }
     if (al == 0 || (al & (al - 1)) != 0) {
@@ -437,6 +445,7 @@ class Parser {
   size_t pos_ = 0;
   uint64_t kv_count_ = 0;
   uint64_t tensor_count_ = 0;
+  uint64_t total_elements_ = 0;  // array elements read so far, over all keys
   std::string where_;
   std::vector<uint64_t> elem_path_;            // indices of the array elements being read, innermost last
   std::string key_quoted_;                     // the current key, as shown in messages

@@ -319,6 +319,66 @@ def load_model(args, torch):
     return model
 
 
+def rope_pairing_check(args, ctx) -> dict:
+    """Shows which RoPE pairing goes with which weight order, on one prompt.
+
+    (a) transformers as loaded: Q/K rows in HF order (GGUF permutation reversed) + rotate_half
+        (NeoX-style pairs (i, i + head_dim/2)).
+    (b) Q/K rows put back in GGUF order + adjacent pairs (2i, 2i+1) (llama.cpp's "normal" rope).
+    (c) Q/K rows in GGUF order + rotate_half (the wrong combination).
+    Reports max |logit difference| of (b) and (c) against (a).
+    """
+    torch = ctx["torch"]
+    model = ctx["model"]
+    from transformers.models.llama import modeling_llama as ml
+
+    cfg = model.config
+    ids = encode(ctx["tok"], LOGIT_PROMPTS[0])
+    x = torch.tensor([ids], device=args.device)
+
+    def adjacent_pairs(q, k, cos, sin, unsqueeze_dim=1):
+        half = cos.shape[-1] // 2
+        c = cos[..., :half].unsqueeze(unsqueeze_dim)
+        s = sin[..., :half].unsqueeze(unsqueeze_dim)
+
+        def rot(t):
+            t1, t2 = t[..., 0::2], t[..., 1::2]
+            return torch.stack((t1 * c - t2 * s, t1 * s + t2 * c), dim=-1).flatten(-2)
+
+        return rot(q), rot(k)
+
+    def to_gguf_order(w, nh):
+        hd = w.shape[0] // nh
+        return w.reshape(nh, 2, hd // 2, w.shape[1]).transpose(1, 2).reshape(w.shape)
+
+    with torch.no_grad():
+        ref = model(input_ids=x).logits.float()
+        saved = []
+        for layer in model.model.layers:
+            at = layer.self_attn
+            saved.append((at.q_proj.weight.clone(), at.k_proj.weight.clone()))
+            at.q_proj.weight.copy_(to_gguf_order(at.q_proj.weight, cfg.num_attention_heads))
+            at.k_proj.weight.copy_(to_gguf_order(at.k_proj.weight, cfg.num_key_value_heads))
+        orig = ml.apply_rotary_pos_emb
+        try:
+            ml.apply_rotary_pos_emb = adjacent_pairs
+            b = model(input_ids=x).logits.float()
+            ml.apply_rotary_pos_emb = orig
+            c = model(input_ids=x).logits.float()
+        finally:
+            ml.apply_rotary_pos_emb = orig
+            for layer, (wq, wk) in zip(model.model.layers, saved):
+                layer.self_attn.q_proj.weight.copy_(wq)
+                layer.self_attn.k_proj.weight.copy_(wk)
+        again = model(input_ids=x).logits.float()
+    return {
+        "prompt_tokens": len(ids),
+        "max_abs_diff_gguf_order_adjacent_pairs": float((b - ref).abs().max()),
+        "max_abs_diff_gguf_order_rotate_half": float((c - ref).abs().max()),
+        "restored_max_abs_diff": float((again - ref).abs().max()),
+    }
+
+
 def mode_config(args, ctx) -> None:
     torch = ctx["torch"]
     model = ctx["model"]
@@ -382,6 +442,7 @@ def mode_config(args, ctx) -> None:
         facts["qk_weight_checks"] = checks
     except Exception as e:  # pragma: no cover
         facts["qk_weight_checks"] = f"failed: {e!r}"
+    facts["rope_pairing_check"] = rope_pairing_check(args, ctx)
     facts["command"] = ctx["command"]
     facts["generator"] = ctx["generator"]
     facts["model_sha256"] = ctx["model_sha256"]
@@ -391,7 +452,8 @@ def mode_config(args, ctx) -> None:
         f.write("\n")
     log("config: " + json.dumps({k: facts[k] for k in (
         "rope_theta", "rms_norm_eps", "tie_word_embeddings", "lm_head_shares_embedding_storage",
-        "apply_rotary_pos_emb_uses_rotate_half", "gguf_qk_reverse_permute", "qk_weight_checks")},
+        "apply_rotary_pos_emb_uses_rotate_half", "gguf_qk_reverse_permute", "qk_weight_checks",
+        "rope_pairing_check")},
         default=str))
 
 

@@ -11,8 +11,8 @@
 #ifndef HWY_WANT_AVX3_DL
 #define HWY_WANT_AVX3_DL
 #endif
-#include <hwy/foreach_target.h>  // must precede highway.h
 #include <hwy/aligned_allocator.h>
+#include <hwy/foreach_target.h>  // must precede highway.h
 #include <hwy/highway.h>
 
 #include <algorithm>
@@ -49,7 +49,9 @@ HWY_INLINE float Half(const uint8_t* p) {
 }
 
 // Widens n (= kN) bytes at p to int32 lanes.
-HWY_INLINE VI LoadU8(const uint8_t* p) { return hn::PromoteTo(DI(), hn::LoadU(hn::Rebind<uint8_t, DF>(), p)); }
+HWY_INLINE VI LoadU8(const uint8_t* p) {
+  return hn::PromoteTo(DI(), hn::LoadU(hn::Rebind<uint8_t, DF>(), p));
+}
 HWY_INLINE VI LoadI8(const uint8_t* p) {
   return hn::PromoteTo(DI(), hn::LoadU(hn::Rebind<int8_t, DF>(), reinterpret_cast<const int8_t*>(p)));
 }
@@ -60,51 +62,90 @@ HWY_INLINE VF ToF(VI v) { return hn::ConvertTo(DF(), v); }
 // d * sum(q * x) + m * sum(x): the per-block sums of x (sx, one per 32 elements) are computed once per
 // token, so the inner loop is convert + FMA and the scale is applied once per block.
 
-// Q4_0 (m = -8 d) and Q4_1.
-template <bool kQ40>
-float DotQ4(const uint8_t* row, const float* x, const float* sx, int64_t nb) {
+// One Q4_0 (m = -8 d) / Q4_1 block against T tokens: acc[t] += d * sum(q * x_t), macc[t] += m * sx_t.
+// The nibbles are unpacked once and reused for every token.
+template <bool kQ40, size_t T>
+HWY_INLINE void Q4Block(const uint8_t* blk, const float* const* xs, const float* const* sxs, int64_t b, VF* acc,
+                        float* macc) {
   const DF df;
-  constexpr size_t kBytes = kQ40 ? 18 : 20, kQs = kQ40 ? 2 : 4;
-  VF acc0 = hn::Zero(df), acc1 = hn::Zero(df);
-  float macc = 0.0f;
   const VI mask = hn::Set(DI(), 0x0f);
-  for (int64_t b = 0; b < nb; ++b, row += kBytes, x += 32) {
-    const float d = Half(row), m = kQ40 ? -8.0f * d : Half(row + 2);
-    const uint8_t* qs = row + kQs;
-    VI q = LoadU8(qs);
-    VF p0 = hn::Mul(ToF(hn::And(q, mask)), hn::LoadU(df, x));
-    VF p1 = hn::Mul(ToF(hn::ShiftRight<4>(q)), hn::LoadU(df, x + 16));
-    for (size_t j = kN; j < 16; j += kN) {
-      q = LoadU8(qs + j);
-      p0 = hn::MulAdd(ToF(hn::And(q, mask)), hn::LoadU(df, x + j), p0);
-      p1 = hn::MulAdd(ToF(hn::ShiftRight<4>(q)), hn::LoadU(df, x + 16 + j), p1);
+  const float d = Half(blk), m = kQ40 ? -8.0f * d : Half(blk + 2);
+  const uint8_t* qs = blk + (kQ40 ? 2 : 4);
+  VF p[T];
+#pragma GCC unroll 8
+  for (size_t t = 0; t < T; ++t) p[t] = hn::Zero(df);
+#pragma GCC unroll 16
+  for (size_t j = 0; j < 16; j += kN) {
+    const VI q = LoadU8(qs + j);
+    const VF lo = ToF(hn::And(q, mask)), hi = ToF(hn::ShiftRight<4>(q));
+#pragma GCC unroll 8
+    for (size_t t = 0; t < T; ++t) {
+      const float* x = xs[t] + b * 32 + j;
+      p[t] = hn::MulAdd(lo, hn::LoadU(df, x), p[t]);
+      p[t] = hn::MulAdd(hi, hn::LoadU(df, x + 16), p[t]);
     }
-    // Alternate accumulators so consecutive blocks do not wait on one FMA chain.
-    if (b & 1) {
-      acc1 = hn::MulAdd(hn::Add(p0, p1), hn::Set(df, d), acc1);
-    } else {
-      acc0 = hn::MulAdd(hn::Add(p0, p1), hn::Set(df, d), acc0);
-    }
-    macc += m * sx[b];
   }
-  return hn::GetLane(hn::SumOfLanes(df, hn::Add(acc0, acc1))) + macc;
+  const VF vd = hn::Set(df, d);
+#pragma GCC unroll 8
+  for (size_t t = 0; t < T; ++t) {
+    acc[t] = hn::MulAdd(p[t], vd, acc[t]);
+    macc[t] += m * sxs[t][b];
+  }
 }
 
-float DotQ8_0(const uint8_t* row, const float* x, int64_t nb) {
+// One Q8_0 block against T tokens.
+template <size_t T>
+HWY_INLINE void Q8Block(const uint8_t* blk, const float* const* xs, int64_t b, VF* acc) {
   const DF df;
-  VF acc0 = hn::Zero(df), acc1 = hn::Zero(df);
-  for (int64_t b = 0; b < nb; ++b, row += 34, x += 32) {
-    const float d = Half(row);
-    const uint8_t* qs = row + 2;
-    VF p = hn::Mul(ToF(LoadI8(qs)), hn::LoadU(df, x));
-    for (size_t j = kN; j < 32; j += kN) p = hn::MulAdd(ToF(LoadI8(qs + j)), hn::LoadU(df, x + j), p);
-    if (b & 1) {
-      acc1 = hn::MulAdd(p, hn::Set(df, d), acc1);
-    } else {
-      acc0 = hn::MulAdd(p, hn::Set(df, d), acc0);
+  const uint8_t* qs = blk + 2;
+  VF p[T];
+#pragma GCC unroll 8
+  for (size_t t = 0; t < T; ++t) p[t] = hn::Zero(df);
+#pragma GCC unroll 16
+  for (size_t j = 0; j < 32; j += kN) {
+    const VF q = ToF(LoadI8(qs + j));
+#pragma GCC unroll 8
+    for (size_t t = 0; t < T; ++t) {
+      const float* x = xs[t] + b * 32 + j;
+      p[t] = hn::MulAdd(q, hn::LoadU(df, x), p[t]);
     }
   }
-  return hn::GetLane(hn::SumOfLanes(df, hn::Add(acc0, acc1)));
+  const VF vd = hn::Set(df, Half(blk));
+#pragma GCC unroll 8
+  for (size_t t = 0; t < T; ++t) acc[t] = hn::MulAdd(p[t], vd, acc[t]);
+}
+
+// Q4_0 / Q4_1 / Q8_0 row against T tokens: out[t] = dot(row, xs[t]). Even and odd blocks go to separate
+// accumulators so consecutive blocks do not wait on one FMA chain.
+template <TensorType kType, size_t T>
+void DotBlocksT(const uint8_t* row, const float* const* xs, const float* const* sxs, int64_t nb, float* out) {
+  const DF df;
+  constexpr size_t kBytes = kType == TensorType::Q4_0 ? 18 : kType == TensorType::Q4_1 ? 20 : 34;
+  VF acc0[T], acc1[T];
+  float macc0[T], macc1[T];
+#pragma GCC unroll 8
+  for (size_t t = 0; t < T; ++t) {
+    acc0[t] = hn::Zero(df);
+    acc1[t] = hn::Zero(df);
+    macc0[t] = macc1[t] = 0.0f;
+  }
+  const auto block = [&](int64_t b, VF* acc, float* macc) HWY_ATTR {
+    if constexpr (kType == TensorType::Q8_0) {
+      (void)macc;
+      Q8Block<T>(row + b * kBytes, xs, b, acc);
+    } else {
+      Q4Block<kType == TensorType::Q4_0, T>(row + b * kBytes, xs, sxs, b, acc, macc);
+    }
+  };
+  int64_t b = 0;
+  for (; b + 2 <= nb; b += 2) {
+    block(b, acc0, macc0);
+    block(b + 1, acc1, macc1);
+  }
+  if (b < nb) block(b, acc0, macc0);
+#pragma GCC unroll 8
+  for (size_t t = 0; t < T; ++t)
+    out[t] = hn::GetLane(hn::SumOfLanes(df, hn::Add(acc0[t], acc1[t]))) + (macc0[t] + macc1[t]);
 }
 
 // Q4_K: sub-block j of 32 has scale d * sc_j and min dmin * mn_j: x = d sc q - dmin mn.
@@ -163,8 +204,10 @@ float DotQ6K(const uint8_t* row, const float* x, int64_t nb) {
         const size_t is = l / 16;
         const VI a = LoadU8(ql + l), c = LoadU8(ql + 32 + l), h = LoadU8(qh + l);
         const VI q1 = hn::Sub(hn::Or(hn::And(a, m4), hn::ShiftLeft<4>(hn::And(h, m2))), k32);
-        const VI q2 = hn::Sub(hn::Or(hn::And(c, m4), hn::ShiftLeft<4>(hn::And(hn::ShiftRight<2>(h), m2))), k32);
-        const VI q3 = hn::Sub(hn::Or(hn::ShiftRight<4>(a), hn::ShiftLeft<4>(hn::And(hn::ShiftRight<4>(h), m2))), k32);
+        const VI q2 =
+            hn::Sub(hn::Or(hn::And(c, m4), hn::ShiftLeft<4>(hn::And(hn::ShiftRight<2>(h), m2))), k32);
+        const VI q3 =
+            hn::Sub(hn::Or(hn::ShiftRight<4>(a), hn::ShiftLeft<4>(hn::And(hn::ShiftRight<4>(h), m2))), k32);
         const VI q4 = hn::Sub(hn::Or(hn::ShiftRight<4>(c), hn::ShiftLeft<4>(hn::ShiftRight<6>(h))), k32);
         acc = hn::MulAdd(hn::Mul(ToF(q1), hn::LoadU(df, x + l)), hn::Set(df, d * sc[is]), acc);
         acc = hn::MulAdd(hn::Mul(ToF(q2), hn::LoadU(df, x + 32 + l)), hn::Set(df, d * sc[is + 2]), acc);
@@ -183,8 +226,8 @@ HWY_INLINE VF LoadPlain(const uint8_t* row, int64_t i) {
   if constexpr (kType == TensorType::F32) {
     return hn::LoadU(df, reinterpret_cast<const float*>(row) + i);
   } else if constexpr (kType == TensorType::F16) {
-    return hn::PromoteTo(df, hn::LoadU(hn::Rebind<hwy::float16_t, DF>(),
-                                       reinterpret_cast<const hwy::float16_t*>(row) + i));
+    return hn::PromoteTo(
+        df, hn::LoadU(hn::Rebind<hwy::float16_t, DF>(), reinterpret_cast<const hwy::float16_t*>(row) + i));
   } else {
     const hn::RebindToUnsigned<DF> du;
     const auto h = hn::LoadU(hn::Rebind<uint16_t, DF>(), reinterpret_cast<const uint16_t*>(row) + i);
@@ -220,21 +263,61 @@ float DotPlain(const uint8_t* row, const float* x, int64_t n) {
 
 float DotRow(TensorType type, const uint8_t* row, const float* x, const float* sx, int64_t n) {
   switch (type) {
-    case TensorType::F32: return DotPlain<TensorType::F32>(row, x, n);
-    case TensorType::F16: return DotPlain<TensorType::F16>(row, x, n);
-    case TensorType::BF16: return DotPlain<TensorType::BF16>(row, x, n);
-    case TensorType::Q4_0: return DotQ4<true>(row, x, sx, n / 32);
-    case TensorType::Q4_1: return DotQ4<false>(row, x, sx, n / 32);
-    case TensorType::Q8_0: return DotQ8_0(row, x, n / 32);
-    case TensorType::Q4_K: return DotQ4K(row, x, sx, n / 256);
-    case TensorType::Q6_K: return DotQ6K(row, x, n / 256);
+    case TensorType::F32:
+      return DotPlain<TensorType::F32>(row, x, n);
+    case TensorType::F16:
+      return DotPlain<TensorType::F16>(row, x, n);
+    case TensorType::BF16:
+      return DotPlain<TensorType::BF16>(row, x, n);
+    case TensorType::Q4_0:
+    case TensorType::Q4_1:
+    case TensorType::Q8_0:
+      break;  // BlockRowsT, below
+    case TensorType::Q4_K:
+      return DotQ4K(row, x, sx, n / 256);
+    case TensorType::Q6_K:
+      return DotQ6K(row, x, n / 256);
   }
   return 0.0f;
+}
+
+template <TensorType kType>
+void BlockRowsT(const WeightView& w, const float* x, const float* sx, int64_t n_sx, float* y, int64_t n_tokens,
+                int64_t r0, int64_t r1) {
+  const int64_t nb = w.cols / 32;
+  for (int64_t r = r0; r < r1; ++r) {
+    const uint8_t* row = w.data + r * static_cast<int64_t>(w.row_bytes);
+    // Up to 4 tokens per pass over the row: the unpacked block is reused from registers.
+    for (int64_t t0 = 0; t0 < n_tokens; t0 += 4) {
+      const int64_t nt = std::min<int64_t>(4, n_tokens - t0);
+      const float* xs[4];
+      const float* sxs[4];
+      float out[4];
+      for (int64_t t = 0; t < 4; ++t) {
+        const int64_t tt = t0 + std::min(t, nt - 1);
+        xs[t] = x + tt * w.cols;
+        sxs[t] = sx + tt * n_sx;
+      }
+      switch (nt) {
+        case 1: DotBlocksT<kType, 1>(row, xs, sxs, nb, out); break;
+        case 2: DotBlocksT<kType, 2>(row, xs, sxs, nb, out); break;
+        case 3: DotBlocksT<kType, 3>(row, xs, sxs, nb, out); break;
+        default: DotBlocksT<kType, 4>(row, xs, sxs, nb, out); break;
+      }
+      for (int64_t t = 0; t < nt; ++t) y[(t0 + t) * w.rows + r] = out[t];
+    }
+  }
 }
 
 // Rows [r0, r1) for every token; sx holds each token's block sums (stride n_sx).
 void MatvecRows(const WeightView& w, const float* x, const float* sx, int64_t n_sx, float* y, int64_t n_tokens,
                 int64_t r0, int64_t r1) {
+  switch (w.type) {
+    case TensorType::Q4_0: return BlockRowsT<TensorType::Q4_0>(w, x, sx, n_sx, y, n_tokens, r0, r1);
+    case TensorType::Q4_1: return BlockRowsT<TensorType::Q4_1>(w, x, sx, n_sx, y, n_tokens, r0, r1);
+    case TensorType::Q8_0: return BlockRowsT<TensorType::Q8_0>(w, x, sx, n_sx, y, n_tokens, r0, r1);
+    default: break;
+  }
   for (int64_t r = r0; r < r1; ++r) {
     const uint8_t* row = w.data + r * static_cast<int64_t>(w.row_bytes);
     for (int64_t t = 0; t < n_tokens; ++t)
@@ -276,7 +359,8 @@ KVD_Q8_ATTR float DotRowQ8(const uint8_t* row, const int8_t* xq, const float* xd
       const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + 2));
       dot = KVD_DPBUSD(_mm256_sign_epi8(wv, wv), _mm256_sign_epi8(xv, wv));
     } else {
-      const __m128i t = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + (kType == TensorType::Q4_0 ? 2 : 4)));
+      const __m128i t =
+          _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + (kType == TensorType::Q4_0 ? 2 : 4)));
       const __m256i q = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(t, 4), t), mask);
       dot = KVD_DPBUSD(q, xv);
       if constexpr (kType == TensorType::Q4_0) {
@@ -335,10 +419,17 @@ void MatvecRowsQ8(const WeightView& w, const int8_t* xq, const float* xd, const 
       const float* s = sx + t * nb;
       float v = 0.0f;
       switch (w.type) {
-        case TensorType::Q4_0: v = DotRowQ8<TensorType::Q4_0>(row, q, d, s, nb); break;
-        case TensorType::Q4_1: v = DotRowQ8<TensorType::Q4_1>(row, q, d, s, nb); break;
-        case TensorType::Q8_0: v = DotRowQ8<TensorType::Q8_0>(row, q, d, s, nb); break;
-        default: KVD_ASSERT(false);
+        case TensorType::Q4_0:
+          v = DotRowQ8<TensorType::Q4_0>(row, q, d, s, nb);
+          break;
+        case TensorType::Q4_1:
+          v = DotRowQ8<TensorType::Q4_1>(row, q, d, s, nb);
+          break;
+        case TensorType::Q8_0:
+          v = DotRowQ8<TensorType::Q8_0>(row, q, d, s, nb);
+          break;
+        default:
+          KVD_ASSERT(false);
       }
       y[t * w.rows + r] = v;
     }
@@ -383,8 +474,10 @@ void DequantQ4K(const uint8_t* src, float* dst, int64_t nb) {
       int sc1, mn1, sc2, mn2;
       Q4KScaleMin(2 * c, src + 4, &sc1, &mn1);
       Q4KScaleMin(2 * c + 1, src + 4, &sc2, &mn2);
-      const VF d1 = hn::Set(df, d * static_cast<float>(sc1)), m1 = hn::Set(df, dmin * static_cast<float>(mn1));
-      const VF d2 = hn::Set(df, d * static_cast<float>(sc2)), m2 = hn::Set(df, dmin * static_cast<float>(mn2));
+      const VF d1 = hn::Set(df, d * static_cast<float>(sc1)),
+               m1 = hn::Set(df, dmin * static_cast<float>(mn1));
+      const VF d2 = hn::Set(df, d * static_cast<float>(sc2)),
+               m2 = hn::Set(df, dmin * static_cast<float>(mn2));
       for (size_t j = 0; j < 32; j += kN) {
         const VI v = LoadU8(q + j);
         hn::StoreU(hn::MulSub(ToF(hn::And(v, mask)), d1, m1), df, dst + j);
@@ -408,8 +501,10 @@ void DequantQ6K(const uint8_t* src, float* dst, int64_t nb) {
         const size_t is = l / 16;
         const VI a = LoadU8(ql + l), c = LoadU8(ql + 32 + l), h = LoadU8(qh + l);
         const VI q1 = hn::Sub(hn::Or(hn::And(a, m4), hn::ShiftLeft<4>(hn::And(h, m2))), k32);
-        const VI q2 = hn::Sub(hn::Or(hn::And(c, m4), hn::ShiftLeft<4>(hn::And(hn::ShiftRight<2>(h), m2))), k32);
-        const VI q3 = hn::Sub(hn::Or(hn::ShiftRight<4>(a), hn::ShiftLeft<4>(hn::And(hn::ShiftRight<4>(h), m2))), k32);
+        const VI q2 =
+            hn::Sub(hn::Or(hn::And(c, m4), hn::ShiftLeft<4>(hn::And(hn::ShiftRight<2>(h), m2))), k32);
+        const VI q3 =
+            hn::Sub(hn::Or(hn::ShiftRight<4>(a), hn::ShiftLeft<4>(hn::And(hn::ShiftRight<4>(h), m2))), k32);
         const VI q4 = hn::Sub(hn::Or(hn::ShiftRight<4>(c), hn::ShiftLeft<4>(hn::ShiftRight<6>(h))), k32);
         hn::StoreU(hn::Mul(hn::Set(df, d * sc[is]), ToF(q1)), df, dst + l);
         hn::StoreU(hn::Mul(hn::Set(df, d * sc[is + 2]), ToF(q2)), df, dst + 32 + l);
@@ -430,14 +525,30 @@ void DequantPlain(const uint8_t* src, float* dst, int64_t n) {
 
 void DequantRow(TensorType type, const uint8_t* src, float* dst, int64_t n) {
   switch (type) {
-    case TensorType::F32: std::memcpy(dst, src, static_cast<size_t>(n) * 4); break;
-    case TensorType::F16: DequantPlain<TensorType::F16>(src, dst, n); break;
-    case TensorType::BF16: DequantPlain<TensorType::BF16>(src, dst, n); break;
-    case TensorType::Q4_0: DequantQ4<true>(src, dst, n / 32); break;
-    case TensorType::Q4_1: DequantQ4<false>(src, dst, n / 32); break;
-    case TensorType::Q8_0: DequantQ8_0(src, dst, n / 32); break;
-    case TensorType::Q4_K: DequantQ4K(src, dst, n / 256); break;
-    case TensorType::Q6_K: DequantQ6K(src, dst, n / 256); break;
+    case TensorType::F32:
+      std::memcpy(dst, src, static_cast<size_t>(n) * 4);
+      break;
+    case TensorType::F16:
+      DequantPlain<TensorType::F16>(src, dst, n);
+      break;
+    case TensorType::BF16:
+      DequantPlain<TensorType::BF16>(src, dst, n);
+      break;
+    case TensorType::Q4_0:
+      DequantQ4<true>(src, dst, n / 32);
+      break;
+    case TensorType::Q4_1:
+      DequantQ4<false>(src, dst, n / 32);
+      break;
+    case TensorType::Q8_0:
+      DequantQ8_0(src, dst, n / 32);
+      break;
+    case TensorType::Q4_K:
+      DequantQ4K(src, dst, n / 256);
+      break;
+    case TensorType::Q6_K:
+      DequantQ6K(src, dst, n / 256);
+      break;
   }
 }
 
@@ -591,8 +702,7 @@ void dequantize_row_fast(TensorType type, const uint8_t* src, float* dst, int64_
   HWY_DYNAMIC_DISPATCH(DequantRow)(type, src, dst, n);
 }
 
-void matmul(const WeightView& w, const float* x, float* y, int64_t n_tokens, ThreadPool& pool,
-            ActQuant act) {
+void matmul(const WeightView& w, const float* x, float* y, int64_t n_tokens, ThreadPool& pool, ActQuant act) {
   if (n_tokens <= 0 || w.rows <= 0) return;
   const gguf::BlockInfo bi = gguf::block_info(w.type);
   KVD_ASSERT(w.cols % bi.elems == 0);
@@ -620,8 +730,8 @@ void matmul(const WeightView& w, const float* x, float* y, int64_t n_tokens, Thr
     return;
   }
 
-  const bool q8 = act == ActQuant::Q8 && (w.type == TensorType::Q4_0 || w.type == TensorType::Q4_1 ||
-                                          w.type == TensorType::Q8_0);
+  const bool q8 = act == ActQuant::Q8 &&
+                  (w.type == TensorType::Q4_0 || w.type == TensorType::Q4_1 || w.type == TensorType::Q8_0);
   const int64_t nb = w.cols / 32;
   thread_local std::vector<float> sx, xd;
   thread_local std::vector<int8_t> xq;
