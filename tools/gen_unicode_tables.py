@@ -46,7 +46,7 @@ def main() -> None:
     out.write("inline constexpr uint8_t kLetter = %d, kNumber = %d, kSpace = %d, kPunct = %d;\n\n"
               % (LETTER, NUMBER, SPACE, PUNCT))
     out.write("// Each entry: first code point << 8 | flags, then the last code point.\n")
-    out.write("inline constexpr uint32_t kRanges[][2] = {\n")
+    out.write("// clang-format off\ninline constexpr uint32_t kRanges[][2] = {\n")
     line = ""
     for lo, hi, f in ranges:
         item = "{0x%X, 0x%X}," % (lo << 8 | f, hi)
@@ -56,7 +56,7 @@ def main() -> None:
         line += item + " "
     if line:
         out.write("    " + line.rstrip() + "\n")
-    out.write("};\n\ninline constexpr unsigned kRangeCount = %d;\n\n}  // namespace kvd::unicode_tables\n"
+    out.write("};\n// clang-format on\n\ninline constexpr unsigned kRangeCount = %d;\n\n}  // namespace kvd::unicode_tables\n"
               % len(ranges))
 
 

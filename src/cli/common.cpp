@@ -18,10 +18,10 @@ void add_engine_options(CLI::App* app, EngineOptions& o, bool with_ctx) {
   app->add_option("--kv-residual", o.kv_residual, "newest tokens kept at 16 bits")->check(CLI::Range(0, 1 << 20));
 }
 
-Engine make_engine(const EngineOptions& o, int ctx_override) {
+Engine make_engine(const EngineOptions& o, int ctx_override, std::shared_ptr<Model> model) {
   Engine e;
   e.policy = make_policy(o.kv_policy);  // check the cheap things before mapping the model
-  e.model = Model::load(o.model_path);
+  e.model = model ? std::move(model) : std::shared_ptr<Model>(Model::load(o.model_path));
   e.backend = make_backend(o.backend, o.threads);
   const ModelConfig& c = e.model->config();
   KvLayout layout{c.n_layers, c.n_kv_heads, c.head_dim, o.kv_group};

@@ -28,13 +28,14 @@ void add_engine_options(CLI::App* app, EngineOptions& o, bool with_ctx = true);
 
 // Everything one run needs, built from the options.
 struct Engine {
-  std::unique_ptr<Model> model;
+  std::shared_ptr<Model> model;
   std::unique_ptr<Backend> backend;
   std::unique_ptr<KvCache> cache;
   std::unique_ptr<KvPolicy> policy;
   std::unique_ptr<Session> session;
 };
-Engine make_engine(const EngineOptions& o, int ctx_override = 0);
+// Loads the model unless one is given (benchmarks share one mapping across policies).
+Engine make_engine(const EngineOptions& o, int ctx_override = 0, std::shared_ptr<Model> model = nullptr);
 
 // "KV cache: 1234 tokens, 5.00 bits/elem (avg width 4.00), 12.3 MiB; 2: 0%, 4: 100%, 8: 0%, 16: 0%"
 std::string kv_summary(const KvCache& cache, int seq = 0);

@@ -8,6 +8,7 @@
 #include <sstream>
 #include <string>
 
+#include "cli/bench.h"
 #include "cli/common.h"
 #include "eval/perplexity.h"
 #include "eval/runner.h"
@@ -184,8 +185,14 @@ int main(int argc, char** argv) {
   t->add_flag("--no-parse-special", tk.no_special, "treat special-token text as plain text");
   t->add_flag("--show-pieces", tk.show_pieces, "print each id with its text");
 
+  BenchArgs bench;
+  CLI::App* bn = app.add_subcommand("bench", "llama-bench-style speed table (pp, tg, depth) per KV policy");
+  add_bench_options(bn, bench);
+  bn->get_option("--kv-policy")->description("comma-separated policies to compare in one table");
+
   try {
     app.parse(argc, argv);
+    if (bn->parsed()) return run_bench(bench);
     if (g->parsed()) return run_generate(gen);
     if (p->parsed()) return run_perplexity(ppl);
     if (t->parsed()) return run_tokenize(tk);

@@ -16,6 +16,7 @@
 
 namespace kvd::gguf {
 
+// clang-format off
 // Metadata value types, numbered as in the GGUF specification.
 enum class ValueType : uint32_t {
   UINT8 = 0, INT8 = 1, UINT16 = 2, INT16 = 3, UINT32 = 4, INT32 = 5, FLOAT32 = 6, BOOL = 7,
@@ -26,6 +27,7 @@ enum class ValueType : uint32_t {
 enum class TensorType : uint32_t {
   F32 = 0, F16 = 1, Q4_0 = 2, Q4_1 = 3, Q8_0 = 8, Q4_K = 12, Q6_K = 14, BF16 = 30,
 };
+// clang-format on
 
 // "uint8", "string", "array", ...; "unknown" for numbers outside the specification.
 const char* value_type_name(ValueType t);
@@ -51,8 +53,8 @@ struct Value {
   // errors name the file and key. Shared by all elements of an array; null for values built by hand.
   std::shared_ptr<const std::string> origin;
 
-  int64_t as_int() const;      // any integer type (throws kvd::Error otherwise)
-  double as_float() const;     // any numeric type
+  int64_t as_int() const;   // any integer type (throws kvd::Error otherwise)
+  double as_float() const;  // any numeric type
   bool as_bool() const;
   const std::string& as_string() const;
   const Array& as_array() const;
@@ -63,7 +65,7 @@ struct TensorInfo {
   std::string name;
   std::vector<uint64_t> dims;  // ggml order: dims[0] is the contiguous (row) length
   TensorType type = TensorType::F32;
-  uint64_t offset = 0;         // relative to the data section
+  uint64_t offset = 0;  // relative to the data section
   uint64_t n_elements = 0;
   uint64_t n_bytes = 0;
   const uint8_t* data = nullptr;  // points into the mapping, inside the file (checked)

@@ -169,6 +169,26 @@ void KvCache::clear(int seq) {
   }
 }
 
+void KvCache::truncate(int seq, int n) {
+  Sequence& s = seq_ref(seq);
+  KVD_ASSERT(n >= 0);
+  if (n >= s.n_tokens) return;
+  if (n < s.n_arena) {
+    s.arena_end = s.token_offset[n];
+    s.n_arena = n;
+  }
+  s.n_tokens = n;
+  s.token_bits.resize(static_cast<size_t>(n));
+  s.decided.resize(static_cast<size_t>(n));
+  s.token_offset.resize(static_cast<size_t>(n));
+  const size_t staged = static_cast<size_t>(s.n_tokens - s.n_arena);
+  for (int l = 0; l < layout_.n_layers; ++l) {
+    s.staged_k[l].resize(staged * layout_.kv_dim());
+    s.staged_v[l].resize(staged * layout_.kv_dim());
+    s.staged_q[l].resize(staged * layout_.token_bytes(16));
+  }
+}
+
 KvTokenView KvCache::token(int seq, int layer, int pos, int query_pos) const {
   const Sequence& s = seq_ref(seq);
   KVD_ASSERT(pos >= 0 && pos < s.n_tokens);

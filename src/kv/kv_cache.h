@@ -65,6 +65,8 @@ class KvCache {
   void flush_window(int seq);
   // Forgets the sequence's tokens; pages are kept for reuse.
   void clear(int seq);
+  // Forgets tokens at positions >= n (benchmarks rewind to a fixed depth this way).
+  void truncate(int seq, int n);
 
   // Key/value of token t of one layer as the query at position query_pos reads it (see above).
   KvTokenView token(int seq, int layer, int t, int query_pos) const;

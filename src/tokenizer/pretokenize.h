@@ -12,9 +12,9 @@ namespace kvd::pretok {
 enum class Scheme {
   kGpt2,        // 's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
   kDigitsGpt2,  // each \p{N} isolated first (HF Digits(individual_digits)), then kGpt2
-  kLlama3,      // (?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|...
-  kQwen2,       // as kLlama3 but \p{N} one at a time
-  kDefault,     // llama.cpp's fallback: [\p{P}$+<=>^~|]+, then kGpt2, then \p{N}+, then [0-9]{3}
+  kLlama3,   // (?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|...
+  kQwen2,    // as kLlama3 but \p{N} one at a time
+  kDefault,  // llama.cpp's fallback: [\p{P}$+<=>^~|]+, then kGpt2, then \p{N}+, then [0-9]{3}
 };
 
 struct SchemeInfo {

@@ -203,9 +203,8 @@ Tokenizer::Tokenizer(Vocab vocab) : vocab_(std::move(vocab)) {
     merges_.emplace(key, Merge{static_cast<int32_t>(r), j->second});  // keeps the first (best) rank
   }
 
-  std::stable_sort(special_ids_.begin(), special_ids_.end(), [&](int32_t a, int32_t b) {
-    return vocab_.tokens[a].size() > vocab_.tokens[b].size();
-  });
+  std::stable_sort(special_ids_.begin(), special_ids_.end(),
+                   [&](int32_t a, int32_t b) { return vocab_.tokens[a].size() > vocab_.tokens[b].size(); });
   special_by_byte_.assign(256, {});
   for (size_t k = 0; k < special_ids_.size(); ++k) {
     const auto first = static_cast<unsigned char>(vocab_.tokens[special_ids_[k]][0]);

@@ -14,10 +14,17 @@ class File;
 namespace kvd {
 
 // Token types as GGUF stores them (tokenizer.ggml.token_type).
-enum class TokenType : int32_t { NORMAL = 1, UNKNOWN = 2, CONTROL = 3, USER_DEFINED = 4, UNUSED = 5, BYTE = 6 };
+enum class TokenType : int32_t {
+  NORMAL = 1,
+  UNKNOWN = 2,
+  CONTROL = 3,
+  USER_DEFINED = 4,
+  UNUSED = 5,
+  BYTE = 6
+};
 
 struct Vocab {
-  std::string model = "gpt2";  // tokenizer.ggml.model
+  std::string model = "gpt2";   // tokenizer.ggml.model
   std::string pre = "default";  // tokenizer.ggml.pre
   std::vector<std::string> tokens;
   std::vector<int32_t> token_types;  // may be empty (then all NORMAL)
@@ -32,13 +39,18 @@ Vocab vocab_from_gguf(const gguf::File& file);
 
 class Tokenizer {
  public:
+  // Throws kvd::Error for a model other than "gpt2" or a pre-tokenizer it does not implement
+  // ("unsupported tokenizer.ggml.pre 'xyz'"); there is no silent fallback to another regex.
   explicit Tokenizer(Vocab vocab);
 
   // Text to ids. add_special: prepend BOS / append EOS as the vocab says. parse_special: text that
   // spells a CONTROL or USER_DEFINED token (e.g. "<|im_start|>") becomes that token.
-  std::vector<int32_t> encode(std::string_view text, bool add_special = true, bool parse_special = true) const;
+  std::vector<int32_t> encode(std::string_view text, bool add_special = true,
+                              bool parse_special = true) const;
   // Ids to text. Control tokens are dropped unless keep_special. Bytes that do not form valid UTF-8
-  // are passed through as they are, so decode(encode(s)) == s for any byte string s.
+  // are passed through as they are, so decode(encode(s)) == s for any byte string s whose bytes all
+  // have a one-byte token. (SmolLM2's vocabulary lacks 21 bytes, e.g. 0x1D and 0xC0; encode drops
+  // them, as Hugging Face and llama.cpp do.)
   std::string decode(const std::vector<int32_t>& ids, bool keep_special = false) const;
   // The raw bytes one token stands for (its piece after undoing the byte-to-unicode mapping).
   std::string token_bytes(int32_t id) const;
@@ -69,7 +81,7 @@ class Tokenizer {
   std::unordered_map<uint64_t, Merge> merges_;  // (left id << 32 | right id) -> merge
   std::vector<int32_t> byte_token_;             // byte -> id of its one-byte token, or -1
   std::vector<std::string> id_to_bytes_;
-  std::vector<int32_t> special_ids_;                 // CONTROL / USER_DEFINED tokens, longest first
+  std::vector<int32_t> special_ids_;                   // CONTROL / USER_DEFINED tokens, longest first
   std::vector<std::vector<int32_t>> special_by_byte_;  // first byte -> indices into special_ids_
 };
 

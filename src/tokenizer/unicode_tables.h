@@ -9,6 +9,7 @@ namespace kvd::unicode_tables {
 inline constexpr uint8_t kLetter = 1, kNumber = 2, kSpace = 4, kPunct = 8;
 
 // Each entry: first code point << 8 | flags, then the last code point.
+// clang-format off
 inline constexpr uint32_t kRanges[][2] = {
     {0x904, 0xD}, {0x2004, 0x20}, {0x2108, 0x23}, {0x2508, 0x2A}, {0x2C08, 0x2F}, {0x3002, 0x39},
     {0x3A08, 0x3B}, {0x3F08, 0x40}, {0x4101, 0x5A}, {0x5B08, 0x5D}, {0x5F08, 0x5F}, {0x6101, 0x7A},
@@ -226,6 +227,7 @@ inline constexpr uint32_t kRanges[][2] = {
     {0x2000001, 0x2A6DF}, {0x2A70001, 0x2B738}, {0x2B74001, 0x2B81D}, {0x2B82001, 0x2CEA1},
     {0x2CEB001, 0x2EBE0}, {0x2F80001, 0x2FA1D}, {0x3000001, 0x3134A},
 };
+// clang-format on
 
 inline constexpr unsigned kRangeCount = 981;
 

@@ -117,6 +117,72 @@ HWY_INLINE void Q8Block(const uint8_t* blk, const float* const* xs, int64_t b, V
 
 // Q4_0 / Q4_1 / Q8_0 row against T tokens: out[t] = dot(row, xs[t]). Even and odd blocks go to separate
 // accumulators so consecutive blocks do not wait on one FMA chain.
+#if HWY_ARCH_X86 && HWY_TARGET <= HWY_AVX3
+// AVX-512 Q4_0 / Q4_1, R rows x T tokens: a per-block table lut[i] = i * d + m of the 16 possible
+// weights, indexed with vpermps, which reads only the low 4 bits of each index (so the low nibble needs no
+// mask). The weights come out dequantized and go straight into the FMA with x: no int->float conversion,
+// no per-block scale FMA, no offset term. The scales of a run of blocks are converted in a pre-pass, 4
+// blocks per vcvtph2ps, so the main loop broadcasts them from memory instead of shuffling registers
+// (the shuffle unit is the bottleneck on Zen 4); two rows share each load of x.
+template <bool kQ40, size_t R, size_t T>
+void DotQ4LutT(const uint8_t* const* rows, const float* const* xs, int64_t nb, float* out) {
+  constexpr int64_t kBytes = kQ40 ? 18 : 20, kChunk = 32;
+  const float o = kQ40 ? -8.0f : 0.0f;
+  const __m512 iota = _mm512_setr_ps(o + 0, o + 1, o + 2, o + 3, o + 4, o + 5, o + 6, o + 7, o + 8, o + 9, o + 10,
+                                     o + 11, o + 12, o + 13, o + 14, o + 15);
+  __m512 acc[R][2][T];
+#pragma GCC unroll 4
+  for (size_t r = 0; r < R; ++r)
+#pragma GCC unroll 8
+    for (size_t t = 0; t < T; ++t) acc[r][0][t] = acc[r][1][t] = _mm512_setzero_ps();
+  HWY_ALIGN float sc[R][2 * kChunk];  // Q4_1: d, m per block; Q4_0: d (at even indices)
+  for (int64_t c0 = 0; c0 < nb; c0 += kChunk) {
+    const int64_t nc = std::min(kChunk, nb - c0);
+    for (size_t r = 0; r < R; ++r) {
+      const uint8_t* blk = rows[r] + c0 * kBytes;
+      int64_t b = 0;
+      for (; b + 4 <= nc; b += 4) {
+        uint32_t h[4];
+        for (int k = 0; k < 4; ++k) std::memcpy(&h[k], blk + (b + k) * kBytes, 4);
+        const __m128i v = _mm_setr_epi32(static_cast<int>(h[0]), static_cast<int>(h[1]), static_cast<int>(h[2]),
+                                         static_cast<int>(h[3]));
+        _mm256_store_ps(sc[r] + 2 * b, _mm256_cvtph_ps(v));
+      }
+      for (; b < nc; ++b) {
+        sc[r][2 * b] = Half(blk + b * kBytes);
+        sc[r][2 * b + 1] = kQ40 ? 0.0f : Half(blk + b * kBytes + 2);
+      }
+    }
+    for (int64_t b = 0; b < nc; ++b) {
+      __m512 xlo[T], xhi[T];
+#pragma GCC unroll 8
+      for (size_t t = 0; t < T; ++t) {
+        xlo[t] = _mm512_loadu_ps(xs[t] + (c0 + b) * 32);
+        xhi[t] = _mm512_loadu_ps(xs[t] + (c0 + b) * 32 + 16);
+      }
+#pragma GCC unroll 4
+      for (size_t r = 0; r < R; ++r) {
+        const uint8_t* blk = rows[r] + (c0 + b) * kBytes;
+        const __m512 lut = kQ40 ? _mm512_mul_ps(iota, _mm512_set1_ps(sc[r][2 * b]))
+                                : _mm512_fmadd_ps(iota, _mm512_set1_ps(sc[r][2 * b]), _mm512_set1_ps(sc[r][2 * b + 1]));
+        const __m512i q = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + kBytes - 16)));
+        const __m512 wlo = _mm512_permutexvar_ps(q, lut);
+        const __m512 whi = _mm512_permutexvar_ps(_mm512_srli_epi32(q, 4), lut);
+#pragma GCC unroll 8
+        for (size_t t = 0; t < T; ++t) {
+          acc[r][0][t] = _mm512_fmadd_ps(wlo, xlo[t], acc[r][0][t]);
+          acc[r][1][t] = _mm512_fmadd_ps(whi, xhi[t], acc[r][1][t]);
+        }
+      }
+    }
+  }
+#pragma GCC unroll 4
+  for (size_t r = 0; r < R; ++r)
+#pragma GCC unroll 8
+    for (size_t t = 0; t < T; ++t) out[r * T + t] = _mm512_reduce_add_ps(_mm512_add_ps(acc[r][0][t], acc[r][1][t]));
+}
+#endif
+
 template <TensorType kType, size_t T>
 void DotBlocksT(const uint8_t* row, const float* const* xs, const float* const* sxs, int64_t nb, float* out) {
   const DF df;
@@ -281,28 +347,56 @@ float DotRow(TensorType type, const uint8_t* row, const float* x, const float* s
   return 0.0f;
 }
 
+// Q4_0 / Q4_1 / Q8_0 rows [r0, r1) for every token, up to 4 tokens per pass over a row: the unpacked
+// block is reused from registers for each token.
 template <TensorType kType>
 void BlockRowsT(const WeightView& w, const float* x, const float* sx, int64_t n_sx, float* y, int64_t n_tokens,
                 int64_t r0, int64_t r1) {
   const int64_t nb = w.cols / 32;
-  for (int64_t r = r0; r < r1; ++r) {
-    const uint8_t* row = w.data + r * static_cast<int64_t>(w.row_bytes);
-    // Up to 4 tokens per pass over the row: the unpacked block is reused from registers.
+#if HWY_ARCH_X86 && HWY_TARGET <= HWY_AVX3
+  constexpr bool kLut = kType != TensorType::Q8_0;
+  constexpr int64_t kRows = kLut ? 2 : 1;
+#else
+  constexpr int64_t kRows = 1;
+#endif
+  for (int64_t r = r0; r < r1; r += kRows) {
+    const int64_t nr = std::min(kRows, r1 - r);
+    const uint8_t* rows[2] = {w.data + r * static_cast<int64_t>(w.row_bytes),
+                              w.data + (r + nr - 1) * static_cast<int64_t>(w.row_bytes)};
     for (int64_t t0 = 0; t0 < n_tokens; t0 += 4) {
       const int64_t nt = std::min<int64_t>(4, n_tokens - t0);
       const float* xs[4];
       const float* sxs[4];
-      float out[4];
+      float out[8];
       for (int64_t t = 0; t < 4; ++t) {
         const int64_t tt = t0 + std::min(t, nt - 1);
         xs[t] = x + tt * w.cols;
         sxs[t] = sx + tt * n_sx;
       }
+#if HWY_ARCH_X86 && HWY_TARGET <= HWY_AVX3
+      if constexpr (kLut) {
+        constexpr bool q40 = kType == TensorType::Q4_0;
+        const int64_t key = (nr - 1) * 4 + nt - 1;
+        switch (key) {
+          case 0: DotQ4LutT<q40, 1, 1>(rows, xs, nb, out); break;
+          case 1: DotQ4LutT<q40, 1, 2>(rows, xs, nb, out); break;
+          case 2: DotQ4LutT<q40, 1, 3>(rows, xs, nb, out); break;
+          case 3: DotQ4LutT<q40, 1, 4>(rows, xs, nb, out); break;
+          case 4: DotQ4LutT<q40, 2, 1>(rows, xs, nb, out); break;
+          case 5: DotQ4LutT<q40, 2, 2>(rows, xs, nb, out); break;
+          case 6: DotQ4LutT<q40, 2, 3>(rows, xs, nb, out); break;
+          default: DotQ4LutT<q40, 2, 4>(rows, xs, nb, out); break;
+        }
+        for (int64_t i = 0; i < nr; ++i)
+          for (int64_t t = 0; t < nt; ++t) y[(t0 + t) * w.rows + r + i] = out[i * nt + t];
+        continue;
+      }
+#endif
       switch (nt) {
-        case 1: DotBlocksT<kType, 1>(row, xs, sxs, nb, out); break;
-        case 2: DotBlocksT<kType, 2>(row, xs, sxs, nb, out); break;
-        case 3: DotBlocksT<kType, 3>(row, xs, sxs, nb, out); break;
-        default: DotBlocksT<kType, 4>(row, xs, sxs, nb, out); break;
+        case 1: DotBlocksT<kType, 1>(rows[0], xs, sxs, nb, out); break;
+        case 2: DotBlocksT<kType, 2>(rows[0], xs, sxs, nb, out); break;
+        case 3: DotBlocksT<kType, 3>(rows[0], xs, sxs, nb, out); break;
+        default: DotBlocksT<kType, 4>(rows[0], xs, sxs, nb, out); break;
       }
       for (int64_t t = 0; t < nt; ++t) y[(t0 + t) * w.rows + r] = out[t];
     }
