@@ -155,6 +155,25 @@ TEST(TokenizerPretok, InvalidUtf8IsOther) {
   EXPECT_EQ(split_words(S::kGpt2, "\xE6\x97"), (W{"\xE6\x97"}));
 }
 
+TEST(TokenizerPretok, RandomBytesTile) {
+  using S = kvd::pretok::Scheme;
+  std::mt19937 rng(3);
+  for (S scheme : {S::kGpt2, S::kDigitsGpt2, S::kLlama3, S::kQwen2, S::kDefault}) {
+    for (int iter = 0; iter < 300; ++iter) {
+      std::string s(rng() % 80, '\0');
+      for (char& c : s) c = static_cast<char>((rng() & 1) ? " \t\n\r'sa1.\xC3\xA9"[rng() % 11] : rng());
+      std::vector<size_t> ends;
+      kvd::pretok::split(scheme, s, ends);
+      size_t prev = 0;
+      for (size_t e : ends) {
+        ASSERT_GT(e, prev);
+        prev = e;
+      }
+      ASSERT_EQ(prev, s.size());
+    }
+  }
+}
+
 TEST(TokenizerPretok, UnicodeClasses) {
   EXPECT_EQ(kvd::pretok::classify('a'), 1);
   EXPECT_EQ(kvd::pretok::classify('7'), 2);

@@ -111,6 +111,7 @@ void KvCache::decide(int seq, int pos, int bits) {
 void KvCache::flush_window(int seq) {
   // Tokens leave staging in order: the oldest staged token must be decided and out of the window.
   Sequence& s = seq_ref(seq);
+  if (options_.stage_only) return;
   int upto = s.n_arena;
   while (upto < s.n_tokens - options_.residual && s.decided[upto]) ++upto;
   if (upto > s.n_arena) move_to_arena(s, upto);

@@ -23,6 +23,10 @@ struct KvCacheOptions {
   int residual = 0;       // newest tokens kept at 16 bits regardless of their decided width
   int n_seqs = 1;
   size_t page_bytes = 64 * 1024;
+  // Tokens never leave staging: each keeps its fp16 row beside its quantized record, so its width
+  // can be changed later (decide() again) and the sequence rewound (truncate). For measuring what a
+  // width costs (collect's sensitivity labels); uses more memory.
+  bool stage_only = false;
 };
 
 // A stored token's K and V of one layer, as attention reads them.

@@ -648,9 +648,10 @@ void DequantRow(TensorType type, const uint8_t* src, float* dst, int64_t n) {
 
 // ---------------------------------------------------------------------------------------------------
 // GEMM for many tokens. X is packed once per call, transposed into token tiles of kNR tokens
-// (xp[tile][k][kNR], zero-padded), so a micro-kernel step loads kNV vectors of tokens and broadcasts one
+// (xp[tile][k][kNR], zero-padded), so a micro-kernel step loads NV vectors of tokens and broadcasts one
 // dequantized weight per row: acc[row m][tokens] += w[m][k] * x[tokens][k]. Weight rows are dequantized
-// kMC at a time into a per-thread tile that stays in L2 while every token tile streams past it.
+// kMC at a time into a per-thread tile (L2) that every token tile streams past; k is split into blocks
+// of kKC so the token tile's slice (kKC x kNR floats) stays in L1 while all kMC rows use it.
 
 using DV = hn::ScalableTag<float>;
 constexpr size_t kNF = hn::MaxLanes(DV());
@@ -662,57 +663,62 @@ constexpr size_t kMR = 6, kNV = 2;  // 12 of 16 ymm registers
 constexpr size_t kMR = 4, kNV = 2;
 #endif
 constexpr size_t kNR = kNV * kNF;
-constexpr int64_t kMC = 64;
+constexpr int64_t kMC = 64, kKC = 128;
 
 size_t GemmTokenTile() { return kNR; }
 
 // Packs token tiles [tile0, tile1) of x (n_tokens x k) into xp.
 void PackX(const float* x, int64_t n_tokens, int64_t k, float* xp, int64_t tile0, int64_t tile1) {
+  constexpr int64_t nr = static_cast<int64_t>(kNR);
   for (int64_t tile = tile0; tile < tile1; ++tile) {
-    float* dst = xp + tile * k * static_cast<int64_t>(kNR);
-    const int64_t t0 = tile * static_cast<int64_t>(kNR);
-    const int64_t nt = std::min<int64_t>(kNR, n_tokens - t0);
+    float* dst = xp + tile * k * nr;
+    const int64_t t0 = tile * nr, nt = std::min(nr, n_tokens - t0);
     for (int64_t c = 0; c < k; ++c) {
-      for (int64_t j = 0; j < nt; ++j) dst[c * static_cast<int64_t>(kNR) + j] = x[(t0 + j) * k + c];
-      for (int64_t j = nt; j < static_cast<int64_t>(kNR); ++j) dst[c * static_cast<int64_t>(kNR) + j] = 0.0f;
+      for (int64_t j = 0; j < nt; ++j) dst[c * nr + j] = x[(t0 + j) * k + c];
+      for (int64_t j = nt; j < nr; ++j) dst[c * nr + j] = 0.0f;
     }
   }
 }
 
-// out[m][j] = sum_c wt[m * k + c] * xp[c * kNR + j] for m < MR rows, j < kNR tokens.
-template <size_t MR>
-HWY_INLINE void MicroKernel(const float* HWY_RESTRICT wt, int64_t k, const float* HWY_RESTRICT xp,
-                            float* HWY_RESTRICT out) {
+// c[m][j] (+)= sum_{i < kc} wt[m * ldw + i] * xp[i * kNR + j] for m < MR rows, j < NV * kNF tokens.
+template <size_t MR, size_t NV>
+HWY_INLINE void MicroKernel(const float* HWY_RESTRICT wt, int64_t ldw, const float* HWY_RESTRICT xp, int64_t kc,
+                            float* HWY_RESTRICT c, bool accumulate) {
   const DV d;
   // Fully unrolled so the accumulators live in registers (GCC keeps arrays in memory otherwise).
-  hn::Vec<DV> acc[MR][kNV];
+  hn::Vec<DV> acc[MR][NV];
 #pragma GCC unroll 16
   for (size_t m = 0; m < MR; ++m)
 #pragma GCC unroll 4
-    for (size_t v = 0; v < kNV; ++v) acc[m][v] = hn::Zero(d);
-  for (int64_t c = 0; c < k; ++c, xp += kNR) {
-    hn::Vec<DV> xv[kNV];
+    for (size_t v = 0; v < NV; ++v) acc[m][v] = accumulate ? hn::Load(d, c + m * kNR + v * kNF) : hn::Zero(d);
+  for (int64_t i = 0; i < kc; ++i, xp += kNR) {
+    hn::Vec<DV> xv[NV];
 #pragma GCC unroll 4
-    for (size_t v = 0; v < kNV; ++v) xv[v] = hn::Load(d, xp + v * kNF);
+    for (size_t v = 0; v < NV; ++v) xv[v] = hn::Load(d, xp + v * kNF);
 #pragma GCC unroll 16
     for (size_t m = 0; m < MR; ++m) {
-      const auto a = hn::Set(d, wt[m * k + c]);
+      const auto a = hn::Set(d, wt[m * ldw + i]);
 #pragma GCC unroll 4
-      for (size_t v = 0; v < kNV; ++v) acc[m][v] = hn::MulAdd(a, xv[v], acc[m][v]);
+      for (size_t v = 0; v < NV; ++v) acc[m][v] = hn::MulAdd(a, xv[v], acc[m][v]);
     }
   }
 #pragma GCC unroll 16
   for (size_t m = 0; m < MR; ++m)
 #pragma GCC unroll 4
-    for (size_t v = 0; v < kNV; ++v) hn::Store(acc[m][v], d, out + m * kNR + v * kNF);
+    for (size_t v = 0; v < NV; ++v) hn::Store(acc[m][v], d, c + m * kNR + v * kNF);
 }
 
-template <size_t MR>
-void MicroDispatch(size_t mr, const float* wt, int64_t k, const float* xp, float* out) {
-  if constexpr (MR > 1) {
-    if (mr < MR) return MicroDispatch<MR - 1>(mr, wt, k, xp, out);
+// Picks the kernel for mr rows (<= kMR) and nv token vectors (<= kNV) at run time.
+template <size_t MR, size_t NV>
+void MicroDispatch(size_t mr, size_t nv, const float* wt, int64_t ldw, const float* xp, int64_t kc, float* c,
+                   bool accumulate) {
+  if constexpr (NV > 1) {
+    if (nv < NV) return MicroDispatch<MR, NV - 1>(mr, nv, wt, ldw, xp, kc, c, accumulate);
   }
-  MicroKernel<MR>(wt, k, xp, out);
+  if constexpr (MR > 1) {
+    if (mr < MR) return MicroDispatch<MR - 1, NV>(mr, nv, wt, ldw, xp, kc, c, accumulate);
+  }
+  MicroKernel<MR, NV>(wt, ldw, xp, kc, c, accumulate);
 }
 
 // Rows [r0, r1) of y for all tokens, from the packed xp.
@@ -720,21 +726,26 @@ void GemmRows(const WeightView& w, const float* xp, float* y, int64_t n_tokens, 
   const int64_t k = w.cols;
   thread_local std::vector<float> tile;
   tile.resize(static_cast<size_t>(kMC * k));
-  HWY_ALIGN float out[kMR * kNR];
-  const int64_t n_tiles = (n_tokens + kNR - 1) / kNR;
+  HWY_ALIGN float cbuf[kMC * kNR];
+  constexpr int64_t nr = static_cast<int64_t>(kNR);
+  const int64_t n_tiles = (n_tokens + nr - 1) / nr;
   for (int64_t p0 = r0; p0 < r1; p0 += kMC) {
     const int64_t mc = std::min(kMC, r1 - p0);
     for (int64_t m = 0; m < mc; ++m)
       DequantRow(w.type, w.data + (p0 + m) * static_cast<int64_t>(w.row_bytes), tile.data() + m * k, k);
     for (int64_t tt = 0; tt < n_tiles; ++tt) {
-      const float* xt = xp + tt * k * static_cast<int64_t>(kNR);
-      const int64_t t0 = tt * kNR, nt = std::min<int64_t>(kNR, n_tokens - t0);
-      for (int64_t m0 = 0; m0 < mc; m0 += kMR) {
-        const size_t mr = static_cast<size_t>(std::min<int64_t>(kMR, mc - m0));
-        MicroDispatch<kMR>(mr, tile.data() + m0 * k, k, xt, out);
-        for (size_t m = 0; m < mr; ++m)
-          for (int64_t j = 0; j < nt; ++j) y[(t0 + j) * w.rows + p0 + m0 + m] = out[m * kNR + j];
+      const float* xt = xp + tt * k * nr;
+      const int64_t t0 = tt * nr, nt = std::min(nr, n_tokens - t0);
+      const size_t nv = static_cast<size_t>((nt + kNF - 1) / kNF);  // skip all-padding vectors
+      for (int64_t k0 = 0; k0 < k; k0 += kKC) {
+        const int64_t kc = std::min(kKC, k - k0);
+        for (int64_t m0 = 0; m0 < mc; m0 += kMR) {
+          const size_t mr = static_cast<size_t>(std::min<int64_t>(kMR, mc - m0));
+          MicroDispatch<kMR, kNV>(mr, nv, tile.data() + m0 * k + k0, k, xt + k0 * nr, kc, cbuf + m0 * nr, k0 > 0);
+        }
       }
+      for (int64_t m = 0; m < mc; ++m)
+        for (int64_t j = 0; j < nt; ++j) y[(t0 + j) * w.rows + p0 + m] = cbuf[m * nr + j];
     }
   }
 }

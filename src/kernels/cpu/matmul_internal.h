@@ -9,7 +9,7 @@ namespace kvd::cpu {
 
 // From this many tokens on, matmul dequantizes tiles of rows once and runs a GEMM over all tokens;
 // below it, each row is unpacked and dotted with each token directly (cheaper when weights are not reused).
-constexpr int64_t kGemmMinTokens = 4;
+constexpr int64_t kGemmMinTokens = 12;
 
 // Rounds n (a multiple of 32) activations to int8 blocks: xq = round(x / xd[b]) with xd[b] = max|x| / 127
 // per 32 elements; sx[b] = xd[b] * sum(xq) of the block (for the Q4 offset terms).
