@@ -388,49 +388,55 @@ TEST(KernelAccuracy, RealWeightsF32VersusQ8Activations) {
   for (int64_t t = 0; t < n_tok; ++t)
     for (int k = 0; k < 2; ++k) synth[t * dim + ch(rng)] *= 30.0f;
 
-  const auto run = [&](const WeightView& w, const std::vector<float>& x, std::vector<float>* y_ref,
-                       ErrStats* f32, ErrStats* q8) {
+  // Three ways through cpu::matmul: one token at a time with fp32 and with int8 activations (the decode
+  // path), and all tokens at once (the GEMM path, fp32).
+  struct Stats {
+    ErrStats f32, q8, gemm;
+  };
+  const auto run = [&](const WeightView& w, const std::vector<float>& x, std::vector<float>* y_ref, Stats* st) {
     const int64_t nt = static_cast<int64_t>(x.size()) / w.cols;
     y_ref->assign(static_cast<size_t>(nt * w.rows), 0.0f);
     ref::matmul(w, x.data(), y_ref->data(), nt);
     std::vector<float> y(y_ref->size());
-    for (int64_t t = 0; t < nt; ++t) {  // one token at a time: the decode path
-      cpu::matmul(w, x.data() + t * w.cols, y.data() + t * w.rows, 1, pool, ActQuant::F32);
+    for (ActQuant act : {ActQuant::F32, ActQuant::Q8}) {
+      for (int64_t t = 0; t < nt; ++t)
+        cpu::matmul(w, x.data() + t * w.cols, y.data() + t * w.rows, 1, pool, act);
+      (act == ActQuant::F32 ? st->f32 : st->q8).add(*y_ref, y);
     }
-    f32->add(*y_ref, y);
-    for (int64_t t = 0; t < nt; ++t)
-      cpu::matmul(w, x.data() + t * w.cols, y.data() + t * w.rows, 1, pool, ActQuant::Q8);
-    q8->add(*y_ref, y);
+    cpu::matmul(w, x.data(), y.data(), nt, pool, ActQuant::F32);
+    st->gemm.add(*y_ref, y);
   };
-  const auto report = [](const char* what, const ErrStats& a, const ErrStats& b) {
-    std::printf("  %-34s fp32-act: max|d|/max|y| %.2e rms %.2e | q8-act: max|d|/max|y| %.2e rms %.2e\n", what,
-                a.normwise(), a.rms(), b.normwise(), b.rms());
-    EXPECT_LT(a.normwise(), 1e-5) << what;
-    EXPECT_LT(b.normwise(), 3e-2) << what;
+  const auto report = [](const std::string& what, const Stats& st) {
+    std::printf("  %-38s max|d|/max|y| (rms|d|/rms|y|): fp32 %.1e (%.1e)  gemm %.1e (%.1e)  q8 %.1e (%.1e)\n",
+                what.c_str(), st.f32.normwise(), st.f32.rms(), st.gemm.normwise(), st.gemm.rms(), st.q8.normwise(),
+                st.q8.rms());
+    EXPECT_LT(st.f32.normwise(), 1e-5) << what;
+    EXPECT_LT(st.gemm.normwise(), 1e-5) << what;
+    EXPECT_LT(st.q8.normwise(), 3e-2) << what;
   };
 
   const std::vector<float> x_attn = rms_norm(resid, f32_tensor(*f, "blk.0.attn_norm.weight"));
   const std::vector<float> x_ffn = rms_norm(resid, f32_tensor(*f, "blk.0.ffn_norm.weight"));
+  static_assert(16 >= cpu::kGemmMinTokens, "the batched call must take the GEMM path");
   std::vector<float> y_ref, gate, up;
-  for (const char* name :
-       {"blk.0.attn_q.weight", "blk.0.attn_k.weight", "blk.0.attn_v.weight", "blk.0.attn_output.weight"}) {
-    ErrStats a, b, c, d;
-    run(tensor_view(*f, name), x_attn, &y_ref, &a, &b);
-    report((std::string(name) + " (real x)").c_str(), a, b);
-    run(tensor_view(*f, name), synth, &y_ref, &c, &d);
-    report((std::string(name) + " (outlier x)").c_str(), c, d);
+  for (const char* name : {"blk.0.attn_q.weight", "blk.0.attn_k.weight", "blk.0.attn_v.weight",
+                           "blk.0.attn_output.weight"}) {
+    Stats a, b;
+    run(tensor_view(*f, name), x_attn, &y_ref, &a);
+    report(std::string(name) + " (real x)", a);
+    run(tensor_view(*f, name), synth, &y_ref, &b);
+    report(std::string(name) + " (outlier x)", b);
   }
   {
-    ErrStats a, b, c, d;
-    run(tensor_view(*f, "blk.0.ffn_gate.weight"), x_ffn, &gate, &a, &b);
-    run(tensor_view(*f, "blk.0.ffn_up.weight"), x_ffn, &up, &c, &d);
-    report("blk.0.ffn_gate.weight (real x)", a, b);
-    report("blk.0.ffn_up.weight (real x)", c, d);
+    Stats a, b, c;
+    run(tensor_view(*f, "blk.0.ffn_gate.weight"), x_ffn, &gate, &a);
+    run(tensor_view(*f, "blk.0.ffn_up.weight"), x_ffn, &up, &b);
+    report("blk.0.ffn_gate.weight (real x)", a);
+    report("blk.0.ffn_up.weight (real x)", b);
     std::vector<float> h(gate.size());
     for (size_t i = 0; i < h.size(); ++i) h[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
-    ErrStats e, g;
-    run(tensor_view(*f, "blk.0.ffn_down.weight"), h, &y_ref, &e, &g);
-    report("blk.0.ffn_down.weight (real x)", e, g);
+    run(tensor_view(*f, "blk.0.ffn_down.weight"), h, &y_ref, &c);
+    report("blk.0.ffn_down.weight (real x)", c);
   }
   // Output logits (tied embedding, Q8_0): absolute logit error and argmax agreement.
   const std::vector<float> x_out = rms_norm(synth, f32_tensor(*f, "output_norm.weight"));

@@ -16,27 +16,6 @@ std::vector<float> feature_vector(const TokenFeatures& f) {
   return {f.entropy, f.rarity, f.attn_var, f.attn_max, f.k_norm, f.v_norm, f.max_prob, static_cast<float>(f.position)};
 }
 
-void logits_summary(const float* logits, int vocab, float* entropy, float* max_prob, int32_t* argmax) {
-  int32_t best = 0;
-  float mx = logits[0];
-  for (int i = 1; i < vocab; ++i)
-    if (logits[i] > mx) {
-      mx = logits[i];
-      best = i;
-    }
-  // H = log Z - sum p_i z_i, with z shifted by the max for stability; accumulate in double.
-  double z = 0, pz = 0;
-  for (int i = 0; i < vocab; ++i) {
-    const double d = static_cast<double>(logits[i]) - mx;
-    const double e = std::exp(d);
-    z += e;
-    pz += e * d;
-  }
-  if (entropy) *entropy = static_cast<float>(std::log(z) - pz / z);
-  if (max_prob) *max_prob = static_cast<float>(1.0 / z);
-  if (argmax) *argmax = best;
-}
-
 float token_rarity(const Tokenizer& tok, int32_t id) {
   if (tok.is_control(id)) return 0.0f;
   return static_cast<float>(std::log(2.0 + id));

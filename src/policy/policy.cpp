@@ -66,7 +66,10 @@ std::unique_ptr<KvPolicy> make_policy(const std::string& spec) {
   if (kind == "rule") {
     if (arg.empty()) return std::make_unique<RulePolicy>(2.0f, 4.0f, 6.5f);
     std::vector<float> t;
-    std::stringstream ss(arg);
+    std::string norm = arg;  // thresholds may be separated by ',' or '/' (bench lists policies with ',')
+    for (char& ch : norm)
+      if (ch == '/') ch = ',';
+    std::stringstream ss(norm);
     std::string part;
     while (std::getline(ss, part, ',')) t.push_back(parse_float(part, spec));
     if (t.size() != 3 || !(t[0] <= t[1] && t[1] <= t[2]))

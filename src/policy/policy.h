@@ -1,6 +1,6 @@
 // KV bit-width policies behind one interface, chosen with --kv-policy:
 //   static:B         every token at B bits (B in 2, 4, 8, 16)
-//   rule[:T1,T2,T3]  next-token entropy thresholds (nats): H >= T3 -> 16, H >= T2 -> 8, H >= T1 -> 4,
+//   rule[:T1,T2,T3]  (or T1/T2/T3) next-token entropy thresholds (nats): H >= T3 -> 16, H >= T2 -> 8, H >= T1 -> 4,
 //                    else 2. Defaults 2.0, 4.0, 6.5 reproduce the seed's observed mapping (docs/policies.md)
 //   learned:FILE     a trained controller (the controller issue fills this in)
 #pragma once

@@ -110,6 +110,17 @@ EDGE_CASES = [
     "Supercalifragilisticexpialidocious antidisestablishmentarianism",
     "a" * 256,
     "thequickbrownfoxjumpsoverthelazydog" * 4,
+    # Digits after two or more whitespace characters, and non-ASCII numerals (\p{N}): here the
+    # converter's plain ByteLevel pre-tokenizer and llama.cpp's "smollm" pre-tokenizer disagree.
+    "  2",
+    "x  42",
+    "\n\n1",
+    "a\r\n 2",
+    "total:   100 items",
+    "\t\t7 tabs before a digit",
+    "line\n\n2024 starts here",
+    "cook for 1 \u00bd hours, then add \u00bc cup",
+    "chapter \u216b, item \u2460, x\u00b2 and y\u00b3",
 ]
 
 # ---------------------------------------------------------------------------------------------
@@ -229,6 +240,9 @@ def mode_cases(args) -> None:
     step = len(nonempty) / 60.0
     for j in range(60):
         cases.append({"source": {"file": WIKITEXT, "line": nonempty[int(j * step)], "field": "line"}})
+    # Data lines on which the two pre-tokenizers disagree (found by comparing them over both files).
+    cases.append({"source": {"file": HELLASWAG, "line": 223, "field": "endings[0]"}})
+    cases.append({"source": {"file": WIKITEXT, "line": 8817, "field": "line"}})
     for t in EDGE_CASES:
         cases.append({"text": t})
     out = {
@@ -273,21 +287,50 @@ def encode(tok, text: str) -> list[int]:
     return list(tok(text, add_special_tokens=False)["input_ids"])
 
 
+def smollm_pre_tokenizer(tok):
+    """The converted tokenizer with the pre-tokenizer that the GGUF asks for.
+
+    The GGUF says tokenizer.ggml.pre = "smollm": llama.cpp splits every \\p{N} character out
+    first, then applies the GPT-2 regex (the original SmolLM2 tokenizer.json does the same with
+    Digits(individual_digits=True) + ByteLevel).  transformers' GGUF converter ignores that key and
+    uses a plain ByteLevel pre-tokenizer.  Same vocabulary, merges and added tokens; only the
+    pre-tokenizer differs.
+    """
+    from tokenizers import Tokenizer, pre_tokenizers
+
+    t = Tokenizer.from_str(tok.backend_tokenizer.to_str())
+    t.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Digits(individual_digits=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+    ])
+    return t
+
+
+def encode_smollm(tok2, text: str) -> list[int]:
+    return list(tok2.encode(text, add_special_tokens=False).ids)
+
+
 def mode_tokenizer(args, ctx) -> None:
     tok = ctx["tok"]
     with open(args.cases, encoding="utf-8") as f:
         cases_doc = json.load(f)
+    tok2 = ctx["tok_smollm"]
     cache: dict = {}
     out_cases = []
     n_tokens = 0
+    n_diff = 0
     for case in cases_doc["cases"]:
         text = case_text(args.data_dir, case, cache)
         ids = encode(tok, text)
+        ids2 = encode_smollm(tok2, text)
         n_tokens += len(ids)
         item = dict(case)
         if "source" in case:
             item["text_sha256"] = sha256_text(text)
         item["ids"] = ids
+        if ids2 != ids:
+            item["ids_smollm_pre"] = ids2
+            n_diff += 1
         out_cases.append(item)
     doc = {
         "command": ctx["command"],
@@ -296,14 +339,20 @@ def mode_tokenizer(args, ctx) -> None:
         "note": "ids from AutoTokenizer.from_pretrained(dir, gguf_file=...) with "
         "add_special_tokens=False (the model's add_bos_token is false). Added/special tokens "
         "spelled in the text (e.g. <|im_start|>) are matched as special tokens. text_sha256 is the "
-        "SHA-256 of the UTF-8 text a source case resolves to.",
+        "SHA-256 of the UTF-8 text a source case resolves to. transformers' GGUF converter "
+        "ignores tokenizer.ggml.pre = smollm and pre-tokenizes with plain ByteLevel (GPT-2 regex); "
+        "where the GGUF's own pre-tokenizer (llama.cpp smollm: split each \\p{N} char first, then "
+        "the GPT-2 regex; = Digits(individual_digits=True) + ByteLevel in tokenizers) gives other "
+        "ids, the case also has ids_smollm_pre. An implementation of the GGUF tokenizer as "
+        "llama.cpp does it should match ids_smollm_pre where present, else ids.",
         "data_files": cases_doc.get("data_files", {}),
         "cases": out_cases,
     }
     path = os.path.join(args.out_dir, "tokenizer_ref.json")
     with open(path, "w", encoding="utf-8") as f:
         f.write(dump_list_doc(doc, "cases"))
-    log(f"tokenizer: {len(out_cases)} cases, {n_tokens} tokens -> {path}")
+    log(f"tokenizer: {len(out_cases)} cases, {n_tokens} tokens, {n_diff} cases where the smollm "
+        f"pre-tokenizer differs -> {path}")
 
 
 def load_model(args, torch):
@@ -468,6 +517,8 @@ def mode_logits(args, ctx) -> None:
     n_pos = 0
     for text in LOGIT_PROMPTS:
         ids = encode(tok, text)
+        if encode_smollm(ctx["tok_smollm"], text) != ids:
+            raise SystemExit(f"logits: prompt tokenizes differently under the smollm pre-tokenizer: {text!r}")
         x = torch.tensor([ids], device=args.device)
         with torch.no_grad():
             logits = model(input_ids=x).logits[0].float()  # [T, V]
@@ -493,7 +544,8 @@ def mode_logits(args, ctx) -> None:
     for k in ("command", "generator", "model_sha256"):
         lines.append(f"{json.dumps(k)}: {json.dumps(ctx[k])},")
     lines.append('"note": ' + json.dumps(
-        "fp32 forward over each full prompt (no BOS added; ids without special tokens added), "
+        "fp32 forward over each full prompt (no BOS added; ids without special tokens added; each "
+        "prompt's ids are the same under transformers' GGUF tokenizer and the smollm pre-tokenizer), "
         f"attn_implementation={args.attn}, device={args.device}. Per position: argmax id, top-{TOP_K} "
         "(id, logit) pairs in descending order, logits at probe_ids, logsumexp over the vocab. "
         "Logits rounded to 5 decimals.") + ",")
@@ -516,16 +568,9 @@ def mode_logits(args, ctx) -> None:
         f"({os.path.getsize(path)} bytes)")
 
 
-def mode_perplexity(args, ctx) -> None:
+def perplexity_of(args, ctx, tokens: list[int], label: str) -> list[dict]:
     torch = ctx["torch"]
     model = ctx["model"]
-    tok = ctx["tok"]
-    path = os.path.join(args.data_dir, WIKITEXT)
-    with open(path, "rb") as f:
-        text = f.read().decode("utf-8")  # no newline translation: the CRLFs stay
-    t0 = time.time()
-    tokens = encode(tok, text)
-    log(f"perplexity: tokenized {len(text)} chars into {len(tokens)} tokens in {time.time() - t0:.1f} s")
     all_tokens = torch.tensor(tokens, dtype=torch.long)
     results = []
     for n_ctx in args.n_ctx:
@@ -534,6 +579,7 @@ def mode_perplexity(args, ctx) -> None:
         if args.max_chunks:
             n_chunks = min(n_chunks, args.max_chunks)
         first = n_ctx // 2
+        n_scored = n_ctx - 1 - first  # per chunk
         bs = max(1, args.batch_tokens // n_ctx)
         nll_sum = 0.0
         nll2_sum = 0.0
@@ -543,29 +589,29 @@ def mode_perplexity(args, ctx) -> None:
             c1 = min(n_chunks, c0 + bs)
             x = all_tokens[c0 * n_ctx : c1 * n_ctx].view(c1 - c0, n_ctx).to(args.device)
             with torch.no_grad():
+                # Only the scored positions go through lm_head (same per-row math as full logits).
                 h = model.model(input_ids=x).last_hidden_state[:, first : n_ctx - 1, :]
                 logits = model.lm_head(h).float()
                 logp = torch.log_softmax(logits, dim=-1)
                 tgt = x[:, first + 1 :]
-                nll = -logp.gather(-1, tgt.unsqueeze(-1)).squeeze(-1).double()  # [B, n_ctx-1-first]
-            per_chunk_sum = nll.sum(dim=1).cpu().tolist()
-            per_chunk_sq = (nll * nll).sum(dim=1).cpu().tolist()
-            for s, s2 in zip(per_chunk_sum, per_chunk_sq):
-                nll_sum += s
+                nll = -logp.gather(-1, tgt.unsqueeze(-1)).squeeze(-1).double()  # [B, n_scored]
+            sums = nll.sum(dim=1).cpu().tolist()
+            sq = (nll * nll).sum(dim=1).cpu().tolist()
+            for s1, s2 in zip(sums, sq):
+                nll_sum += s1
                 nll2_sum += s2
-                count += n_ctx - 1 - first
+                count += n_scored
                 if len(running) < 5:
                     running.append(round(math.exp(nll_sum / count), 4))
-                    if len(running) == 5 or len(running) == n_chunks:
-                        log(f"perplexity n_ctx={n_ctx}: running ppl first chunks: "
-                            + ",".join(f"[{i + 1}]{v:.4f}" for i, v in enumerate(running)))
         mean = nll_sum / count
         ppl = math.exp(mean)
         var = nll2_sum / count - mean * mean
         stderr = ppl * math.sqrt(var / (count - 1)) if var > 0 and count > 1 else 0.0
         dt = time.time() - t0
-        log(f"perplexity n_ctx={n_ctx}: n_chunks={n_chunks} scored={count} "
-            f"PPL = {ppl:.4f} +/- {stderr:.5f} ({dt:.1f} s, batch {bs} chunks)")
+        log(f"perplexity [{label}] n_ctx={n_ctx}: "
+            + ",".join(f"[{i + 1}]{v:.4f}" for i, v in enumerate(running)) + ",...")
+        log(f"perplexity [{label}] n_ctx={n_ctx}: n_chunks={n_chunks} scored={count} "
+            f"PPL = {ppl:.4f} +/- {stderr:.5f} ({dt:.1f} s, {bs} chunks a batch)")
         results.append({
             "n_ctx": n_ctx,
             "n_chunks": n_chunks,
@@ -575,6 +621,20 @@ def mode_perplexity(args, ctx) -> None:
             "ppl_stderr": round(stderr, 6),
             "running_ppl_first5": running,
         })
+    return results
+
+
+def mode_perplexity(args, ctx) -> None:
+    path = os.path.join(args.data_dir, WIKITEXT)
+    with open(path, "rb") as f:
+        text = f.read().decode("utf-8")  # no newline translation: the CRLFs stay
+    t0 = time.time()
+    tokens = encode(ctx["tok"], text)
+    tokens2 = encode_smollm(ctx["tok_smollm"], text)
+    log(f"perplexity: {len(text)} chars -> {len(tokens)} tokens (transformers GGUF tokenizer), "
+        f"{len(tokens2)} tokens (smollm pre-tokenizer), in {time.time() - t0:.1f} s")
+    results = perplexity_of(args, ctx, tokens, "hf-gguf")
+    results2 = perplexity_of(args, ctx, tokens2, "smollm-pre")
     doc = {
         "command": ctx["command"],
         "generator": ctx["generator"],
@@ -589,8 +649,14 @@ def mode_perplexity(args, ctx) -> None:
         "n_ctx-1; ppl = exp(mean NLL over all scored tokens); ppl_stderr = ppl * sqrt((E[nll^2] - "
         "E[nll]^2) / (count - 1)) as llama-perplexity prints it; running_ppl_first5 = "
         "exp(mean NLL so far) after chunks 1..5 (llama-perplexity's [i] values). fp32, "
-        f"attn_implementation={args.attn}, device={args.device}.",
+        f"attn_implementation={args.attn}, device={args.device}. 'results' uses transformers' GGUF "
+        "tokenizer (plain ByteLevel pre-tokenizer); 'smollm_pre' repeats it with the tokens of the "
+        "pre-tokenizer the GGUF names (tokenizer.ggml.pre = smollm, as llama.cpp tokenizes).",
         "results": results,
+        "smollm_pre": {
+            "n_tokens": len(tokens2),
+            "results": results2,
+        },
     }
     out = os.path.join(args.out_dir, "perplexity_ref.json")
     with open(out, "w", encoding="utf-8") as f:
@@ -646,6 +712,7 @@ def main() -> int:
     timings = {}
     t0 = time.time()
     ctx["tok"] = load_tokenizer(args)
+    ctx["tok_smollm"] = smollm_pre_tokenizer(ctx["tok"])
     timings["load_tokenizer"] = time.time() - t0
     if "cases" in modes:
         mode_cases(args)
