@@ -393,7 +393,8 @@ TEST(KernelAccuracy, RealWeightsF32VersusQ8Activations) {
   struct Stats {
     ErrStats f32, q8, gemm;
   };
-  const auto run = [&](const WeightView& w, const std::vector<float>& x, std::vector<float>* y_ref, Stats* st) {
+  const auto run = [&](const WeightView& w, const std::vector<float>& x, std::vector<float>* y_ref,
+                       Stats* st) {
     const int64_t nt = static_cast<int64_t>(x.size()) / w.cols;
     y_ref->assign(static_cast<size_t>(nt * w.rows), 0.0f);
     ref::matmul(w, x.data(), y_ref->data(), nt);
@@ -408,8 +409,8 @@ TEST(KernelAccuracy, RealWeightsF32VersusQ8Activations) {
   };
   const auto report = [](const std::string& what, const Stats& st) {
     std::printf("  %-38s max|d|/max|y| (rms|d|/rms|y|): fp32 %.1e (%.1e)  gemm %.1e (%.1e)  q8 %.1e (%.1e)\n",
-                what.c_str(), st.f32.normwise(), st.f32.rms(), st.gemm.normwise(), st.gemm.rms(), st.q8.normwise(),
-                st.q8.rms());
+                what.c_str(), st.f32.normwise(), st.f32.rms(), st.gemm.normwise(), st.gemm.rms(),
+                st.q8.normwise(), st.q8.rms());
     EXPECT_LT(st.f32.normwise(), 1e-5) << what;
     EXPECT_LT(st.gemm.normwise(), 1e-5) << what;
     EXPECT_LT(st.q8.normwise(), 3e-2) << what;
@@ -419,8 +420,8 @@ TEST(KernelAccuracy, RealWeightsF32VersusQ8Activations) {
   const std::vector<float> x_ffn = rms_norm(resid, f32_tensor(*f, "blk.0.ffn_norm.weight"));
   static_assert(16 >= cpu::kGemmMinTokens, "the batched call must take the GEMM path");
   std::vector<float> y_ref, gate, up;
-  for (const char* name : {"blk.0.attn_q.weight", "blk.0.attn_k.weight", "blk.0.attn_v.weight",
-                           "blk.0.attn_output.weight"}) {
+  for (const char* name :
+       {"blk.0.attn_q.weight", "blk.0.attn_k.weight", "blk.0.attn_v.weight", "blk.0.attn_output.weight"}) {
     Stats a, b;
     run(tensor_view(*f, name), x_attn, &y_ref, &a);
     report(std::string(name) + " (real x)", a);

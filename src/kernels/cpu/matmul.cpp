@@ -65,8 +65,8 @@ HWY_INLINE VF ToF(VI v) { return hn::ConvertTo(DF(), v); }
 // One Q4_0 (m = -8 d) / Q4_1 block against T tokens: acc[t] += d * sum(q * x_t), macc[t] += m * sx_t.
 // The nibbles are unpacked once and reused for every token.
 template <bool kQ40, size_t T>
-HWY_INLINE void Q4Block(const uint8_t* blk, const float* const* xs, const float* const* sxs, int64_t b, VF* acc,
-                        float* macc) {
+HWY_INLINE void Q4Block(const uint8_t* blk, const float* const* xs, const float* const* sxs, int64_t b,
+                        VF* acc, float* macc) {
   const DF df;
   const VI mask = hn::Set(DI(), 0x0f);
   const float d = Half(blk), m = kQ40 ? -8.0f * d : Half(blk + 2);
@@ -128,8 +128,8 @@ template <bool kQ40, size_t R, size_t T>
 void DotQ4LutT(const uint8_t* const* rows, const float* const* xs, int64_t nb, float* out) {
   constexpr int64_t kBytes = kQ40 ? 18 : 20, kChunk = 32;
   const float o = kQ40 ? -8.0f : 0.0f;
-  const __m512 iota = _mm512_setr_ps(o + 0, o + 1, o + 2, o + 3, o + 4, o + 5, o + 6, o + 7, o + 8, o + 9, o + 10,
-                                     o + 11, o + 12, o + 13, o + 14, o + 15);
+  const __m512 iota = _mm512_setr_ps(o + 0, o + 1, o + 2, o + 3, o + 4, o + 5, o + 6, o + 7, o + 8, o + 9,
+                                     o + 10, o + 11, o + 12, o + 13, o + 14, o + 15);
   __m512 acc[R][2][T];
 #pragma GCC unroll 4
   for (size_t r = 0; r < R; ++r)
@@ -144,8 +144,8 @@ void DotQ4LutT(const uint8_t* const* rows, const float* const* xs, int64_t nb, f
       for (; b + 4 <= nc; b += 4) {
         uint32_t h[4];
         for (int k = 0; k < 4; ++k) std::memcpy(&h[k], blk + (b + k) * kBytes, 4);
-        const __m128i v = _mm_setr_epi32(static_cast<int>(h[0]), static_cast<int>(h[1]), static_cast<int>(h[2]),
-                                         static_cast<int>(h[3]));
+        const __m128i v = _mm_setr_epi32(static_cast<int>(h[0]), static_cast<int>(h[1]),
+                                         static_cast<int>(h[2]), static_cast<int>(h[3]));
         _mm256_store_ps(sc[r] + 2 * b, _mm256_cvtph_ps(v));
       }
       for (; b < nc; ++b) {
@@ -163,9 +163,11 @@ void DotQ4LutT(const uint8_t* const* rows, const float* const* xs, int64_t nb, f
 #pragma GCC unroll 4
       for (size_t r = 0; r < R; ++r) {
         const uint8_t* blk = rows[r] + (c0 + b) * kBytes;
-        const __m512 lut = kQ40 ? _mm512_mul_ps(iota, _mm512_set1_ps(sc[r][2 * b]))
-                                : _mm512_fmadd_ps(iota, _mm512_set1_ps(sc[r][2 * b]), _mm512_set1_ps(sc[r][2 * b + 1]));
-        const __m512i q = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + kBytes - 16)));
+        const __m512 lut =
+            kQ40 ? _mm512_mul_ps(iota, _mm512_set1_ps(sc[r][2 * b]))
+                 : _mm512_fmadd_ps(iota, _mm512_set1_ps(sc[r][2 * b]), _mm512_set1_ps(sc[r][2 * b + 1]));
+        const __m512i q =
+            _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + kBytes - 16)));
         const __m512 wlo = _mm512_permutexvar_ps(q, lut);
         const __m512 whi = _mm512_permutexvar_ps(_mm512_srli_epi32(q, 4), lut);
 #pragma GCC unroll 8
@@ -179,7 +181,8 @@ void DotQ4LutT(const uint8_t* const* rows, const float* const* xs, int64_t nb, f
 #pragma GCC unroll 4
   for (size_t r = 0; r < R; ++r)
 #pragma GCC unroll 8
-    for (size_t t = 0; t < T; ++t) out[r * T + t] = _mm512_reduce_add_ps(_mm512_add_ps(acc[r][0][t], acc[r][1][t]));
+    for (size_t t = 0; t < T; ++t)
+      out[r * T + t] = _mm512_reduce_add_ps(_mm512_add_ps(acc[r][0][t], acc[r][1][t]));
 }
 #endif
 
@@ -350,8 +353,8 @@ float DotRow(TensorType type, const uint8_t* row, const float* x, const float* s
 // Q4_0 / Q4_1 / Q8_0 rows [r0, r1) for every token, up to 4 tokens per pass over a row: the unpacked
 // block is reused from registers for each token.
 template <TensorType kType>
-void BlockRowsT(const WeightView& w, const float* x, const float* sx, int64_t n_sx, float* y, int64_t n_tokens,
-                int64_t r0, int64_t r1) {
+void BlockRowsT(const WeightView& w, const float* x, const float* sx, int64_t n_sx, float* y,
+                int64_t n_tokens, int64_t r0, int64_t r1) {
   const int64_t nb = w.cols / 32;
 #if HWY_ARCH_X86 && HWY_TARGET <= HWY_AVX3
   constexpr bool kLut = kType != TensorType::Q8_0;
@@ -378,14 +381,30 @@ void BlockRowsT(const WeightView& w, const float* x, const float* sx, int64_t n_
         constexpr bool q40 = kType == TensorType::Q4_0;
         const int64_t key = (nr - 1) * 4 + nt - 1;
         switch (key) {
-          case 0: DotQ4LutT<q40, 1, 1>(rows, xs, nb, out); break;
-          case 1: DotQ4LutT<q40, 1, 2>(rows, xs, nb, out); break;
-          case 2: DotQ4LutT<q40, 1, 3>(rows, xs, nb, out); break;
-          case 3: DotQ4LutT<q40, 1, 4>(rows, xs, nb, out); break;
-          case 4: DotQ4LutT<q40, 2, 1>(rows, xs, nb, out); break;
-          case 5: DotQ4LutT<q40, 2, 2>(rows, xs, nb, out); break;
-          case 6: DotQ4LutT<q40, 2, 3>(rows, xs, nb, out); break;
-          default: DotQ4LutT<q40, 2, 4>(rows, xs, nb, out); break;
+          case 0:
+            DotQ4LutT<q40, 1, 1>(rows, xs, nb, out);
+            break;
+          case 1:
+            DotQ4LutT<q40, 1, 2>(rows, xs, nb, out);
+            break;
+          case 2:
+            DotQ4LutT<q40, 1, 3>(rows, xs, nb, out);
+            break;
+          case 3:
+            DotQ4LutT<q40, 1, 4>(rows, xs, nb, out);
+            break;
+          case 4:
+            DotQ4LutT<q40, 2, 1>(rows, xs, nb, out);
+            break;
+          case 5:
+            DotQ4LutT<q40, 2, 2>(rows, xs, nb, out);
+            break;
+          case 6:
+            DotQ4LutT<q40, 2, 3>(rows, xs, nb, out);
+            break;
+          default:
+            DotQ4LutT<q40, 2, 4>(rows, xs, nb, out);
+            break;
         }
         for (int64_t i = 0; i < nr; ++i)
           for (int64_t t = 0; t < nt; ++t) y[(t0 + t) * w.rows + r + i] = out[i * nt + t];
@@ -393,10 +412,18 @@ void BlockRowsT(const WeightView& w, const float* x, const float* sx, int64_t n_
       }
 #endif
       switch (nt) {
-        case 1: DotBlocksT<kType, 1>(rows[0], xs, sxs, nb, out); break;
-        case 2: DotBlocksT<kType, 2>(rows[0], xs, sxs, nb, out); break;
-        case 3: DotBlocksT<kType, 3>(rows[0], xs, sxs, nb, out); break;
-        default: DotBlocksT<kType, 4>(rows[0], xs, sxs, nb, out); break;
+        case 1:
+          DotBlocksT<kType, 1>(rows[0], xs, sxs, nb, out);
+          break;
+        case 2:
+          DotBlocksT<kType, 2>(rows[0], xs, sxs, nb, out);
+          break;
+        case 3:
+          DotBlocksT<kType, 3>(rows[0], xs, sxs, nb, out);
+          break;
+        default:
+          DotBlocksT<kType, 4>(rows[0], xs, sxs, nb, out);
+          break;
       }
       for (int64_t t = 0; t < nt; ++t) y[(t0 + t) * w.rows + r] = out[t];
     }
@@ -404,13 +431,17 @@ void BlockRowsT(const WeightView& w, const float* x, const float* sx, int64_t n_
 }
 
 // Rows [r0, r1) for every token; sx holds each token's block sums (stride n_sx).
-void MatvecRows(const WeightView& w, const float* x, const float* sx, int64_t n_sx, float* y, int64_t n_tokens,
-                int64_t r0, int64_t r1) {
+void MatvecRows(const WeightView& w, const float* x, const float* sx, int64_t n_sx, float* y,
+                int64_t n_tokens, int64_t r0, int64_t r1) {
   switch (w.type) {
-    case TensorType::Q4_0: return BlockRowsT<TensorType::Q4_0>(w, x, sx, n_sx, y, n_tokens, r0, r1);
-    case TensorType::Q4_1: return BlockRowsT<TensorType::Q4_1>(w, x, sx, n_sx, y, n_tokens, r0, r1);
-    case TensorType::Q8_0: return BlockRowsT<TensorType::Q8_0>(w, x, sx, n_sx, y, n_tokens, r0, r1);
-    default: break;
+    case TensorType::Q4_0:
+      return BlockRowsT<TensorType::Q4_0>(w, x, sx, n_sx, y, n_tokens, r0, r1);
+    case TensorType::Q4_1:
+      return BlockRowsT<TensorType::Q4_1>(w, x, sx, n_sx, y, n_tokens, r0, r1);
+    case TensorType::Q8_0:
+      return BlockRowsT<TensorType::Q8_0>(w, x, sx, n_sx, y, n_tokens, r0, r1);
+    default:
+      break;
   }
   for (int64_t r = r0; r < r1; ++r) {
     const uint8_t* row = w.data + r * static_cast<int64_t>(w.row_bytes);
@@ -682,8 +713,8 @@ void PackX(const float* x, int64_t n_tokens, int64_t k, float* xp, int64_t tile0
 
 // c[m][j] (+)= sum_{i < kc} wt[m * ldw + i] * xp[i * kNR + j] for m < MR rows, j < NV * kNF tokens.
 template <size_t MR, size_t NV>
-HWY_INLINE void MicroKernel(const float* HWY_RESTRICT wt, int64_t ldw, const float* HWY_RESTRICT xp, int64_t kc,
-                            float* HWY_RESTRICT c, bool accumulate) {
+HWY_INLINE void MicroKernel(const float* HWY_RESTRICT wt, int64_t ldw, const float* HWY_RESTRICT xp,
+                            int64_t kc, float* HWY_RESTRICT c, bool accumulate) {
   const DV d;
   // Fully unrolled so the accumulators live in registers (GCC keeps arrays in memory otherwise).
   hn::Vec<DV> acc[MR][NV];
@@ -741,7 +772,8 @@ void GemmRows(const WeightView& w, const float* xp, float* y, int64_t n_tokens, 
         const int64_t kc = std::min(kKC, k - k0);
         for (int64_t m0 = 0; m0 < mc; m0 += kMR) {
           const size_t mr = static_cast<size_t>(std::min<int64_t>(kMR, mc - m0));
-          MicroDispatch<kMR, kNV>(mr, nv, tile.data() + m0 * k + k0, k, xt + k0 * nr, kc, cbuf + m0 * nr, k0 > 0);
+          MicroDispatch<kMR, kNV>(mr, nv, tile.data() + m0 * k + k0, k, xt + k0 * nr, kc, cbuf + m0 * nr,
+                                  k0 > 0);
         }
       }
       for (int64_t m = 0; m < mc; ++m)
