@@ -121,9 +121,8 @@ int run_perplexity(const PerplexityArgs& a) {
               static_cast<double>(r.n_chunks) * po.n_ctx * (a.kl || e.policy->needs_features() ? 2 : 1) / r.seconds);
   if (a.kl) std::printf("KL divergence vs 16-bit cache: mean %.6f; same top-1 %.4f\n", r.kl_mean(), r.top1_agree);
   const KvLayout& lay = e.cache->layout();
-  std::printf("kv-policy %s: avg width %.3f bits; stored %.3f bits/elem at static widths (group %d)\n",
-              e.policy->describe().c_str(), r.avg_bits,
-              lay.effective_bits(static_cast<int>(r.avg_bits + 0.5)), lay.group);
+  std::printf("kv-policy %s: avg width %.3f bits; stored %.3f bits/elem with scales (group %d, residual %d)\n",
+              e.policy->describe().c_str(), r.avg_bits, r.stored_bits, lay.group, a.eng.kv_residual);
   std::printf("peak RSS: %s\n", human_bytes(static_cast<double>(peak_rss_bytes())).c_str());
   return 0;
 }

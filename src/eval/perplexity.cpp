@@ -61,7 +61,8 @@ PerplexityResult perplexity(Session& session, KvPolicy& policy, const std::vecto
   std::vector<uint8_t> bits(static_cast<size_t>(n_ctx));
   std::vector<TokenForwardStats> fwd;
   std::vector<float> ref_logits;
-  double bits_sum = 0, agree = 0;
+  double bits_sum = 0, stored_sum = 0, agree = 0;
+  const KvLayout& layout = cache.layout();
   const bool dynamic = policy.needs_features();
   for (int c = 0; c < n_chunks; ++c) {
     const int32_t* chunk = tokens.data() + static_cast<size_t>(c) * n_ctx;
@@ -96,8 +97,12 @@ PerplexityResult perplexity(Session& session, KvPolicy& policy, const std::vecto
         agree += std::max_element(ri, ri + vocab) - ri == std::max_element(li, li + vocab) - li;
       }
     }
-    for (int i = 0; i < n_ctx; ++i) bits_sum += bits[i];
+    for (int i = 0; i < n_ctx; ++i) {
+      bits_sum += bits[i];
+      stored_sum += layout.effective_bits(bits[i]);
+    }
     r.avg_bits = bits_sum / (static_cast<double>(c + 1) * n_ctx);
+    r.stored_bits = stored_sum / (static_cast<double>(c + 1) * n_ctx);
     r.top1_agree = r.n_scored ? agree / static_cast<double>(r.n_scored) : 0;
     r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     if (progress) progress(c + 1, n_chunks, r);

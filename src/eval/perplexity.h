@@ -30,6 +30,7 @@ struct PerplexityResult {
   double kl_mean() const { return n_scored ? kl_sum / static_cast<double>(n_scored) : 0; }
   double top1_agree = 0;      // share of scored tokens whose argmax equals the fp16 run's
   double avg_bits = 0;        // mean KV bit-width over all tokens run
+  double stored_bits = 0;     // mean stored bits per K/V element, scales included
   double seconds = 0;
 };
 
