@@ -3,6 +3,8 @@
 // int8 activations, decode and GEMM paths, odd shapes, misaligned pointers, 1 vs 2 threads) against ref.
 #include <gtest/gtest.h>
 
+#include <hwy/targets.h>
+
 #include <algorithm>
 #include <bit>
 #include <cmath>
@@ -312,6 +314,41 @@ TEST_P(KernelMatmul, OneAndTwoThreadsAgreeBitwise) {
   }
 }
 
+// The SIMD code exists once per Highway target; the machine running the tests picks one. Force each
+// target this CPU supports in turn (AVX-512 VNNI, AVX-512, AVX2, SSE4, SSSE3, emulated 128-bit, scalar)
+// so every variant is held to ref, not just the best one.
+TEST(KernelTargets, EveryTargetMatchesRef) {
+  const int64_t supported = hwy::SupportedTargets();
+  int n_targets = 0;
+  for (int64_t target = 1; target != 0 && target <= HWY_SCALAR; target <<= 1) {
+    if ((supported & target) == 0) continue;
+    hwy::SetSupportedTargetsForTest(target);
+    ++n_targets;
+    ThreadPool pool(2);
+    std::mt19937 rng(static_cast<uint32_t>(target % 1000003));
+    for (TensorType type : kAllTypes) {
+      const int64_t block = gguf::block_info(type).elems;
+      const int64_t cols = block == 1 ? 37 : (block == 32 ? 576 : 512);
+      for (int64_t nt : {1, 3, 5, 40})
+        for (ActQuant act : {ActQuant::F32, ActQuant::Q8}) {
+          SCOPED_TRACE(hwy::TargetName(target));
+          check_case({type, 17, cols, nt}, pool, act, rng);
+        }
+      std::vector<float> a(static_cast<size_t>(cols)), b(a.size());
+      const auto data = random_matrix(type, 1, cols, rng);
+      ref::dequantize_row(type, data.data(), a.data(), cols);
+      cpu::dequantize_row_fast(type, data.data(), b.data(), cols);
+      float amax = 0.0f;
+      for (float v : a) amax = std::max(amax, std::fabs(v));
+      for (int64_t i = 0; i < cols; ++i)
+        ASSERT_LE(std::fabs(a[i] - b[i]), 2.4e-7f * amax) << hwy::TargetName(target) << " " << name(type);
+    }
+    std::printf("  target %s: ok\n", hwy::TargetName(target));
+  }
+  hwy::SetSupportedTargetsForTest(0);  // back to what the CPU supports
+  EXPECT_GE(n_targets, 2);
+}
+
 // -------------------------------------------------------------------------------------------------------
 // Accuracy of the two activation modes on the real model's weights (skipped when the model is absent):
 // layer-0 inputs built from real embedding rows and norm weights, plus synthetic activations with outlier
@@ -463,7 +500,7 @@ TEST(KernelAccuracy, RealWeightsF32VersusQ8Activations) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(AllTypes, KernelMatmul, ::testing::ValuesIn(kAllTypes),
+INSTANTIATE_TEST_SUITE_P(Kernel, KernelMatmul, ::testing::ValuesIn(kAllTypes),
                          [](const ::testing::TestParamInfo<TensorType>& info) { return name(info.param); });
 
 }  // namespace

@@ -461,7 +461,7 @@ TEST(TokenizerSmolLM, ReferenceFixture) {
   if (!std::filesystem::exists(fixture)) GTEST_SKIP() << fixture << " not present";
   REQUIRE_MODEL(tok);
   const auto doc = nlohmann::json::parse(read_file(fixture));
-  size_t compared = 0, skipped = 0, mismatched = 0;
+  size_t compared = 0, skipped = 0, mismatched = 0, alternate = 0;
   std::string skip_why;
   for (const auto& c : doc.at("cases")) {
     std::string text;
@@ -469,7 +469,12 @@ TEST(TokenizerSmolLM, ReferenceFixture) {
       ++skipped;
       continue;
     }
-    const Ids expected = c.at("ids").get<Ids>();
+    // transformers' GGUF converter ignores tokenizer.ggml.pre = "smollm" (it does not split digits
+    // off first); where that changes the ids the fixture also holds the ids of the file's own rule
+    // (same vocabulary and merges, digit split first), which llama.cpp and SmolLM2's tokenizer.json follow.
+    const bool alt = c.contains("ids_smollm_pre");
+    alternate += alt;
+    const Ids expected = c.at(alt ? "ids_smollm_pre" : "ids").get<Ids>();
     const Ids got = tok->encode(text, false, true);
     ++compared;
     if (got != expected) {
@@ -481,8 +486,8 @@ TEST(TokenizerSmolLM, ReferenceFixture) {
                     << (k < expected.size() ? expected[k] : -1) << ")";
     }
   }
-  std::printf("tokenizer fixture: %zu cases compared, %zu mismatched, %zu skipped\n", compared, mismatched,
-              skipped);
+  std::printf("tokenizer fixture: %zu cases compared (%zu against ids_smollm_pre), %zu mismatched, %zu skipped\n",
+              compared, alternate, mismatched, skipped);
   if (skipped > 0) GTEST_SKIP() << skipped << " cases need data: " << skip_why << " (set KVDIAL_DATA_DIR)";
 }
 

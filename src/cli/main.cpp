@@ -9,7 +9,9 @@
 #include <string>
 
 #include "cli/bench.h"
+#include "cli/collect.h"
 #include "cli/common.h"
+#include "cli/stats.h"
 #include "eval/perplexity.h"
 #include "eval/runner.h"
 #include "model/sampler.h"
@@ -189,9 +191,19 @@ int main(int argc, char** argv) {
   add_bench_options(bn, bench);
   bn->get_option("--kv-policy")->description("comma-separated policies to compare in one table");
 
+  CollectArgs collect;
+  CLI::App* co = app.add_subcommand("collect", "controller training data: features and labels per token");
+  add_collect_options(co, collect);
+
+  StatsArgs stats;
+  CLI::App* st = app.add_subcommand("stats", "summary of a collected CSV");
+  add_stats_options(st, stats);
+
   try {
     app.parse(argc, argv);
     if (bn->parsed()) return run_bench(bench);
+    if (co->parsed()) return run_collect(collect);
+    if (st->parsed()) return run_stats(stats);
     if (g->parsed()) return run_generate(gen);
     if (p->parsed()) return run_perplexity(ppl);
     if (t->parsed()) return run_tokenize(tk);

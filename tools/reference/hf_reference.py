@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Reference fixtures for kvdial from an independent implementation.
+r"""Reference fixtures for kvdial from an independent implementation.
 
 Hugging Face transformers loads the same GGUF file that kvdial reads (the GGUF tokenizer is
 converted by transformers' GGUF converter into a `tokenizers` BPE tokenizer, and the weights are

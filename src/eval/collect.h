@@ -1,0 +1,79 @@
+// Controller training data (kvdial collect): HellaSwag text run token by token under a KV policy, one
+// CSV row per token with the seed's six columns, the other features, and sensitivity labels measured
+// by re-running a window of positions with one token's KV stored at 2, 4 or 8 bits. Also the CSV
+// reader and summary behind kvdial stats, and the SHA-256 the JSON sidecar records. docs/collect.md.
+#pragma once
+#include <cstdint>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "model/backend.h"
+#include "model/model.h"
+#include "policy/policy.h"
+
+namespace kvd {
+
+struct CollectOptions {
+  std::string data_path;               // HellaSwag JSONL
+  std::string out_path;                // CSV; the sidecar is out_path + ".json"
+  int tokens = 1000;                   // rows to write (tokens that have a next token)
+  int window = 8;                      // W: positions re-run after the token whose width changes
+  double tau = 1e-3;                   // oracle_bits = smallest b with dmg_b <= tau (mean KL, nats), else 16
+  bool labels = true;                  // dmg2/4/8, oracle_bits and the attention-weighted proxy
+  uint64_t seed = 0;                   // the train/val/test split by example
+  bool resume = false;                 // continue an interrupted CSV
+  bool force = false;                  // overwrite an existing CSV
+  bool progress = false;               // progress bar on stderr even when it is not a terminal
+  int ctx = 4096;                      // most tokens of one example
+  int batch = 512;                     // Session batch size
+  int kv_group = 32, kv_residual = 0;  // the policy run's cache (the label run uses residual 0)
+  std::string model_sha256;            // computed when empty
+  std::string git_commit;              // `git rev-parse HEAD` when empty
+};
+
+struct CollectSummary {
+  int64_t rows_total = 0;     // rows the run plans (tokens requested, or all the data holds)
+  int64_t rows_before = 0;    // rows already in the CSV when resuming
+  int64_t rows_written = 0;   // rows this call wrote
+  int examples = 0;           // examples the rows come from
+  double seconds = 0;         // wall time of the rows written
+  double policy_seconds = 0;  // time in the policy run (features, decisions, latency column)
+  double label_seconds = 0;   // time in the label run (16-bit reference and the re-run windows)
+  std::vector<int64_t> oracle_counts = std::vector<int64_t>(17, 0);  // by width, rows this call wrote
+};
+
+// The CSV columns, in order (labels: the label and proxy columns at the end).
+std::vector<std::string> collect_columns(bool labels);
+
+// Runs the collection. log receives the progress bar and notes (nullptr: silent). Throws kvd::Error
+// for bad data, a CSV that exists (without resume/force), or a resume whose parameters differ.
+CollectSummary collect(const Model& model, Backend& backend, KvPolicy& policy, const CollectOptions& options,
+                       std::FILE* log = stderr);
+
+// SHA-256 of bytes / of a file, as 64 lowercase hex digits.
+std::string sha256_hex(const void* data, size_t n);
+std::string sha256_file(const std::string& path);
+
+// A CSV read for kvdial stats: a header, then rows of numbers; the `split` column holds text.
+struct CsvTable {
+  std::string path;
+  std::vector<std::string> columns;
+  std::vector<std::vector<double>> values;  // [column][row]; categorical columns hold 0
+  std::vector<std::string> split;           // the `split` column, when present
+  size_t rows() const { return values.empty() ? 0 : values[0].size(); }
+  int column(const std::string& name) const;  // index, or -1
+};
+
+// Throws kvd::Error "FILE:LINE: ..." for a row of the wrong width or a value that is not a number,
+// "FILE:1: ..." for a header without the seed's six columns, "FILE: ..." for an empty file.
+CsvTable read_csv_table(const std::string& path);
+// What kvdial stats prints: per-column mean; std, min, max; the correlation matrix; the distribution
+// of kv_bits and oracle_bits; the correlation of oracle_bits with kv_bits and each feature.
+std::string csv_stats_report(const CsvTable& t);
+
+// Pearson and Spearman (average ranks for ties) correlation; NaN when a side is constant.
+double pearson(const std::vector<double>& a, const std::vector<double>& b);
+double spearman(const std::vector<double>& a, const std::vector<double>& b);
+
+}  // namespace kvd
