@@ -58,7 +58,7 @@ HWY_INLINE VI LoadI8(const uint8_t* p) {
 HWY_INLINE VF ToF(VI v) { return hn::ConvertTo(DF(), v); }
 
 // ---------------------------------------------------------------------------------------------------
-// fp32-activation dot products of one row with one token. Quant blocks are handled as
+// fp32-activation dot products of rows with tokens (the decode path). Quant blocks are handled as
 // d * sum(q * x) + m * sum(x): the per-block sums of x (sx, one per 32 elements) are computed once per
 // token, so the inner loop is convert + FMA and the scale is applied once per block.
 
@@ -115,8 +115,6 @@ HWY_INLINE void Q8Block(const uint8_t* blk, const float* const* xs, int64_t b, V
   for (size_t t = 0; t < T; ++t) acc[t] = hn::MulAdd(p[t], vd, acc[t]);
 }
 
-// Q4_0 / Q4_1 / Q8_0 row against T tokens: out[t] = dot(row, xs[t]). Even and odd blocks go to separate
-// accumulators so consecutive blocks do not wait on one FMA chain.
 #if HWY_ARCH_X86 && HWY_TARGET <= HWY_AVX3
 // AVX-512 Q4_0 / Q4_1, R rows x T tokens: a per-block table lut[i] = i * d + m of the 16 possible
 // weights, indexed with vpermps, which reads only the low 4 bits of each index (so the low nibble needs no
@@ -186,6 +184,8 @@ void DotQ4LutT(const uint8_t* const* rows, const float* const* xs, int64_t nb, f
 }
 #endif
 
+// Q4_0 / Q4_1 / Q8_0 row against T tokens: out[t] = dot(row, xs[t]). Even and odd blocks go to separate
+// accumulators so consecutive blocks do not wait on one FMA chain.
 template <TensorType kType, size_t T>
 void DotBlocksT(const uint8_t* row, const float* const* xs, const float* const* sxs, int64_t nb, float* out) {
   const DF df;
@@ -379,52 +379,20 @@ void BlockRowsT(const WeightView& w, const float* x, const float* sx, int64_t n_
 #if HWY_ARCH_X86 && HWY_TARGET <= HWY_AVX3
       if constexpr (kLut) {
         constexpr bool q40 = kType == TensorType::Q4_0;
-        const int64_t key = (nr - 1) * 4 + nt - 1;
-        switch (key) {
-          case 0:
-            DotQ4LutT<q40, 1, 1>(rows, xs, nb, out);
-            break;
-          case 1:
-            DotQ4LutT<q40, 1, 2>(rows, xs, nb, out);
-            break;
-          case 2:
-            DotQ4LutT<q40, 1, 3>(rows, xs, nb, out);
-            break;
-          case 3:
-            DotQ4LutT<q40, 1, 4>(rows, xs, nb, out);
-            break;
-          case 4:
-            DotQ4LutT<q40, 2, 1>(rows, xs, nb, out);
-            break;
-          case 5:
-            DotQ4LutT<q40, 2, 2>(rows, xs, nb, out);
-            break;
-          case 6:
-            DotQ4LutT<q40, 2, 3>(rows, xs, nb, out);
-            break;
-          default:
-            DotQ4LutT<q40, 2, 4>(rows, xs, nb, out);
-            break;
-        }
+        using Fn = void (*)(const uint8_t* const*, const float* const*, int64_t, float*);
+        static constexpr Fn kFns[2][4] = {
+            {DotQ4LutT<q40, 1, 1>, DotQ4LutT<q40, 1, 2>, DotQ4LutT<q40, 1, 3>, DotQ4LutT<q40, 1, 4>},
+            {DotQ4LutT<q40, 2, 1>, DotQ4LutT<q40, 2, 2>, DotQ4LutT<q40, 2, 3>, DotQ4LutT<q40, 2, 4>}};
+        kFns[nr - 1][nt - 1](rows, xs, nb, out);
         for (int64_t i = 0; i < nr; ++i)
           for (int64_t t = 0; t < nt; ++t) y[(t0 + t) * w.rows + r + i] = out[i * nt + t];
         continue;
       }
 #endif
-      switch (nt) {
-        case 1:
-          DotBlocksT<kType, 1>(rows[0], xs, sxs, nb, out);
-          break;
-        case 2:
-          DotBlocksT<kType, 2>(rows[0], xs, sxs, nb, out);
-          break;
-        case 3:
-          DotBlocksT<kType, 3>(rows[0], xs, sxs, nb, out);
-          break;
-        default:
-          DotBlocksT<kType, 4>(rows[0], xs, sxs, nb, out);
-          break;
-      }
+      using Fn = void (*)(const uint8_t*, const float* const*, const float* const*, int64_t, float*);
+      static constexpr Fn kFns[4] = {DotBlocksT<kType, 1>, DotBlocksT<kType, 2>, DotBlocksT<kType, 3>,
+                                     DotBlocksT<kType, 4>};
+      kFns[nt - 1](rows[0], xs, sxs, nb, out);
       for (int64_t t = 0; t < nt; ++t) y[(t0 + t) * w.rows + r] = out[t];
     }
   }

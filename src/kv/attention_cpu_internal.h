@@ -1,0 +1,58 @@
+// Internals of the fast CPU attention (kv/attention_cpu.cpp), shared by its per-target SIMD code and
+// its orchestration, and visible to bench_attention and the tests: the scalar path kept as fallback and
+// baseline, and the plain structures one chunk of keys is processed with.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+
+#include "kv/attention.h"
+
+namespace kvd::cpu::detail {
+
+// Keys are processed in chunks of this many positions ([c * kKeyChunk, (c + 1) * kKeyChunk)), whatever
+// the thread count or the number of query tokens, and the chunks' partial softmax results are merged in
+// chunk order: so the float operations for one (query, head) never depend on how the work was split.
+inline constexpr int kKeyChunk = 128;
+inline constexpr int kMaxHeadDim = 256;
+inline constexpr int kMaxQPerKv = 16;
+// Accumulator domains: 0 holds 16- and 8-bit keys (natural element order), 1 and 2 the 4- and 2-bit
+// keys in the lane order their codes unpack to (un-permuted once, at the merge).
+inline constexpr int kDomains = 3;
+
+// The pre-SIMD implementation (scalar loops, one (query, kv head) per work item): used for shapes the
+// SIMD path does not cover, and as the baseline in bench_attention.
+void attend_scalar(const KvCache& cache, int seq, int layer, const AttnShape& shape, const float* q, int pos0, int n,
+                   float* out, AttnStats* stats, ThreadPool& pool);
+
+// Whether cpu::attend takes the SIMD path for this layout and shape on this CPU.
+bool simd_supported(const KvLayout& layout, const AttnShape& shape);
+// Name of the Highway target chosen at run time (e.g. "AVX3").
+const char* simd_target_name();
+
+struct Geometry {
+  int hd = 0, group = 0, nq = 0, n_kv = 0, n_heads = 0;
+  float scale = 0;                 // 1 / sqrt(hd)
+  size_t slice_bytes[17] = {};     // bytes of one kv head's slice of a K or V row, per width
+  size_t partial_stride = 0;       // floats of one (chunk, kv head) partial result
+  size_t partial_acc = 0;          // offset of the accumulators within a partial
+  const int* perm[kDomains] = {};  // domain index -> element index (nullptr: identity)
+};
+
+// The keys of one chunk as one query reads them, sorted by width (16, 8, 4, 2; positions ascending
+// within a width) so the kernels run one width at a time.
+struct ChunkViews {
+  int count = 0;
+  int seg[5] = {};  // keys [seg[w], seg[w + 1]) have width {16, 8, 4, 2}[w]
+  const uint8_t* k[kKeyChunk];
+  const uint8_t* v[kKeyChunk];
+  uint16_t ord[kKeyChunk];  // position - chunk start, per sorted key
+};
+
+// One (chunk, kv head) partial result: running max m, sum of exp l and of exp^2 e2 per query head, a
+// mask of the domains used, then kDomains x nq x hd accumulators (sum of exp(s - m) * v).
+inline size_t partial_floats(int nq, int hd) {
+  const size_t head = (3 * static_cast<size_t>(nq) + 1 + 15) / 16 * 16;
+  return head + kDomains * static_cast<size_t>(nq) * hd;
+}
+
+}  // namespace kvd::cpu::detail
