@@ -72,11 +72,16 @@ TEST_F(ModelTest, ConfigOfDefaultModel) {
   EXPECT_TRUE(c.tied_output);
 }
 
-// Max |logit difference| allowed against the fp32 reference. Both sides dequantize the same Q4_1 /
-// Q8_0 weights exactly, so only the order of float additions differs: over 30 layers of sums of
-// 576-1536 terms that moves logits of magnitude ~20 by ~1e-4 (fp32 epsilon 1.2e-7 x sqrt-growth x
-// residual amplification); we allow 2e-3 (the fast path is measured at a few 1e-4, see README).
-constexpr float kLogitTolerance = 2e-3f;
+// Max |logit difference| allowed against the Hugging Face fp32 reference. Both sides dequantize the
+// same Q4_1 / Q8_0 weights exactly; float order alone moves logits by ~1e-4 (HF on CPU vs GPU: 1.1e-4).
+// The larger part is the cache: kvdial's 16-bit cache stores K and V in fp16 (as llama.cpp's default
+// f16 cache), HF keeps them in fp32. Rounding K/V to fp16 (relative error <= 2^-12, random) moves
+// logits of magnitude ~20 by up to ~0.02 (measured: reference backend 0.019, fast 0.022; scaling K/V
+// by 1 +/- 2^-9 instead moves them by 0.21). We allow 0.05 and require every argmax to match.
+constexpr float kLogitTolerance = 5e-2f;
+// Fast backend against the reference backend, and batched against token-by-token: same fp16 cache,
+// only the order of float operations differs (measured ~5e-3 at most).
+constexpr float kPathTolerance = 1e-2f;
 
 void check_against_fixture(EngineRun& run, const nlohmann::json& fx, const Tokenizer& tok, float* worst) {
   const auto probe_ids = fx["probe_ids"].get<std::vector<int32_t>>();
@@ -94,13 +99,11 @@ void check_against_fixture(EngineRun& run, const nlohmann::json& fx, const Token
       for (const auto& tl : pos["top"]) {
         const float d = std::abs(l[tl[0].get<int>()] - tl[1].get<float>());
         *worst = std::max(*worst, d);
-        EXPECT_LE(d, kLogitTolerance) << "position " << i << " id " << tl[0];
       }
       const auto probe = pos["probe"].get<std::vector<float>>();
       for (size_t j = 0; j < probe_ids.size(); ++j) {
         const float d = std::abs(l[probe_ids[j]] - probe[j]);
         *worst = std::max(*worst, d);
-        EXPECT_LE(d, kLogitTolerance) << "position " << i << " probe id " << probe_ids[j];
       }
     }
   }
@@ -114,6 +117,7 @@ TEST_F(ModelTest, FastBackendMatchesHuggingFaceLogits) {
   float worst = 0;
   check_against_fixture(run, fx, model_->tokenizer(), &worst);
   std::printf("fast backend: max |logit - HF| = %.6f\n", worst);
+  EXPECT_LE(worst, kLogitTolerance);
 }
 
 TEST_F(ModelTest, ReferenceBackendMatchesHuggingFaceLogits) {
@@ -124,6 +128,7 @@ TEST_F(ModelTest, ReferenceBackendMatchesHuggingFaceLogits) {
   float worst = 0;
   check_against_fixture(run, fx, model_->tokenizer(), &worst);
   std::printf("reference backend: max |logit - HF| = %.6f\n", worst);
+  EXPECT_LE(worst, kLogitTolerance);
 }
 
 const char* kPrompt = "The little robot rolled into the kitchen, looked at the empty cup, and decided to";
@@ -134,7 +139,7 @@ TEST_F(ModelTest, FastMatchesReferenceBackend) {
   const auto a = all_logits(fast, ids), b = all_logits(ref, ids);
   float worst = 0;
   for (size_t i = 0; i < a.size(); ++i) worst = std::max(worst, std::abs(a[i] - b[i]));
-  EXPECT_LE(worst, kLogitTolerance);
+  EXPECT_LE(worst, kPathTolerance);
   std::printf("fast vs reference backend: max |logit diff| = %.6f over %zu tokens\n", worst, ids.size());
 }
 
@@ -144,7 +149,8 @@ TEST_F(ModelTest, BatchedEqualsTokenByToken) {
   const auto a = all_logits(batched, ids), b = all_logits(single, ids);
   float worst = 0;
   for (size_t i = 0; i < a.size(); ++i) worst = std::max(worst, std::abs(a[i] - b[i]));
-  EXPECT_LE(worst, kLogitTolerance);
+  EXPECT_LE(worst, kPathTolerance);
+  std::printf("batched vs token by token: max |logit diff| = %.6f\n", worst);
 }
 
 // Every token at 16 bits: the plain fp16 cache (nothing ever leaves staging, residual >= context),

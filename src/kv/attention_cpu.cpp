@@ -1,20 +1,565 @@
-// Fast attention over the mixed-precision cache. Scores come straight from the packed groups:
-// for a group with scale s and minimum m, q.k = s * sum(q_i * c_i) + m * sum(q_i), so K is never
-// dequantized; V is accumulated the same way: out_i += (p * s) * c_i + p * m.
-// Work is split over (query token, kv head) items; the heads that share a kv head are done together
-// so each K/V byte is read once per query token.
+// Fast attention over the mixed-precision cache, SIMD through Highway with runtime dispatch (this file is
+// compiled once per target by foreach_target); the scalar loops it replaced stay as attend_scalar.
+//
+// K and V are never dequantized into a buffer: a group's codes (scale s, minimum m) are unpacked in
+// registers to c * s + m, so q.k = s * sum(q_i c_i) + m * sum(q_i) and out += (p * s) * c + p * m come
+// out of the FMAs directly. Codes unpack in their packing order (element i sits in byte i / (8 / b) at
+// bit (i % (8 / b)) * b): the query is permuted once per call instead, and V accumulates in the same
+// permuted order (one accumulator domain per code layout), un-permuted once per (query, kv head).
+// The query heads sharing a kv head are processed together, so each K/V byte is read once per query.
+//
+// Keys are cut into fixed chunks of kKeyChunk positions; each (query, chunk) keeps its own max, sum of
+// exponentials and accumulators (flash-decoding style), merged in chunk order. The chunking does not
+// depend on the thread count nor on the number of query tokens, so the float operations for one
+// (query, head) never do either: a decode step (one query) spreads its chunks over all threads and
+// still matches a batched call bit for bit.
+#undef HWY_TARGET_INCLUDE
+#define HWY_TARGET_INCLUDE "kv/attention_cpu.cpp"
+#include <hwy/foreach_target.h>  // must precede highway.h
+#include <hwy/cache_control.h>
+#include <hwy/contrib/math/math-inl.h>
+#include <hwy/highway.h>
+
 #include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <cstring>
+#include <memory>
+#include <utility>
 #include <vector>
 
 #include "kv/attention.h"
+#include "kv/attention_cpu_internal.h"
 #include "util/error.h"
+#include "util/fp16.h"
 #include "util/thread_pool.h"
 
+HWY_BEFORE_NAMESPACE();
+namespace kvd::cpu::HWY_NAMESPACE {
+namespace hn = hwy::HWY_NAMESPACE;
+using detail::ChunkViews;
+using detail::Geometry;
+using detail::kDomains;
+using detail::kKeyChunk;
+using detail::kMaxQPerKv;
+
+using DF = hn::ScalableTag<float>;
+using DI = hn::RebindToSigned<DF>;
+using DU = hn::RebindToUnsigned<DF>;
+using D8 = hn::Rebind<uint8_t, DF>;
+using DH = hn::Rebind<hwy::float16_t, DF>;
+using VF = hn::Vec<DF>;
+using VU = hn::Vec<DU>;
+constexpr int kN = static_cast<int>(hn::MaxLanes(DF()));
+// Query heads per kernel call: their accumulators stay in registers.
+constexpr int kMaxTile = kN >= 16 ? 4 : 2;
+
+HWY_INLINE float Half(const uint8_t* p) {
+  uint16_t h;
+  std::memcpy(&h, p, 2);
+#if HWY_ARCH_X86 && HWY_TARGET <= HWY_AVX2
+  return _cvtsh_ss(h);
+#else
+  return fp16_to_float(h);
+#endif
+}
+
+HWY_INLINE VF Load16(const uint8_t* p) {
+  return hn::PromoteTo(DF(), hn::LoadU(DH(), reinterpret_cast<const hwy::float16_t*>(p)));
+}
+
+// Code layout of one b-bit group of G elements (b < 16) at kN lanes. Each group yields G / kN vectors.
+//  - promote (b == 8, or at least kN code bytes): kN bytes widen to kN lanes; vector (chunk, sh) holds
+//    code sh of each byte: element (chunk * kN + j) * (8 / b) + sh in lane j.
+//  - broadcast (4 or 8 code bytes, fewer than kN): the D = bytes / 4 dwords repeat over the lanes (lane j
+//    holds dword j % D) and a per-lane shift picks slot r * (kN / D) + j / D of that dword.
+template <int BITS, int G>
+struct Layout {
+  static constexpr int kBytes = G * BITS / 8;
+  static constexpr int kGroupBytes = 4 + kBytes;
+  static constexpr int kVec = G / kN;
+  static constexpr bool kPromote = BITS == 8 || kBytes >= kN;
+  static constexpr int kD = kBytes / 4;
+  static constexpr bool kOk =
+      kN >= 4 && G % kN == 0 && (kPromote ? kBytes % kN == 0 : ((kBytes == 4 || kBytes == 8) && kN % kD == 0));
+  // Element (within the group) held by lane j of vector r.
+  static int element(int r, int j) {
+    if (BITS == 8) return r * kN + j;
+    if (kPromote) {
+      constexpr int per = 8 / BITS;
+      return ((r / per) * kN + j) * per + r % per;
+    }
+    return (j % kD) * (32 / BITS) + r * (kN / kD) + j / kD;
+  }
+};
+
+template <int SH>
+HWY_INLINE VU ShiftBy(VU v) {
+  if constexpr (SH == 0) {
+    return v;
+  } else {
+    return hn::ShiftRight<SH>(v);
+  }
+}
+
+// Turns the packed groups of one width into values c * s + m, a vector at a time.
+template <int BITS, int G>
+struct Decoder {
+  using L = Layout<BITS, G>;
+  VU shifts[L::kVec > 0 ? L::kVec : 1];
+  VU mask;
+  VF iota;  // code value per lane index (low bits only for 2-bit tables)
+
+  Decoder() {
+    const DU du;
+    mask = hn::Set(du, (1u << (BITS == 16 ? 0 : BITS)) - 1);
+    iota = hn::ConvertTo(DF(), hn::BitCast(DI(), hn::And(hn::Iota(du, 0), mask)));
+    if constexpr (!L::kPromote && L::kVec > 0) {
+      const VU lane = hn::Iota(du, 0);
+      const VU slot_in = L::kD == 2 ? hn::ShiftRight<1>(lane) : lane;
+      for (int r = 0; r < L::kVec; ++r)
+        shifts[r] = hn::Mul(hn::Add(slot_in, hn::Set(du, static_cast<uint32_t>(r * (kN / L::kD)))),
+                            hn::Set(du, static_cast<uint32_t>(BITS)));
+    } else {
+      for (auto& s : shifts) s = hn::Zero(du);
+    }
+  }
+
+  // Scale and minimum of the group at grp, broadcast.
+  HWY_INLINE void Header(const uint8_t* grp, VF& s, VF& m) const {
+#if HWY_ARCH_X86 && HWY_TARGET <= HWY_AVX3
+    uint32_t w;
+    std::memcpy(&w, grp, 4);
+    const __m512 sm = _mm512_cvtph_ps(_mm256_set1_epi32(static_cast<int>(w)));
+    s = VF{_mm512_moveldup_ps(sm)};
+    m = VF{_mm512_movehdup_ps(sm)};
+#elif HWY_ARCH_X86 && HWY_TARGET <= HWY_AVX2
+    uint32_t w;
+    std::memcpy(&w, grp, 4);
+    const __m256 sm = _mm256_cvtph_ps(_mm_set1_epi32(static_cast<int>(w)));
+    s = VF{_mm256_moveldup_ps(sm)};
+    m = VF{_mm256_movehdup_ps(sm)};
+#else
+    s = hn::Set(DF(), Half(grp));
+    m = hn::Set(DF(), Half(grp + 2));
+#endif
+  }
+
+  // Codes (low BITS bits of each lane; higher bits are ignored) to values, given the group's table.
+#if HWY_ARCH_X86 && HWY_TARGET <= HWY_AVX3
+  static constexpr bool kTable = BITS <= 4;  // 16-entry table, vpermps reads the low 4 bits
+#else
+  static constexpr bool kTable = false;
+#endif
+
+  HWY_INLINE void Group(const uint8_t* grp, VF* x) const {
+    const DF df;
+    VF s, m;
+    Header(grp, s, m);
+    const uint8_t* codes = grp + 4;
+    [[maybe_unused]] VF table;
+    if constexpr (kTable) table = hn::MulAdd(iota, s, m);
+    auto decode = [&](VU c) HWY_ATTR -> VF {
+      if constexpr (kTable) {
+#if HWY_ARCH_X86 && HWY_TARGET <= HWY_AVX3
+        return VF{_mm512_permutexvar_ps(c.raw, table.raw)};
+#else
+        return table;
+#endif
+      } else {
+        return hn::MulAdd(hn::ConvertTo(df, hn::BitCast(DI(), hn::And(c, mask))), s, m);
+      }
+    };
+    if constexpr (BITS == 8) {
+      for (int r = 0; r < L::kVec; ++r)
+        x[r] = hn::MulAdd(hn::ConvertTo(df, hn::BitCast(DI(), hn::PromoteTo(DU(), hn::LoadU(D8(), codes + r * kN)))),
+                          s, m);
+    } else if constexpr (L::kPromote) {
+      constexpr int per = 8 / BITS;
+      for (int c = 0; c < L::kBytes / kN; ++c) {
+        const VU w = hn::PromoteTo(DU(), hn::LoadU(D8(), codes + c * kN));
+        [&]<int... S>(std::integer_sequence<int, S...>) HWY_ATTR {
+          ((x[c * per + S] = decode(ShiftBy<S * BITS>(w))), ...);
+        }(std::make_integer_sequence<int, per>{});
+      }
+    } else {
+      const DU du;
+      VU w;
+      if constexpr (L::kD == 2) {
+        uint64_t bits;
+        std::memcpy(&bits, codes, 8);
+        w = hn::BitCast(du, hn::Set(hn::Repartition<uint64_t, DF>(), bits));
+      } else {
+        uint32_t bits;
+        std::memcpy(&bits, codes, 4);
+        w = hn::Set(du, bits);
+      }
+      for (int r = 0; r < L::kVec; ++r) x[r] = decode(hn::Shr(w, shifts[r]));
+    }
+  }
+};
+
+// Sums of kN vectors (row u of part = token u) into one vector: lane u = sum of row u.
+HWY_INLINE VF ReduceBlock(const float* part) {
+  const DF df;
+  VF v[kN];
+  for (int u = 0; u < kN; ++u) v[u] = hn::Load(df, part + u * kN);
+#if HWY_TARGET != HWY_SCALAR
+#pragma GCC unroll 8
+  for (int w = kN; w > 1; w /= 2) {
+#pragma GCC unroll 8
+    for (int i = 0; i < w / 2; ++i)
+      v[i] = hn::Add(hn::ConcatEven(df, v[2 * i + 1], v[2 * i]), hn::ConcatOdd(df, v[2 * i + 1], v[2 * i]));
+  }
+#endif
+  return v[0];
+}
+
+// Scores (q.k * scale) of NQT query heads against count keys of one width: rows[k] + off is the kv
+// head's slice of key k; q[j] is head j in this width's domain order; sc[j][k] receives the score
+// (blocks of kN are written whole: sc must have room up to the next multiple of kN).
+template <int BITS, int G, int NQT>
+HWY_NOINLINE void ScoreSeg(const uint8_t* const* rows, int count, size_t off, int hd, const float* const* q,
+                           float* const* sc, float scale) {
+  const DF df;
+  using L = Layout<BITS, G>;
+  const Decoder<BITS, G> dec;
+  HWY_ALIGN float part[NQT][kN * kN];
+  const VF vscale = hn::Set(df, scale);
+  for (int k0 = 0; k0 < count; k0 += kN) {
+    const int nb = std::min(kN, count - k0);
+    for (int u = 0; u < nb; ++u) {
+      const uint8_t* src = rows[k0 + u] + off;
+      if (u + 2 < nb) hwy::Prefetch(rows[k0 + u + 2] + off);
+      VF acc[NQT];
+      for (int j = 0; j < NQT; ++j) acc[j] = hn::Zero(df);
+      if constexpr (BITS == 16) {
+        for (int e = 0; e < hd; e += kN) {
+          const VF x = Load16(src + 2 * e);
+          for (int j = 0; j < NQT; ++j) acc[j] = hn::MulAdd(hn::LoadU(df, q[j] + e), x, acc[j]);
+        }
+      } else {
+        for (int g = 0; g < hd / G; ++g) {
+          VF x[L::kVec];
+          dec.Group(src + g * L::kGroupBytes, x);
+          for (int r = 0; r < L::kVec; ++r)
+            for (int j = 0; j < NQT; ++j) acc[j] = hn::MulAdd(hn::LoadU(df, q[j] + g * G + r * kN), x[r], acc[j]);
+        }
+      }
+      for (int j = 0; j < NQT; ++j) hn::Store(acc[j], df, part[j] + u * kN);
+    }
+    for (int u = nb; u < kN; ++u)
+      for (int j = 0; j < NQT; ++j) hn::Store(hn::Zero(df), df, part[j] + u * kN);
+    for (int j = 0; j < NQT; ++j) hn::StoreU(hn::Mul(ReduceBlock(part[j]), vscale), df, sc[j] + k0);
+  }
+}
+
+// acc[j][...] += p[j][k] * value(k) for count keys of one width (acc in this width's domain order).
+template <int BITS, int G, int NQT>
+HWY_NOINLINE void AccumSeg(const uint8_t* const* rows, int count, size_t off, int hd, const float* const* p,
+                           float* const* acc) {
+  const DF df;
+  using L = Layout<BITS, G>;
+  constexpr int kTV = BITS == 16 ? 4 : std::max(4, L::kVec);  // vectors per tile (whole groups)
+  constexpr int kTE = kTV * kN;
+  const Decoder<BITS, G> dec;
+  for (int e0 = 0; e0 < hd; e0 += kTE) {
+    VF a[NQT][kTV];
+    for (int j = 0; j < NQT; ++j)
+      for (int v = 0; v < kTV; ++v) a[j][v] = hn::LoadU(df, acc[j] + e0 + v * kN);
+    const size_t toff = off + (BITS == 16 ? 2 * static_cast<size_t>(e0) : static_cast<size_t>(e0 / G) * L::kGroupBytes);
+    for (int k = 0; k < count; ++k) {
+      const uint8_t* src = rows[k] + toff;
+      if (k + 2 < count) hwy::Prefetch(rows[k + 2] + toff);
+      VF x[kTV];
+      if constexpr (BITS == 16) {
+        for (int v = 0; v < kTV; ++v) x[v] = Load16(src + 2 * v * kN);
+      } else {
+        for (int g = 0; g < kTE / G; ++g) dec.Group(src + g * L::kGroupBytes, x + g * L::kVec);
+      }
+      for (int j = 0; j < NQT; ++j) {
+        const VF pj = hn::Set(df, p[j][k]);
+        for (int v = 0; v < kTV; ++v) a[j][v] = hn::MulAdd(pj, x[v], a[j][v]);
+      }
+    }
+    for (int j = 0; j < NQT; ++j)
+      for (int v = 0; v < kTV; ++v) hn::StoreU(a[j][v], df, acc[j] + e0 + v * kN);
+  }
+}
+
+template <int BITS, int G>
+constexpr bool Usable() {
+  if constexpr (BITS == 16) {
+    return kN >= 4;
+  } else {
+    return Layout<BITS, G>::kOk;
+  }
+}
+
+template <int BITS, int G, int NQT>
+void ScoreOrAccum(bool score, const uint8_t* const* rows, int count, size_t off, int hd, const float* const* qp,
+                  float* const* out, float scale) {
+  if constexpr (Usable<BITS, G>()) {
+    if (score)
+      ScoreSeg<BITS, G, NQT>(rows, count, off, hd, qp, out, scale);
+    else
+      AccumSeg<BITS, G, NQT>(rows, count, off, hd, qp, out);
+  }
+}
+
+template <int BITS, int G>
+void ByTile(int nt, bool score, const uint8_t* const* rows, int count, size_t off, int hd, const float* const* qp,
+            float* const* out, float scale) {
+  switch (nt) {
+    case 1: return ScoreOrAccum<BITS, G, 1>(score, rows, count, off, hd, qp, out, scale);
+    case 2: return ScoreOrAccum<BITS, G, 2>(score, rows, count, off, hd, qp, out, scale);
+    case 3:
+      if constexpr (kMaxTile >= 3) return ScoreOrAccum<BITS, G, 3>(score, rows, count, off, hd, qp, out, scale);
+      break;
+    case 4:
+      if constexpr (kMaxTile >= 4) return ScoreOrAccum<BITS, G, 4>(score, rows, count, off, hd, qp, out, scale);
+      break;
+    default: break;
+  }
+}
+
+template <int BITS>
+void ByGroup(int group, int nt, bool score, const uint8_t* const* rows, int count, size_t off, int hd,
+             const float* const* qp, float* const* out, float scale) {
+  if constexpr (BITS == 16) {
+    ByTile<16, 32>(nt, score, rows, count, off, hd, qp, out, scale);
+  } else {
+    switch (group) {
+      case 16: return ByTile<BITS, 16>(nt, score, rows, count, off, hd, qp, out, scale);
+      case 32: return ByTile<BITS, 32>(nt, score, rows, count, off, hd, qp, out, scale);
+      case 64: return ByTile<BITS, 64>(nt, score, rows, count, off, hd, qp, out, scale);
+      default: break;
+    }
+  }
+}
+
+void RunSeg(int bits, int group, int nt, bool score, const uint8_t* const* rows, int count, size_t off, int hd,
+            const float* const* qp, float* const* out, float scale) {
+  switch (bits) {
+    case 16: return ByGroup<16>(group, nt, score, rows, count, off, hd, qp, out, scale);
+    case 8: return ByGroup<8>(group, nt, score, rows, count, off, hd, qp, out, scale);
+    case 4: return ByGroup<4>(group, nt, score, rows, count, off, hd, qp, out, scale);
+    default: return ByGroup<2>(group, nt, score, rows, count, off, hd, qp, out, scale);
+  }
+}
+
+// Fills perm[d][k] (domain index -> element index within the head) for domains 1 (4-bit) and 2 (2-bit);
+// false when this target's kernels do not cover head_dim and group.
+bool BuildPerms(int hd, int group, int* perm4, int* perm2) {
+  if (kN < 4 || (group != 16 && group != 32 && group != 64)) return false;
+  const int tile = std::max(4 * kN, group);
+  if (hd % tile != 0 || hd % (4 * kN) != 0 || hd > detail::kMaxHeadDim) return false;
+  auto fill = [&](auto layout, int* perm) {
+    using L = decltype(layout);
+    for (int g = 0; g < hd / group; ++g)
+      for (int r = 0; r < L::kVec; ++r)
+        for (int j = 0; j < kN; ++j) perm[g * group + r * kN + j] = g * group + L::element(r, j);
+  };
+  switch (group) {
+    case 16:
+      if (!Layout<8, 16>::kOk || !Layout<4, 16>::kOk || !Layout<2, 16>::kOk) return false;
+      fill(Layout<4, 16>(), perm4);
+      fill(Layout<2, 16>(), perm2);
+      break;
+    case 32:
+      if (!Layout<8, 32>::kOk || !Layout<4, 32>::kOk || !Layout<2, 32>::kOk) return false;
+      fill(Layout<4, 32>(), perm4);
+      fill(Layout<2, 32>(), perm2);
+      break;
+    default:
+      if (!Layout<8, 64>::kOk || !Layout<4, 64>::kOk || !Layout<2, 64>::kOk) return false;
+      fill(Layout<4, 64>(), perm4);
+      fill(Layout<2, 64>(), perm2);
+      break;
+  }
+  return true;
+}
+
+int TargetLanes() { return kN; }
+
+// Softmax pieces of one row of scores (nk valid, padded to a multiple of kN): the max m, and in place
+// e = exp(score - m); returns sum(e) and sum(e^2).
+HWY_INLINE void ChunkSoftmax(float* sc, int nk, float* m_out, float* l_out, float* e2_out) {
+  const DF df;
+  const int nk_pad = (nk + kN - 1) / kN * kN;
+  for (int k = nk; k < nk_pad; ++k) sc[k] = -INFINITY;
+  VF vm = hn::Set(df, -INFINITY);
+  for (int k = 0; k < nk_pad; k += kN) vm = hn::Max(vm, hn::Load(df, sc + k));
+  const float m = hn::GetLane(hn::MaxOfLanes(df, vm));
+  const VF vmv = hn::Set(df, m);
+  VF vs = hn::Zero(df), vq = hn::Zero(df);
+  for (int k = 0; k < nk_pad; k += kN) {
+    const VF e = hn::Exp(df, hn::Sub(hn::Load(df, sc + k), vmv));
+    hn::Store(e, df, sc + k);
+    vs = hn::Add(vs, e);
+    vq = hn::MulAdd(e, e, vq);
+  }
+  *m_out = m;
+  *l_out = hn::GetLane(hn::SumOfLanes(df, vs));
+  *e2_out = hn::GetLane(hn::SumOfLanes(df, vq));
+}
+
+constexpr int kDomainOfWidth[4] = {0, 0, 1, 2};  // widths 16, 8, 4, 2
+constexpr int kWidths[4] = {16, 8, 4, 2};
+
+// One chunk of keys for one query: for every kv head, the partial softmax results (see
+// detail::partial_floats) at partial + kvh * geo.partial_stride. qdom[d * n_heads + h]: query head h in
+// domain d's element order. e_out (optional): the exponentials, [head][kKeyChunk], in sorted key order.
+void ChunkKernel(const Geometry& geo, const ChunkViews& cv, const float* const* qdom, float* partial, float* e_out) {
+  const int nq = geo.nq, hd = geo.hd, nk = cv.count;
+  HWY_ALIGN float sc[kMaxQPerKv][kKeyChunk + kN];
+  const int n_tiles = (nq + kMaxTile - 1) / kMaxTile;
+  int tile_start[kMaxQPerKv + 1];
+  for (int t = 0, j = 0; t <= n_tiles; ++t) {
+    tile_start[t] = j;
+    j += nq / n_tiles + (t < nq % n_tiles ? 1 : 0);
+  }
+  int mask = 0;
+  for (int w = 0; w < 4; ++w)
+    if (cv.seg[w + 1] > cv.seg[w]) mask |= 1 << kDomainOfWidth[w];
+  for (int kvh = 0; kvh < geo.n_kv; ++kvh) {
+    float* P = partial + static_cast<size_t>(kvh) * geo.partial_stride;
+    float* acc = P + geo.partial_acc;
+    const int h0 = kvh * nq;
+    // Scores, one width at a time (ascending segments: a block written past a segment's end is
+    // overwritten by the next segment).
+    for (int t = 0; t < n_tiles; ++t) {
+      const int j0 = tile_start[t], nt = tile_start[t + 1] - j0;
+      for (int w = 0; w < 4; ++w) {
+        const int b = cv.seg[w], cnt = cv.seg[w + 1] - b;
+        if (cnt == 0) continue;
+        const float* qp[kMaxTile];
+        float* sp[kMaxTile];
+        for (int j = 0; j < nt; ++j) {
+          qp[j] = qdom[kDomainOfWidth[w] * geo.n_heads + h0 + j0 + j];
+          sp[j] = sc[j0 + j] + b;
+        }
+        RunSeg(kWidths[w], geo.group, nt, true, cv.k + b, cnt, kvh * geo.slice_bytes[kWidths[w]], hd, qp, sp,
+               geo.scale);
+      }
+    }
+    for (int j = 0; j < nq; ++j) ChunkSoftmax(sc[j], nk, P + j, P + nq + j, P + 2 * nq + j);
+    P[3 * nq] = static_cast<float>(mask);
+    for (int d = 0; d < kDomains; ++d)
+      if (mask & (1 << d)) std::fill(acc + static_cast<size_t>(d) * nq * hd, acc + static_cast<size_t>(d + 1) * nq * hd, 0.0f);
+    for (int t = 0; t < n_tiles; ++t) {
+      const int j0 = tile_start[t], nt = tile_start[t + 1] - j0;
+      for (int w = 0; w < 4; ++w) {
+        const int b = cv.seg[w], cnt = cv.seg[w + 1] - b;
+        if (cnt == 0) continue;
+        const float* pp[kMaxTile];
+        float* ap[kMaxTile];
+        for (int j = 0; j < nt; ++j) {
+          pp[j] = sc[j0 + j] + b;
+          ap[j] = acc + (static_cast<size_t>(kDomainOfWidth[w]) * nq + j0 + j) * hd;
+        }
+        RunSeg(kWidths[w], geo.group, nt, false, cv.v + b, cnt, kvh * geo.slice_bytes[kWidths[w]], hd, pp, ap, 0);
+      }
+    }
+    if (e_out)
+      for (int j = 0; j < nq; ++j)
+        std::memcpy(e_out + static_cast<size_t>(h0 + j) * kKeyChunk, sc[j], sizeof(float) * nk);
+  }
+}
+
+// Merges the n_chunks partials of one query (chunk-major: partials + (c * n_kv + kvh) * stride) in chunk
+// order into out (n_heads x hd). Adds the variance of the weights / n_keys and the largest weight per head
+// to *var_sum, *max_sum; g_out (optional, [chunk][head]) receives the factor turning a chunk's
+// exponentials into weights.
+void MergeKernel(const Geometry& geo, int n_chunks, const float* partials, int n_keys, float* out, double* var_sum,
+                 double* max_sum, float* g_out) {
+  const DF df;
+  const int nq = geo.nq, hd = geo.hd;
+  const size_t stride = geo.partial_stride;
+  std::vector<float> f(static_cast<size_t>(n_chunks + kN));
+  HWY_ALIGN float dom[kDomains][detail::kMaxHeadDim];
+  for (int kvh = 0; kvh < geo.n_kv; ++kvh) {
+    for (int j = 0; j < nq; ++j) {
+      auto part = [&](int c) { return partials + (static_cast<size_t>(c) * geo.n_kv + kvh) * stride; };
+      float mx = -INFINITY;
+      for (int c = 0; c < n_chunks; ++c) mx = std::max(mx, part(c)[j]);
+      for (int c = 0; c < n_chunks; ++c) f[c] = part(c)[j] - mx;
+      for (int c = 0; c < n_chunks; c += kN) hn::StoreU(hn::Exp(df, hn::LoadU(df, f.data() + c)), df, f.data() + c);
+      float sum = 0;
+      int mask = 0;
+      for (int c = 0; c < n_chunks; ++c) {
+        sum += f[c] * part(c)[nq + j];
+        mask |= static_cast<int>(part(c)[3 * nq]);
+      }
+      const float inv = 1.0f / sum;
+      for (int d = 0; d < kDomains; ++d) {
+        if (!(mask & (1 << d))) continue;
+        for (int e = 0; e < hd; e += kN) {
+          VF o = hn::Zero(df);
+          for (int c = 0; c < n_chunks; ++c) {
+            const float* P = part(c);
+            if (!(static_cast<int>(P[3 * nq]) & (1 << d))) continue;
+            o = hn::MulAdd(hn::Set(df, f[c]), hn::LoadU(df, P + geo.partial_acc + (static_cast<size_t>(d) * nq + j) * hd + e), o);
+          }
+          hn::Store(o, df, dom[d] + e);
+        }
+      }
+      float* oh = out + static_cast<size_t>(kvh * nq + j) * hd;
+      if (mask & 1)
+        std::memcpy(oh, dom[0], sizeof(float) * hd);
+      else
+        std::fill(oh, oh + hd, 0.0f);
+      for (int d = 1; d < kDomains; ++d)
+        if (mask & (1 << d))
+          for (int e = 0; e < hd; ++e) oh[geo.perm[d][e]] += dom[d][e];
+      const VF vinv = hn::Set(df, inv);
+      for (int e = 0; e < hd; e += kN) hn::StoreU(hn::Mul(hn::LoadU(df, oh + e), vinv), df, oh + e);
+      if (var_sum) {
+        // sum_t (w_t - 1/n)^2 = sum_t w_t^2 - 1/n (the weights sum to 1); the largest weight is 1 / sum.
+        double sq = 0;
+        for (int c = 0; c < n_chunks; ++c) {
+          const double g = static_cast<double>(f[c]) * inv;
+          sq += g * g * part(c)[2 * nq + j];
+        }
+        const double var = std::max(0.0, sq - 1.0 / n_keys);
+        *var_sum += var / n_keys;
+        *max_sum += static_cast<double>(inv);
+      }
+      if (g_out)
+        for (int c = 0; c < n_chunks; ++c) g_out[static_cast<size_t>(c) * geo.n_heads + kvh * nq + j] = f[c] * inv;
+    }
+  }
+}
+
+// received[ord[k]] += sum_h e[h][k] * g[h] for the nk keys of one chunk.
+void ReceivedKernel(int nk, int n_heads, const float* e, const float* g, const uint16_t* ord, float* received) {
+  const DF df;
+  HWY_ALIGN float tmp[kKeyChunk];
+  for (int k = 0; k < nk; k += kN) {
+    VF s = hn::Zero(df);
+    for (int h = 0; h < n_heads; ++h)
+      s = hn::MulAdd(hn::LoadU(df, e + static_cast<size_t>(h) * kKeyChunk + k), hn::Set(df, g[h]), s);
+    hn::Store(s, df, tmp + k);
+  }
+  for (int k = 0; k < nk; ++k) received[ord[k]] += tmp[k];
+}
+
+}  // namespace kvd::cpu::HWY_NAMESPACE
+HWY_AFTER_NAMESPACE();
+
+#if HWY_ONCE
 namespace kvd::cpu {
+HWY_EXPORT(TargetLanes);
+HWY_EXPORT(BuildPerms);
+HWY_EXPORT(ChunkKernel);
+HWY_EXPORT(MergeKernel);
+HWY_EXPORT(ReceivedKernel);
+
+namespace detail {
 namespace {
+
+// ---------------------------------------------------------------------------------------------------
+// The scalar path (before SIMD): one (query token, kv head) per work item.
 
 // Branch-free fp16 -> fp32 for finite values (the cache never stores inf/NaN from finite inputs).
 inline float half_bits_to_float(uint16_t h) {
@@ -30,9 +575,6 @@ inline float load_half(const uint8_t* p) {
   std::memcpy(&h, p, 2);
   return half_bits_to_float(h);
 }
-
-constexpr int kMaxHeadDim = 256;
-constexpr int kMaxQPerKv = 16;
 
 // Dot products of nq query heads (each hd floats, qsum[j][g] = sum of head j's elements in group g)
 // with one stored K head slice.
@@ -72,7 +614,8 @@ inline void score_token(const uint8_t* k, int kvh, int hd, int group, int nq, co
 }
 
 template <int BITS>
-inline void accumulate_v(const uint8_t* v, int kvh, int hd, int group, int nq, const float* p, float (*acc)[kMaxHeadDim]) {
+inline void accumulate_v(const uint8_t* v, int kvh, int hd, int group, int nq, const float* p,
+                         float (*acc)[kMaxHeadDim]) {
   if constexpr (BITS == 16) {
     float vf[kMaxHeadDim];
     const uint8_t* src = v + 2 * static_cast<size_t>(kvh) * hd;
@@ -191,19 +734,75 @@ void attend_item(const KvCache& cache, int seq, int layer, const AttnShape& shap
   }
 }
 
+// ---------------------------------------------------------------------------------------------------
+// The SIMD path's per-thread and per-call buffers (reused across calls).
+
+struct ThreadScratch {
+  ChunkViews views;
+  std::vector<float> qprep;    // (kDomains - 1) x n_heads x hd: the query in domains 1 and 2
+  std::vector<float> partial;  // one query's partials (all its chunks) when a work item is a whole query
+};
+
+ThreadScratch& thread_scratch() {
+  thread_local ThreadScratch s;
+  return s;
+}
+
+struct CallBuffers {
+  std::vector<KvTokenView> view_q, view_f;  // batched calls: views of every key (see attend)
+  std::vector<float> qprep, partial, ebuf, gbuf;
+  std::vector<uint16_t> ord;
+  std::vector<double> var, wmax;
+  std::unique_ptr<std::atomic<int>[]> remaining;
+  size_t remaining_size = 0;
+  std::vector<int> perm[kDomains];
+  int perm_hd = -1, perm_group = -1, perm_lanes = -1;
+  bool perm_ok = false;
+};
+
+CallBuffers& call_buffers() {
+  thread_local CallBuffers b;
+  return b;
+}
+
+// Permutations for this head size and group, cached per calling thread; false when unsupported.
+bool prepare_perms(CallBuffers& b, int hd, int group) {
+  const int lanes = HWY_DYNAMIC_DISPATCH(TargetLanes)();
+  if (b.perm_hd != hd || b.perm_group != group || b.perm_lanes != lanes) {
+    b.perm_hd = hd;
+    b.perm_group = group;
+    b.perm_lanes = lanes;
+    for (int d = 1; d < kDomains; ++d) b.perm[d].assign(static_cast<size_t>(hd), 0);
+    b.perm_ok = HWY_DYNAMIC_DISPATCH(BuildPerms)(hd, group, b.perm[1].data(), b.perm[2].data());
+  }
+  return b.perm_ok;
+}
+
+// The query (n_heads x hd) in domains 1 and 2, into dst ((kDomains - 1) x n_heads x hd).
+void permute_query(const float* q, const Geometry& geo, int domain, float* dst) {
+  const int* perm = geo.perm[domain];
+  for (int h = 0; h < geo.n_heads; ++h) {
+    const float* src = q + static_cast<size_t>(h) * geo.hd;
+    float* d = dst + (static_cast<size_t>(domain - 1) * geo.n_heads + h) * geo.hd;
+    for (int k = 0; k < geo.hd; ++k) d[k] = src[perm[k]];
+  }
+}
+
+int width_index(int bits) { return bits == 16 ? 0 : bits == 8 ? 1 : bits == 4 ? 2 : 3; }
+
 }  // namespace
 
-void attend(const KvCache& cache, int seq, int layer, const AttnShape& shape, const float* q, int pos0, int n,
-            float* out, AttnStats* stats, ThreadPool& pool) {
+void attend_scalar(const KvCache& cache, int seq, int layer, const AttnShape& shape, const float* q, int pos0, int n,
+                   float* out, AttnStats* stats, ThreadPool& pool) {
   KVD_ASSERT(shape.head_dim <= kMaxHeadDim && shape.n_heads / shape.n_kv_heads <= kMaxQPerKv);
   const int n_items = n * shape.n_kv_heads;
   const int stride = shape.n_heads * shape.head_dim;
   std::vector<ItemStats> item_stats(stats ? static_cast<size_t>(n_items) : 0);
   std::atomic<int> next{0};
-  // Received-attention sums are per key position: items of one query token add to the same vector,
-  // so with stats each kv head item of a token runs on one thread (items of a token are contiguous).
+  // Received-attention sums are per key position and the query tokens of a batch may share one vector:
+  // with them, the items of a token run on one thread, and a batch runs on the calling thread alone.
   const bool need_received = stats && stats[0].received;
-  pool.run_on_all([&](int, int) {
+  auto work = [&](int, int) {
     std::vector<float> scores;
     for (;;) {
       const int it = need_received ? next.fetch_add(shape.n_kv_heads) : next.fetch_add(1);
@@ -216,7 +815,11 @@ void attend(const KvCache& cache, int seq, int layer, const AttnShape& shape, co
                     out + static_cast<size_t>(i) * stride, scores, stats ? &item_stats[item] : nullptr, recv);
       }
     }
-  });
+  };
+  if (need_received && n > 1)
+    work(0, 1);
+  else
+    pool.run_on_all(work);
   if (stats) {
     for (int item = 0; item < n_items; ++item) {
       AttnStats& s = stats[item / shape.n_kv_heads];
@@ -227,4 +830,225 @@ void attend(const KvCache& cache, int seq, int layer, const AttnShape& shape, co
   }
 }
 
+bool simd_supported(const KvLayout& layout, const AttnShape& shape) {
+  return layout.head_dim == shape.head_dim && shape.n_kv_heads > 0 && shape.n_heads % shape.n_kv_heads == 0 &&
+         shape.n_heads / shape.n_kv_heads <= kMaxQPerKv && prepare_perms(call_buffers(), shape.head_dim, layout.group);
+}
+
+const char* simd_target_name() {
+  const int lanes = HWY_DYNAMIC_DISPATCH(TargetLanes)();
+  return lanes >= 16 ? "AVX-512" : lanes == 8 ? "AVX2" : "128-bit";
+}
+
+}  // namespace detail
+
+void attend(const KvCache& cache, int seq, int layer, const AttnShape& shape, const float* q, int pos0, int n,
+            float* out, AttnStats* stats, ThreadPool& pool) {
+  using namespace detail;
+  if (n <= 0) return;
+  const KvLayout& lay = cache.layout();
+  KVD_ASSERT(shape.head_dim <= kMaxHeadDim && shape.n_kv_heads > 0 && shape.n_heads % shape.n_kv_heads == 0 &&
+             shape.n_heads / shape.n_kv_heads <= kMaxQPerKv);
+  CallBuffers& B = call_buffers();
+  if (lay.head_dim != shape.head_dim || lay.n_kv_heads != shape.n_kv_heads ||
+      !prepare_perms(B, shape.head_dim, lay.group))
+    return attend_scalar(cache, seq, layer, shape, q, pos0, n, out, stats, pool);
+
+  Geometry geo;
+  geo.hd = shape.head_dim;
+  geo.group = lay.group;
+  geo.n_kv = shape.n_kv_heads;
+  geo.n_heads = shape.n_heads;
+  geo.nq = shape.n_heads / shape.n_kv_heads;
+  geo.scale = 1.0f / std::sqrt(static_cast<float>(geo.hd));
+  for (int b : {2, 4, 8}) geo.slice_bytes[b] = static_cast<size_t>(geo.hd / geo.group) * lay.group_bytes(b);
+  geo.slice_bytes[16] = 2 * static_cast<size_t>(geo.hd);
+  geo.partial_stride = partial_floats(geo.nq, geo.hd);
+  geo.partial_acc = geo.partial_stride - kDomains * static_cast<size_t>(geo.nq) * geo.hd;
+  geo.perm[1] = B.perm[1].data();
+  geo.perm[2] = B.perm[2].data();
+
+  const int C = kKeyChunk, nh = shape.n_heads, hd = geo.hd;
+  const size_t qstride = static_cast<size_t>(nh) * hd;
+  const int pos_max = pos0 + n - 1;
+  const int nch_max = pos_max / C + 1;
+  auto n_chunks = [&](int i) { return (pos0 + i) / C + 1; };
+  const int n_threads = pool.size();
+  // Few query tokens (decode): work items are (query, chunk), so the chunks of one query spread over the
+  // threads; the last item of a query to finish merges it. Many: a work item is a whole query.
+  const bool split = n < 4 * n_threads;
+  bool want_recv = false;
+  if (stats)
+    for (int i = 0; i < n; ++i) want_recv |= stats[i].received != nullptr;
+
+  // A batch resolves every key's view once: a key in the arena reads the same for every query, a staged
+  // key t reads as token(t, pos_max) for queries p with t < p - residual and at fp16 (token(t, t)) for
+  // the others (kv/kv_cache.h).
+  const int n_arena = cache.n_arena(seq), residual = cache.options().residual;
+  if (n > 1) {
+    B.view_q.resize(static_cast<size_t>(pos_max) + 1);
+    B.view_f.resize(static_cast<size_t>(pos_max) + 1);
+    const int f_from = std::max(n_arena, pos0 - residual);
+    pool.parallel_for(pos_max + 1, [&](int64_t b, int64_t e) {
+      for (int t = static_cast<int>(b); t < e; ++t) {
+        B.view_q[t] = cache.token(seq, layer, t, pos_max);
+        if (t >= f_from) B.view_f[t] = cache.token(seq, layer, t, t);
+      }
+    });
+  }
+  auto build_views = [&](ChunkViews& cv, int p, int c) {
+    const int t0 = c * C, t1 = std::min(t0 + C, p + 1);
+    int count[4] = {};
+    KvTokenView views[kKeyChunk];
+    for (int t = t0; t < t1; ++t) {
+      KvTokenView v;
+      if (n == 1)
+        v = cache.token(seq, layer, t, p);
+      else
+        v = (t < n_arena || t < p - residual) ? B.view_q[t] : B.view_f[t];
+      views[t - t0] = v;
+      count[width_index(v.bits)]++;
+    }
+    cv.count = t1 - t0;
+    cv.seg[0] = 0;
+    for (int w = 0; w < 4; ++w) cv.seg[w + 1] = cv.seg[w] + count[w];
+    int at[4] = {cv.seg[0], cv.seg[1], cv.seg[2], cv.seg[3]};
+    for (int t = t0; t < t1; ++t) {
+      const KvTokenView& v = views[t - t0];
+      const int k = at[width_index(v.bits)]++;
+      cv.k[k] = v.k;
+      cv.v[k] = v.v;
+      cv.ord[k] = static_cast<uint16_t>(t - t0);
+    }
+  };
+
+  // With received-attention sums, queries run in sub-batches whose exponentials fit a bounded buffer.
+  constexpr size_t kMaxEbufFloats = size_t{4} << 20;
+  const size_t e_per_query = static_cast<size_t>(nch_max) * nh * C;
+  const int sub = want_recv ? static_cast<int>(std::clamp<size_t>(kMaxEbufFloats / e_per_query, 1, n)) : n;
+  B.var.assign(static_cast<size_t>(n), 0.0);
+  B.wmax.assign(static_cast<size_t>(n), 0.0);
+  if (want_recv) {
+    B.ebuf.resize(static_cast<size_t>(sub) * e_per_query);
+    B.gbuf.resize(static_cast<size_t>(sub) * nch_max * nh);
+    B.ord.resize(static_cast<size_t>(sub) * nch_max * C);
+  }
+  const size_t part_per_query = static_cast<size_t>(nch_max) * geo.n_kv * geo.partial_stride;
+
+  for (int i0 = 0; i0 < n; i0 += sub) {
+    const int i1 = std::min(n, i0 + sub);
+    auto e_at = [&](int i, int c) {
+      return want_recv ? B.ebuf.data() + (static_cast<size_t>(i - i0) * nch_max + c) * nh * C : nullptr;
+    };
+    auto ord_at = [&](int i, int c) { return B.ord.data() + (static_cast<size_t>(i - i0) * nch_max + c) * C; };
+    auto g_at = [&](int i) {
+      return want_recv ? B.gbuf.data() + static_cast<size_t>(i - i0) * nch_max * nh : nullptr;
+    };
+    auto merge = [&](int i, const float* partials) {
+      HWY_DYNAMIC_DISPATCH(MergeKernel)
+      (geo, n_chunks(i), partials, pos0 + i + 1, out + i * qstride, stats ? &B.var[i] : nullptr,
+       stats ? &B.wmax[i] : nullptr, g_at(i));
+    };
+    auto run_chunk = [&](ThreadScratch& s, int i, int c, const float* const* qdom, float* partial) {
+      build_views(s.views, pos0 + i, c);
+      if (want_recv) std::memcpy(ord_at(i, c), s.views.ord, sizeof(uint16_t) * s.views.count);
+      HWY_DYNAMIC_DISPATCH(ChunkKernel)(geo, s.views, qdom, partial, e_at(i, c));
+    };
+    auto qdom_of = [&](const float* qi, const float* prep, const float** qdom) {
+      for (int h = 0; h < nh; ++h) {
+        qdom[h] = qi + static_cast<size_t>(h) * hd;
+        for (int d = 1; d < kDomains; ++d) qdom[d * nh + h] = prep + (static_cast<size_t>(d - 1) * nh + h) * hd;
+      }
+    };
+    std::atomic<int> next{0};
+    if (split) {
+      // Items (i, c) in query order; every query's permuted copies are made up front.
+      std::vector<int> first(static_cast<size_t>(i1 - i0) + 1, 0);
+      for (int i = i0; i < i1; ++i) first[i - i0 + 1] = first[i - i0] + n_chunks(i);
+      const int n_items = first.back();
+      B.qprep.resize(static_cast<size_t>(i1 - i0) * (kDomains - 1) * qstride);
+      for (int i = i0; i < i1; ++i)
+        for (int d = 1; d < kDomains; ++d)
+          permute_query(q + i * qstride, geo, d, B.qprep.data() + static_cast<size_t>(i - i0) * (kDomains - 1) * qstride);
+      B.partial.resize(static_cast<size_t>(i1 - i0) * part_per_query);
+      if (B.remaining_size < static_cast<size_t>(i1 - i0)) {
+        B.remaining_size = static_cast<size_t>(i1 - i0);
+        B.remaining.reset(new std::atomic<int>[B.remaining_size]);
+      }
+      for (int i = i0; i < i1; ++i) B.remaining[i - i0].store(n_chunks(i), std::memory_order_relaxed);
+      pool.run_on_all([&](int, int) {
+        ThreadScratch& s = thread_scratch();
+        std::vector<const float*> qdv(static_cast<size_t>(kDomains) * nh);
+        const float** qd = qdv.data();
+        for (;;) {
+          const int it = next.fetch_add(1, std::memory_order_relaxed);
+          if (it >= n_items) break;
+          const int i = i0 + static_cast<int>(std::upper_bound(first.begin(), first.end(), it) - first.begin()) - 1;
+          const int c = it - first[i - i0];
+          qdom_of(q + i * qstride, B.qprep.data() + static_cast<size_t>(i - i0) * (kDomains - 1) * qstride, qd);
+          float* qpart = B.partial.data() + static_cast<size_t>(i - i0) * part_per_query;
+          run_chunk(s, i, c, qd, qpart + static_cast<size_t>(c) * geo.n_kv * geo.partial_stride);
+          if (B.remaining[i - i0].fetch_sub(1, std::memory_order_acq_rel) == 1) merge(i, qpart);
+        }
+      });
+    } else {
+      // Items are whole queries, longest first.
+      const int n_items = i1 - i0;
+      pool.run_on_all([&](int, int) {
+        ThreadScratch& s = thread_scratch();
+        std::vector<const float*> qd(static_cast<size_t>(kDomains) * nh);
+        s.qprep.resize((kDomains - 1) * qstride);
+        s.partial.resize(part_per_query);
+        for (;;) {
+          const int it = next.fetch_add(1, std::memory_order_relaxed);
+          if (it >= n_items) break;
+          const int i = i1 - 1 - it;
+          qdom_of(q + i * qstride, s.qprep.data(), qd.data());
+          bool prepared[kDomains] = {true, false, false};
+          for (int c = 0; c < n_chunks(i); ++c) {
+            build_views(s.views, pos0 + i, c);
+            for (int w = 2; w < 4; ++w) {
+              const int d = w - 1;
+              if (s.views.seg[w + 1] > s.views.seg[w] && !prepared[d]) {
+                permute_query(q + i * qstride, geo, d, s.qprep.data());
+                prepared[d] = true;
+              }
+            }
+            if (want_recv) std::memcpy(ord_at(i, c), s.views.ord, sizeof(uint16_t) * s.views.count);
+            HWY_DYNAMIC_DISPATCH(ChunkKernel)
+            (geo, s.views, qd.data(), s.partial.data() + static_cast<size_t>(c) * geo.n_kv * geo.partial_stride,
+             e_at(i, c));
+          }
+          merge(i, s.partial.data());
+        }
+      });
+    }
+    if (want_recv) {
+      // Per chunk of key positions (so no two threads add to one position), queries in order.
+      const int nch_sub = n_chunks(i1 - 1);
+      std::atomic<int> next_c{0};
+      pool.run_on_all([&](int, int) {
+        for (;;) {
+          const int c = next_c.fetch_add(1, std::memory_order_relaxed);
+          if (c >= nch_sub) break;
+          for (int i = i0; i < i1; ++i) {
+            if (!stats[i].received || c >= n_chunks(i)) continue;
+            const int nk = std::min(C, pos0 + i + 1 - c * C);
+            HWY_DYNAMIC_DISPATCH(ReceivedKernel)
+            (nk, nh, e_at(i, c), g_at(i) + static_cast<size_t>(c) * nh, ord_at(i, c),
+             stats[i].received->data() + static_cast<size_t>(c) * C);
+          }
+        }
+      });
+    }
+  }
+  if (stats)
+    for (int i = 0; i < n; ++i) {
+      stats[i].var_sum += B.var[i];
+      stats[i].max_weight_sum += B.wmax[i];
+      stats[i].var_count += nh;
+    }
+}
+
 }  // namespace kvd::cpu
+#endif  // HWY_ONCE

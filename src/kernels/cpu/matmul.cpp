@@ -1,10 +1,6 @@
-// Fast CPU matmul y[t, r] = dot(row r of W, x[t]) for every supported weight type; no whole matrix is
-// ever dequantized. Few tokens: fused unpack+dot per row, rows split over threads, with fp32 activations
-// or (ActQuant::Q8) activations rounded to int8 blocks and integer dot products. Many tokens: a blocked
-// GEMM that dequantizes a small tile of rows once and reuses it for every token from cache.
-//
-// The SIMD code below is compiled once per Highway target (foreach_target re-includes this file) and the
-// best one for the running CPU is picked at run time (HWY_DYNAMIC_DISPATCH).
+// Fast CPU matmul for every weight type, never dequantizing a whole matrix: few tokens take a fused
+// unpack + dot per row (fp32 or int8 activations), many tokens a blocked GEMM over dequantized row tiles.
+// Compiled once per Highway target (foreach_target re-includes this file); the best one runs (dispatch).
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "kernels/cpu/matmul.cpp"
 // Opt in to the AVX3_DL target (AVX-512 + VNNI: Ice Lake, Zen 4) for the int8 dot products.
@@ -437,45 +433,47 @@ void MatvecRows(const WeightView& w, const float* x, const float* sx, int64_t n_
 template <TensorType kType>
 KVD_Q8_ATTR float DotRowQ8(const uint8_t* row, const int8_t* xq, const float* xd, const float* sx,
                            int64_t nb) {
-  constexpr size_t kBytes = kType == TensorType::Q4_0 ? 18 : kType == TensorType::Q4_1 ? 20 : 34;
-  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-  float macc = 0.0f;
+  constexpr int64_t kBytes = kType == TensorType::Q4_0 ? 18 : kType == TensorType::Q4_1 ? 20 : 34;
+  // Two sets of accumulators (even / odd blocks) so neither the vector nor the scalar FMA chain limits
+  // the loop. (No lambda here: it would not inherit this function's target attribute.)
+  __m256 acc[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
+  float macc[2] = {0.0f, 0.0f};
   const __m256i mask = _mm256_set1_epi8(0x0f);
-  for (int64_t b = 0; b < nb; ++b, row += kBytes, xq += 32) {
-    uint16_t dh;
-    std::memcpy(&dh, row, 2);
-    const float d = _cvtsh_ss(dh);
-    const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq));
-    __m256i dot;
-    if constexpr (kType == TensorType::Q8_0) {
-      // u8 x s8 only: move the weight's sign onto the activation.
-      const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + 2));
-      dot = KVD_DPBUSD(_mm256_sign_epi8(wv, wv), _mm256_sign_epi8(xv, wv));
-    } else {
-      const __m128i t =
-          _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + (kType == TensorType::Q4_0 ? 2 : 4)));
-      const __m256i q = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(t, 4), t), mask);
-      dot = KVD_DPBUSD(q, xv);
-      if constexpr (kType == TensorType::Q4_0) {
-        macc -= 8.0f * d * sx[b];
+  for (int64_t b0 = 0; b0 < nb; b0 += 2) {
+#pragma GCC unroll 2
+    for (int64_t h = 0; h < 2; ++h) {
+      const int64_t b = b0 + h;
+      if (b >= nb) break;
+      const uint8_t* blk = row + b * kBytes;
+      uint16_t dh;
+      std::memcpy(&dh, blk, 2);
+      const float d = _cvtsh_ss(dh);
+      const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + b * 32));
+      __m256i dot;
+      if constexpr (kType == TensorType::Q8_0) {
+        // u8 x s8 only: move the weight's sign onto the activation.
+        const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 2));
+        dot = KVD_DPBUSD(_mm256_sign_epi8(wv, wv), _mm256_sign_epi8(xv, wv));
       } else {
-        uint16_t mh;
-        std::memcpy(&mh, row + 2, 2);
-        macc += _cvtsh_ss(mh) * sx[b];
+        const __m128i t = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + kBytes - 16));
+        const __m256i q = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(t, 4), t), mask);
+        dot = KVD_DPBUSD(q, xv);
+        if constexpr (kType == TensorType::Q4_0) {
+          macc[h] -= 8.0f * d * sx[b];
+        } else {
+          uint16_t mh;
+          std::memcpy(&mh, blk + 2, 2);
+          macc[h] += _cvtsh_ss(mh) * sx[b];
+        }
       }
-    }
-    const __m256 s = _mm256_set1_ps(d * xd[b]);
-    if (b & 1) {
-      acc1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), s, acc1);
-    } else {
-      acc0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), s, acc0);
+      acc[h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(d * xd[b]), acc[h]);
     }
   }
-  const __m256 a = _mm256_add_ps(acc0, acc1);
+  const __m256 a = _mm256_add_ps(acc[0], acc[1]);
   __m128 v = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
   v = _mm_add_ps(v, _mm_movehl_ps(v, v));
   v = _mm_add_ss(v, _mm_movehdup_ps(v));
-  return _mm_cvtss_f32(v) + macc;
+  return _mm_cvtss_f32(v) + (macc[0] + macc[1]);
 }
 #undef KVD_DPBUSD
 #else
