@@ -127,11 +127,14 @@ void MatmulArgs(benchmark::internal::Benchmark* b) {
     b->Args({s[0], s[1], s[2], 512, kFastF32, 1});
     if (s[1] != kVocab) b->Args({s[0], s[1], s[2], 512, kRef, 1});
   }
-  // Other weight types at the FFN shape, decode and prompt.
+  // Other weight types at an FFN shape (K-quants need cols % 256 == 0: the down projection), decode and
+  // prompt.
   for (TensorType t : {TensorType::F32, TensorType::F16, TensorType::BF16, TensorType::Q4_0, TensorType::Q8_0,
                        TensorType::Q4_K, TensorType::Q6_K}) {
-    b->Args({static_cast<int64_t>(t), kFfn, kDim, 1, kFastF32, 2});
-    b->Args({static_cast<int64_t>(t), kFfn, kDim, 512, kFastF32, 2});
+    const bool k_quant = t == TensorType::Q4_K || t == TensorType::Q6_K;
+    const int64_t rows = k_quant ? kDim : kFfn, cols = k_quant ? kFfn : kDim;
+    b->Args({static_cast<int64_t>(t), rows, cols, 1, kFastF32, 2});
+    b->Args({static_cast<int64_t>(t), rows, cols, 512, kFastF32, 2});
   }
   // Token counts between decode and prompt (where the GEMM takes over).
   for (int64_t nt : {2, 3, 4, 8, 16, 64}) b->Args({q41, kFfn, kDim, nt, kFastF32, 2});

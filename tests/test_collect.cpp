@@ -123,38 +123,38 @@ TEST(CsvStats, SmallTable) {
         "=== Correlation of oracle_bits with kv_bits and each feature ===", "=== split ==="})
     EXPECT_NE(r.find(s), std::string::npos) << s << "\n" << r;
   // Mean of entropy 4, sample std of entropy sqrt(20/3) = 2.581989.
-  EXPECT_NE(r.find("entropy        4.000000"), std::string::npos) << r;
+  EXPECT_NE(r.find("entropy           4.000000"), std::string::npos) << r;
   EXPECT_NE(r.find("2.581989"), std::string::npos) << r;
   EXPECT_NE(r.find("train   2 rows, 1 examples"), std::string::npos) << r;
   fs::remove(path);
 }
 
-std::string csv_error(const std::string& content, std::string* path) {
-  *path = temp_path("bad.csv");
-  write_file(*path, content);
+// The error message of reading content as a CSV, with the file's path spelled FILE.
+std::string csv_error(const std::string& content) {
+  const std::string path = temp_path("bad.csv");
+  write_file(path, content);
   std::string msg;
   try {
-    read_csv_table(*path);
+    read_csv_table(path);
   } catch (const Error& e) {
     msg = e.what();
+    if (msg.rfind(path, 0) == 0) msg = "FILE" + msg.substr(path.size());
   }
-  fs::remove(*path);
+  fs::remove(path);
   return msg;
 }
 
 TEST(CsvStats, MalformedInputNamesFileAndLine) {
-  std::string path;
   const std::string head = "entropy,rarity,attn_var,kv_bits,latency,accuracy\n";
-  EXPECT_EQ(csv_error(head + "1,2,3,4,5,6\n1,2,3,4,5\n", &path), path + ":3: 5 columns, the header has 6");
-  EXPECT_EQ(csv_error(head + "1,2,3,4,5,6\n1,2,x3,4,5,6\n", &path),
-            path + ":3: column 'attn_var': 'x3' is not a finite number");
-  EXPECT_EQ(csv_error(head + "1,2,,4,5,6\n", &path),
-            path + ":2: column 'attn_var': '' is not a finite number");
-  EXPECT_EQ(csv_error("entropy,rarity,attn_var,latency,accuracy\n1,2,3,4,5\n", &path),
-            path + ":1: header lacks the column 'kv_bits'");
-  EXPECT_EQ(csv_error("1,2,3,4,5,6\n", &path), path + ":1: header lacks the column 'entropy'");
-  EXPECT_EQ(csv_error("", &path), path + ": empty file (no header)");
-  EXPECT_EQ(csv_error(head, &path), path + ": no data rows after the header");
+  EXPECT_EQ(csv_error(head + "1,2,3,4,5,6\n1,2,3,4,5\n"), "FILE:3: 5 columns, the header has 6");
+  EXPECT_EQ(csv_error(head + "1,2,3,4,5,6\n1,2,x3,4,5,6\n"),
+            "FILE:3: column 'attn_var': 'x3' is not a finite number");
+  EXPECT_EQ(csv_error(head + "1,2,,4,5,6\n"), "FILE:2: column 'attn_var': '' is not a finite number");
+  EXPECT_EQ(csv_error("entropy,rarity,attn_var,latency,accuracy\n1,2,3,4,5\n"),
+            "FILE:1: header lacks the column 'kv_bits'");
+  EXPECT_EQ(csv_error("1,2,3,4,5,6\n"), "FILE:1: header lacks the column 'entropy'");
+  EXPECT_EQ(csv_error(""), "FILE: empty file (no header)");
+  EXPECT_EQ(csv_error(head), "FILE: no data rows after the header");
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -273,7 +273,7 @@ TEST_F(CollectTest, ResumeAfterInterruptionGivesTheSameRows) {
   const CollectOptions full = options(temp_path("full.csv"));
   run(full);
   const std::string whole = read_text(full.out_path);
-  // An interrupted run: the sidecar as written at its start, the header, 13 rows (into the second
+  // An interrupted run: the sidecar as written at its start, the header, 13 rows (inside the first
   // example) and half of the 14th row.
   CollectOptions part = options(temp_path("part.csv"));
   const std::vector<std::string> lines = lines_of(whole);

@@ -33,14 +33,15 @@ const char* kGood =
 const char* kGood2 =
     R"({"ctx": "A cat sits on the mat. it", "endings": ["a", "b", "washes its paws slowly.", "d"], "label": 2})";
 
-// Reads the file and returns the error message (empty when it parses).
-std::string error_of(const std::string& content, std::string* path = nullptr) {
+// Reads the file and returns the error message (empty when it parses) with the file's path spelled FILE.
+std::string error_of(const std::string& content) {
   TempFile f(content);
-  if (path) *path = f.path();
   try {
     read_hellaswag(f.path());
   } catch (const Error& e) {
-    return e.what();
+    std::string m = e.what();
+    if (m.rfind(f.path(), 0) == 0) m = "FILE" + m.substr(f.path().size());
+    return m;
   }
   return "";
 }
@@ -77,55 +78,47 @@ TEST(HellaSwagReader, ReadsExamplesAndBuildsText) {
 }
 
 TEST(HellaSwagReader, LineThatDoesNotParse) {
-  std::string path;
-  const std::string e = error_of(std::string(kGood) + "\n{\"ctx\": \"unterminated\n", &path);
-  EXPECT_EQ(e.rfind(path + ":2: not valid JSON", 0), 0u) << e;
+  const std::string e = error_of(std::string(kGood) + "\n{\"ctx\": \"unterminated\n");
+  EXPECT_EQ(e.rfind("FILE:2: not valid JSON", 0), 0u) << e;
   EXPECT_EQ(e.find('\n'), std::string::npos);
 }
 
 TEST(HellaSwagReader, NotAnObject) {
-  std::string path;
-  const std::string e = error_of("[1, 2]\n", &path);
-  EXPECT_EQ(e, path + ":1: expected a JSON object, got array");
+  const std::string e = error_of("[1, 2]\n");
+  EXPECT_EQ(e, "FILE:1: expected a JSON object, got array");
 }
 
 TEST(HellaSwagReader, MissingOrIllTypedCtx) {
-  std::string path;
-  std::string e =
-      error_of(std::string(kGood) + "\n" + R"({"endings": ["a", "b", "c", "d"], "label": 1})", &path);
-  EXPECT_EQ(e, path + ":2: missing field 'ctx'");
-  e = error_of(R"({"ctx": 5, "endings": ["a", "b", "c", "d"], "label": 1})", &path);
-  EXPECT_EQ(e, path + ":1: field 'ctx' must be a string, got number");
+  std::string e = error_of(std::string(kGood) + "\n" + R"({"endings": ["a", "b", "c", "d"], "label": 1})");
+  EXPECT_EQ(e, "FILE:2: missing field 'ctx'");
+  e = error_of(R"({"ctx": 5, "endings": ["a", "b", "c", "d"], "label": 1})");
+  EXPECT_EQ(e, "FILE:1: field 'ctx' must be a string, got number");
 }
 
 TEST(HellaSwagReader, MissingOrIllTypedEndings) {
-  std::string path;
-  std::string e = error_of(R"({"ctx": "A dog runs.", "label": 1})", &path);
-  EXPECT_EQ(e, path + ":1: missing field 'endings'");
-  e = error_of(R"({"ctx": "A dog runs.", "endings": ["a", "b", "c"], "label": 1})", &path);
-  EXPECT_EQ(e, path + ":1: field 'endings' must be an array of 4 strings, got an array of 3");
-  e = error_of(R"({"ctx": "A dog runs.", "endings": "abcd", "label": 1})", &path);
-  EXPECT_EQ(e, path + ":1: field 'endings' must be an array of 4 strings, got a string");
-  e = error_of(R"({"ctx": "A dog runs.", "endings": ["a", "b", 3, "d"], "label": 1})", &path);
-  EXPECT_EQ(e, path + ":1: field 'endings' must be an array of 4 strings, entry 2 is a number");
+  std::string e = error_of(R"({"ctx": "A dog runs.", "label": 1})");
+  EXPECT_EQ(e, "FILE:1: missing field 'endings'");
+  e = error_of(R"({"ctx": "A dog runs.", "endings": ["a", "b", "c"], "label": 1})");
+  EXPECT_EQ(e, "FILE:1: field 'endings' must be an array of 4 strings, got an array of 3");
+  e = error_of(R"({"ctx": "A dog runs.", "endings": "abcd", "label": 1})");
+  EXPECT_EQ(e, "FILE:1: field 'endings' must be an array of 4 strings, got a string");
+  e = error_of(R"({"ctx": "A dog runs.", "endings": ["a", "b", 3, "d"], "label": 1})");
+  EXPECT_EQ(e, "FILE:1: field 'endings' must be an array of 4 strings, entry 2 is a number");
 }
 
 TEST(HellaSwagReader, LabelOutOfRangeOrNotAnInteger) {
-  std::string path;
   const std::string base = R"({"ctx": "A dog runs.", "endings": ["a", "b", "c", "d"], "label": )";
-  EXPECT_EQ(error_of(base + "4}", &path), path + ":1: field 'label' must be an integer in 0..3, got 4");
-  EXPECT_EQ(error_of(base + "-1}", &path), path + ":1: field 'label' must be an integer in 0..3, got -1");
-  EXPECT_EQ(error_of(base + "\"2\"}", &path),
-            path + ":1: field 'label' must be an integer in 0..3, got \"2\"");
-  EXPECT_EQ(error_of(base + "1.5}", &path), path + ":1: field 'label' must be an integer in 0..3, got 1.5");
-  EXPECT_EQ(error_of(R"({"ctx": "A dog runs.", "endings": ["a", "b", "c", "d"]})", &path),
-            path + ":1: missing field 'label'");
+  EXPECT_EQ(error_of(base + "4}"), "FILE:1: field 'label' must be an integer in 0..3, got 4");
+  EXPECT_EQ(error_of(base + "-1}"), "FILE:1: field 'label' must be an integer in 0..3, got -1");
+  EXPECT_EQ(error_of(base + "\"2\"}"), "FILE:1: field 'label' must be an integer in 0..3, got \"2\"");
+  EXPECT_EQ(error_of(base + "1.5}"), "FILE:1: field 'label' must be an integer in 0..3, got 1.5");
+  EXPECT_EQ(error_of(R"({"ctx": "A dog runs.", "endings": ["a", "b", "c", "d"]})"),
+            "FILE:1: missing field 'label'");
 }
 
 TEST(HellaSwagReader, EmptyFile) {
-  std::string path;
-  EXPECT_EQ(error_of("", &path), path + ": no examples (the file is empty)");
-  EXPECT_EQ(error_of("\n  \n", &path), path + ": no examples (the file is empty)");
+  EXPECT_EQ(error_of(""), "FILE: no examples (the file is empty)");
+  EXPECT_EQ(error_of("\n  \n"), "FILE: no examples (the file is empty)");
 }
 
 TEST(HellaSwagReader, MissingFile) {

@@ -2,11 +2,9 @@
 // tools/reference/gen_dequant_fixture.py), the SIMD dequantizer against ref, and cpu::matmul (fp32 and
 // int8 activations, decode and GEMM paths, odd shapes, misaligned pointers, 1 vs 2 threads) against ref.
 #include <gtest/gtest.h>
-
 #include <hwy/targets.h>
 
 #include <algorithm>
-#include <bit>
 #include <cmath>
 #include <cstring>
 #include <fstream>

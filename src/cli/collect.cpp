@@ -22,10 +22,13 @@ void add_collect_options(CLI::App* app, CollectArgs& a) {
       ->required();
   app->add_option("-o,--output", a.opt.out_path, "CSV to write; the sidecar is CSV.json")->required();
   app->add_option("--tokens", a.opt.tokens, "rows (tokens with a next token) to collect; 0 = the whole file")
+      ->capture_default_str()
       ->check(CLI::Range(0, 1 << 30));
   app->add_option("--window", a.opt.window, "W: positions re-run after the token whose width changes")
+      ->capture_default_str()
       ->check(CLI::Range(1, 4096));
   app->add_option("--tau", a.opt.tau, "oracle_bits = smallest b with dmg_b <= tau (mean KL, nats), else 16")
+      ->capture_default_str()
       ->check(CLI::Range(0.0, 1e9));
   app->add_flag("--no-labels", a.no_labels, "skip the sensitivity labels (dmg2/4/8, oracle_bits, proxy)");
   app->add_option("--seed", a.opt.seed, "seed of the train/val/test split by example");

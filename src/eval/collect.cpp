@@ -171,6 +171,16 @@ std::string git_commit() {
   return rc == 0 && s.size() == 40 ? s : "unknown";
 }
 
+// True when tracked files differ from HEAD (the rows then come from code no commit holds).
+bool git_dirty() {
+  FILE* p = popen("git status --porcelain --untracked-files=no 2>/dev/null", "r");
+  if (!p) return false;
+  char buf[8];
+  const bool any = std::fgets(buf, sizeof buf, p) != nullptr;
+  pclose(p);
+  return any;
+}
+
 std::string utc_now() {
   const std::time_t t = std::time(nullptr);
   std::tm tm{};
@@ -444,8 +454,9 @@ CollectSummary collect(const Model& model, Backend& backend, KvPolicy& policy, c
       throw Error(sidecar_path + ": not valid JSON; cannot resume");
     }
     if (!side.contains("params") || !side["params"].is_object()) throw Error(sidecar_path + ": no 'params'");
+    const auto& old = side["params"];
     for (auto it = params.begin(); it != params.end(); ++it) {
-      const auto& old = side["params"];
+      if (it.key() == "columns") continue;  // follows from labels; checked with the header below
       if (!old.contains(it.key()) || old[it.key()] != it.value())
         throw Error("--resume: " + it.key() + " differs from the interrupted run's (" +
                     (old.contains(it.key()) ? old[it.key()].dump() : std::string("absent")) + " there, " +
@@ -474,7 +485,9 @@ CollectSummary collect(const Model& model, Backend& backend, KvPolicy& policy, c
   side["tau"] = o.tau;
   side["seed"] = o.seed;
   side["labels"] = o.labels;
+  side["threads"] = backend.threads();
   side["git_commit"] = o.git_commit.empty() ? git_commit() : o.git_commit;
+  if (o.git_commit.empty()) side["git_dirty"] = git_dirty();
   side["label_run"] =
       "16-bit stage-only cache, residual 0; dmgB = mean over the next W positions of KL(p16 || pB) with only "
       "the "

@@ -19,7 +19,8 @@ struct CollectOptions {
   std::string out_path;                // CSV; the sidecar is out_path + ".json"
   int tokens = 1000;                   // rows to write (tokens that have a next token)
   int window = 8;                      // W: positions re-run after the token whose width changes
-  double tau = 1e-3;                   // oracle_bits = smallest b with dmg_b <= tau (mean KL, nats), else 16
+  double tau = 0.004;                  // oracle_bits = smallest b with dmg_b <= tau (mean KL, nats), else 16;
+                                       // 0.004 = the median dmg4 of the default run (docs/collect.md)
   bool labels = true;                  // dmg2/4/8, oracle_bits and the attention-weighted proxy
   uint64_t seed = 0;                   // the train/val/test split by example
   bool resume = false;                 // continue an interrupted CSV

@@ -1,24 +1,29 @@
 // Fast attention over the mixed-precision cache, SIMD through Highway with runtime dispatch (this file is
 // compiled once per target by foreach_target); the scalar loops it replaced stay as attend_scalar.
 //
-// K and V are never dequantized into a buffer: a group's codes (scale s, minimum m) are unpacked in
-// registers to c * s + m, so q.k = s * sum(q_i c_i) + m * sum(q_i) and out += (p * s) * c + p * m come
-// out of the FMAs directly. Codes unpack in their packing order (element i sits in byte i / (8 / b) at
-// bit (i % (8 / b)) * b): the query is permuted once per call instead, and V accumulates in the same
-// permuted order (one accumulator domain per code layout), un-permuted once per (query, kv head).
-// The query heads sharing a kv head are processed together, so each K/V byte is read once per query.
+// K and V are never dequantized into a buffer: a group's codes (scale s, minimum m) become c * s + m in
+// registers (on AVX-512, a 16-entry table of the group's values indexed by vpermps), feeding the FMAs of
+// all the query heads that share the kv head, so each K/V byte is read once per query token and
+// q.k = s * sum(q_i c_i) + m * sum(q_i), out += (p * s) * c + p * m come out without a dequantized copy.
+// Codes unpack in their packing order (element i in byte i / (8 / b) at bit (i % (8 / b)) * b): the
+// query is permuted once per call instead, and V accumulates in that permuted order (one accumulator
+// domain per code layout), un-permuted once per (query, kv head).
 //
-// Keys are cut into fixed chunks of kKeyChunk positions; each (query, chunk) keeps its own max, sum of
-// exponentials and accumulators (flash-decoding style), merged in chunk order. The chunking does not
-// depend on the thread count nor on the number of query tokens, so the float operations for one
-// (query, head) never do either: a decode step (one query) spreads its chunks over all threads and
-// still matches a batched call bit for bit.
+// Keys are cut into fixed chunks of kKeyChunk positions. Within a chunk, keys are sorted by width and
+// taken 16 at a time: scores (each key's whole K row at once), an online softmax step, then the same
+// keys' V rows while they are in L1, the next block's rows prefetched meanwhile. Each (query, chunk)
+// keeps its own max, sums and accumulators (flash-decoding style), merged in chunk order. None of this
+// depends on the thread count or on the number of query tokens, so the float operations for one
+// (query, head) do not either: a decode step (one query) spreads its chunks over all threads and still
+// matches a batched call bit for bit.
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "kv/attention_cpu.cpp"
-#include <hwy/foreach_target.h>  // must precede highway.h
+// clang-format off
+#include <hwy/foreach_target.h>  // must precede highway.h and the contrib headers
+#include <hwy/highway.h>
 #include <hwy/cache_control.h>
 #include <hwy/contrib/math/math-inl.h>
-#include <hwy/highway.h>
+// clang-format on
 
 #include <algorithm>
 #include <atomic>
@@ -80,8 +85,8 @@ struct Layout {
   static constexpr int kVec = G / kN;
   static constexpr bool kPromote = BITS == 8 || kBytes >= kN;
   static constexpr int kD = kBytes / 4;
-  static constexpr bool kOk =
-      kN >= 4 && G % kN == 0 && (kPromote ? kBytes % kN == 0 : ((kBytes == 4 || kBytes == 8) && kN % kD == 0));
+  static constexpr bool kOk = kN >= 4 && G % kN == 0 &&
+                              (kPromote ? kBytes % kN == 0 : ((kBytes == 4 || kBytes == 8) && kN % kD == 0));
   // Element (within the group) held by lane j of vector r.
   static int element(int r, int j) {
     if (BITS == 8) return r * kN + j;
@@ -125,37 +130,47 @@ struct Decoder {
     }
   }
 
-  // Scale and minimum of the group at grp, broadcast.
-  HWY_INLINE void Header(const uint8_t* grp, VF& s, VF& m) const {
-#if HWY_ARCH_X86 && HWY_TARGET <= HWY_AVX3
-    uint32_t w;
-    std::memcpy(&w, grp, 4);
-    const __m512 sm = _mm512_cvtph_ps(_mm256_set1_epi32(static_cast<int>(w)));
-    s = VF{_mm512_moveldup_ps(sm)};
-    m = VF{_mm512_movehdup_ps(sm)};
-#elif HWY_ARCH_X86 && HWY_TARGET <= HWY_AVX2
-    uint32_t w;
-    std::memcpy(&w, grp, 4);
-    const __m256 sm = _mm256_cvtph_ps(_mm_set1_epi32(static_cast<int>(w)));
-    s = VF{_mm256_moveldup_ps(sm)};
-    m = VF{_mm256_movehdup_ps(sm)};
+  // Scales and minimums of n groups (headers kGroupBytes apart from grp) as floats: sm[2g], sm[2g + 1].
+  // sm needs room for a multiple of 4 groups.
+  static HWY_INLINE void Headers(const uint8_t* grp, int n, float* sm) {
+    for (int g0 = 0; g0 < n; g0 += 4) {
+      const uint8_t* p = grp + g0 * L::kGroupBytes;
+#if HWY_ARCH_X86 && HWY_TARGET <= HWY_AVX2
+      const int m = n - g0;
+      auto word = [p](int g) {
+        int32_t w;
+        std::memcpy(&w, p + g * L::kGroupBytes, 4);
+        return w;
+      };
+      __m128i h = _mm_cvtsi32_si128(word(0));
+      if (m > 1) h = _mm_insert_epi32(h, word(1), 1);
+      if (m > 2) h = _mm_insert_epi32(h, word(2), 2);
+      if (m > 3) h = _mm_insert_epi32(h, word(3), 3);
+      if (m > 2)
+        _mm256_storeu_ps(sm + 2 * g0, _mm256_cvtph_ps(h));
+      else
+        _mm_storeu_ps(sm + 2 * g0, _mm_cvtph_ps(h));
 #else
-    s = hn::Set(DF(), Half(grp));
-    m = hn::Set(DF(), Half(grp + 2));
+      for (int g = 0; g < std::min(4, n - g0); ++g) {
+        sm[2 * (g0 + g)] = Half(p + g * L::kGroupBytes);
+        sm[2 * (g0 + g) + 1] = Half(p + g * L::kGroupBytes + 2);
+      }
 #endif
+    }
   }
 
-  // Codes (low BITS bits of each lane; higher bits are ignored) to values, given the group's table.
+  // Codes (low BITS bits of each lane; higher bits are ignored) to values. With a table (AVX-512, 2 and
+  // 4 bits), a 16-entry table of the group's values indexed by vpermps, which reads the low 4 bits.
 #if HWY_ARCH_X86 && HWY_TARGET <= HWY_AVX3
-  static constexpr bool kTable = BITS <= 4;  // 16-entry table, vpermps reads the low 4 bits
+  static constexpr bool kTable = BITS <= 4;
 #else
   static constexpr bool kTable = false;
 #endif
 
-  HWY_INLINE void Group(const uint8_t* grp, VF* x) const {
+  // The G / kN value vectors of the group at grp, whose scale and minimum are sm[0], sm[1].
+  HWY_INLINE void Group(const uint8_t* grp, const float* sm, VF* x) const {
     const DF df;
-    VF s, m;
-    Header(grp, s, m);
+    const VF s = hn::Set(df, sm[0]), m = hn::Set(df, sm[1]);
     const uint8_t* codes = grp + 4;
     [[maybe_unused]] VF table;
     if constexpr (kTable) table = hn::MulAdd(iota, s, m);
@@ -172,15 +187,16 @@ struct Decoder {
     };
     if constexpr (BITS == 8) {
       for (int r = 0; r < L::kVec; ++r)
-        x[r] = hn::MulAdd(hn::ConvertTo(df, hn::BitCast(DI(), hn::PromoteTo(DU(), hn::LoadU(D8(), codes + r * kN)))),
-                          s, m);
+        x[r] = hn::MulAdd(
+            hn::ConvertTo(df, hn::BitCast(DI(), hn::PromoteTo(DU(), hn::LoadU(D8(), codes + r * kN)))), s, m);
     } else if constexpr (L::kPromote) {
       constexpr int per = 8 / BITS;
       for (int c = 0; c < L::kBytes / kN; ++c) {
         const VU w = hn::PromoteTo(DU(), hn::LoadU(D8(), codes + c * kN));
         [&]<int... S>(std::integer_sequence<int, S...>) HWY_ATTR {
           ((x[c * per + S] = decode(ShiftBy<S * BITS>(w))), ...);
-        }(std::make_integer_sequence<int, per>{});
+        }
+        (std::make_integer_sequence<int, per>{});
       }
     } else {
       const DU du;
@@ -199,91 +215,230 @@ struct Decoder {
   }
 };
 
-// Sums of kN vectors (row u of part = token u) into one vector: lane u = sum of row u.
-HWY_INLINE VF ReduceBlock(const float* part) {
+// Pairwise tree step: lower half of the result = sums of adjacent lanes of a, upper half = those of b.
+// Applied log2(kN) times to kN vectors (token u in vector u) it leaves the sum of token u's lanes in lane u;
+// each lane only ever adds lanes of its own token, in an order independent of the other tokens.
+HWY_INLINE VF Fold(VF a, VF b) {
+#if HWY_TARGET == HWY_SCALAR
+  return hn::Add(a, b);
+#else
   const DF df;
-  VF v[kN];
-  for (int u = 0; u < kN; ++u) v[u] = hn::Load(df, part + u * kN);
-#if HWY_TARGET != HWY_SCALAR
-#pragma GCC unroll 8
-  for (int w = kN; w > 1; w /= 2) {
-#pragma GCC unroll 8
-    for (int i = 0; i < w / 2; ++i)
-      v[i] = hn::Add(hn::ConcatEven(df, v[2 * i + 1], v[2 * i]), hn::ConcatOdd(df, v[2 * i + 1], v[2 * i]));
-  }
+  return hn::Add(hn::ConcatEven(df, b, a), hn::ConcatOdd(df, b, a));
 #endif
-  return v[0];
 }
 
-// Scores (q.k * scale) of NQT query heads against count keys of one width: rows[k] + off is the kv
-// head's slice of key k; q[j] is head j in this width's domain order; sc[j][k] receives the score
-// (blocks of kN are written whole: sc must have room up to the next multiple of kN).
+// The first tree level: any pairing of a token's lanes will do, and on AVX-512 a blend and a block
+// shuffle are cheaper than two two-source permutes.
+HWY_INLINE VF FoldFirst(VF a, VF b) {
+#if HWY_ARCH_X86 && HWY_TARGET <= HWY_AVX3
+  return VF{
+      _mm512_add_ps(_mm512_mask_blend_ps(0xFF00, a.raw, b.raw), _mm512_shuffle_f32x4(a.raw, b.raw, 0x4E))};
+#else
+  return Fold(a, b);
+#endif
+}
+
+// log2(M) tree levels over v[0..M), the first of them the first level of the whole tree when kFirst.
+template <int M, bool kFirst>
+HWY_INLINE void FoldLevels(VF* v) {
+  if constexpr (M > 1) {
+    for (int i = 0; i < M / 2; ++i)
+      v[i] = kFirst ? FoldFirst(v[2 * i], v[2 * i + 1]) : Fold(v[2 * i], v[2 * i + 1]);
+    FoldLevels<M / 2, false>(v);
+  }
+}
+
+// One kernel call: the keys of one width within a chunk, for NQT query heads of every kv head.
+struct SegJob {
+  const uint8_t* const* krows;  // per key: K row
+  const uint8_t* const* vrows;  // per key: V row
+  int count;                    // keys
+  int n_kv;
+  size_t slice;  // bytes of one kv head's slice of a row
+  int hd;
+  float scale;
+  bool want_e2;
+  const float* const* q;        // [kvh * NQT + j]: query head in this width's domain order
+  float* const* sc;             // [kvh * NQT + j]: where this segment's scaled scores go
+  struct HeadState* const* st;  // [kvh * NQT + j]: the head's running softmax state
+  float* const* acc;  // [kvh * NQT + j]: the head's domain-0 accumulators (domain d at + d * dom_stride)
+  size_t dom_stride;
+  int dom;           // this width's domain
+  int dom_mask;      // domains in use in this chunk (rescaled when the max grows)
+  float* part;       // scratch: n_kv * NQT * kN * kN floats
+  float* pbuf;       // scratch: n_kv * NQT * kN floats
+  size_t row_bytes;  // of a whole K (or V) row, for prefetching
+  bool prefetch;
+};
+
+// Into L2 (prefetcht2): measured best on Zen 4 for the next block of keys, at every width.
+HWY_INLINE void PrefetchRow(const uint8_t* p, size_t bytes) {
+  for (size_t o = 0; o < bytes; o += 64) __builtin_prefetch(p + o, 0, 1);
+}
+
+// Scores of one block of nb <= kN keys for NQT heads of every kv head, U keys at a time (each load of q
+// feeds U FMAs), each key's whole K row at once. The per-key lane sums are folded log2(U) levels in
+// registers and the block then finishes the tree: lane u of the result is key u's dot product, and each
+// lane only ever adds lanes of its own key, in an order that does not depend on the other keys.
 template <int BITS, int G, int NQT>
-HWY_NOINLINE void ScoreSeg(const uint8_t* const* rows, int count, size_t off, int hd, const float* const* q,
-                           float* const* sc, float scale) {
+HWY_INLINE void ScoreBlock(const SegJob& a, const Decoder<BITS, G>& dec, int k0, int nb) {
   const DF df;
   using L = Layout<BITS, G>;
-  const Decoder<BITS, G> dec;
-  HWY_ALIGN float part[NQT][kN * kN];
-  const VF vscale = hn::Set(df, scale);
-  for (int k0 = 0; k0 < count; k0 += kN) {
-    const int nb = std::min(kN, count - k0);
-    for (int u = 0; u < nb; ++u) {
-      const uint8_t* src = rows[k0 + u] + off;
-      if (u + 2 < nb) hwy::Prefetch(rows[k0 + u + 2] + off);
-      VF acc[NQT];
-      for (int j = 0; j < NQT; ++j) acc[j] = hn::Zero(df);
-      if constexpr (BITS == 16) {
-        for (int e = 0; e < hd; e += kN) {
-          const VF x = Load16(src + 2 * e);
-          for (int j = 0; j < NQT; ++j) acc[j] = hn::MulAdd(hn::LoadU(df, q[j] + e), x, acc[j]);
-        }
-      } else {
-        for (int g = 0; g < hd / G; ++g) {
-          VF x[L::kVec];
-          dec.Group(src + g * L::kGroupBytes, x);
-          for (int r = 0; r < L::kVec; ++r)
-            for (int j = 0; j < NQT; ++j) acc[j] = hn::MulAdd(hn::LoadU(df, q[j] + g * G + r * kN), x[r], acc[j]);
+  constexpr int kVecPerStep = BITS == 16 ? 1 : L::kVec;
+  constexpr int U = std::min(kN, kVecPerStep * 4 + NQT * 4 <= 24 ? 4 : 2);
+  constexpr int kSteps = kN / U;
+  const int hd = a.hd;
+  // Steps past the block's keys are skipped: their partial sums only ever reach their own (unused) lanes.
+  const int steps = (nb + U - 1) / U;
+  for (int step = 0; step < steps; ++step) {
+    // Keys past the end repeat the last one (their lanes are never used).
+    const uint8_t* row[U];
+    for (int u = 0; u < U; ++u) row[u] = a.krows[k0 + std::min(step * U + u, nb - 1)];
+    // The next block's rows, spread over this block's steps.
+    if (a.prefetch)
+      for (int u = 0; u < U; ++u) {
+        const int k = k0 + kN + step * U + u;
+        if (k < a.count) {
+          PrefetchRow(a.krows[k], a.row_bytes);
+          PrefetchRow(a.vrows[k], a.row_bytes);
         }
       }
-      for (int j = 0; j < NQT; ++j) hn::Store(acc[j], df, part[j] + u * kN);
+    for (int kvh = 0; kvh < a.n_kv; ++kvh) {
+      const float* const* q = a.q + kvh * NQT;
+      const uint8_t* src[U];
+      for (int u = 0; u < U; ++u) src[u] = row[u] + kvh * a.slice;
+      VF acc[U][NQT];
+      for (int u = 0; u < U; ++u)
+        for (int j = 0; j < NQT; ++j) acc[u][j] = hn::Zero(df);
+      if constexpr (BITS == 16) {
+        for (int e = 0; e < hd; e += kN) {
+          VF x[U];
+          for (int u = 0; u < U; ++u) x[u] = Load16(src[u] + 2 * e);
+          for (int j = 0; j < NQT; ++j) {
+            const VF qv = hn::LoadU(df, q[j] + e);
+            for (int u = 0; u < U; ++u) acc[u][j] = hn::MulAdd(qv, x[u], acc[u][j]);
+          }
+        }
+      } else {
+        HWY_ALIGN float sm[U][2 * (detail::kMaxHeadDim / 16)];
+        for (int u = 0; u < U; ++u) dec.Headers(src[u], hd / G, sm[u]);
+        for (int g = 0; g < hd / G; ++g) {
+          VF x[U][L::kVec];
+          for (int u = 0; u < U; ++u) dec.Group(src[u] + g * L::kGroupBytes, sm[u] + 2 * g, x[u]);
+          for (int r = 0; r < L::kVec; ++r)
+            for (int j = 0; j < NQT; ++j) {
+              const VF qv = hn::LoadU(df, q[j] + g * G + r * kN);
+              for (int u = 0; u < U; ++u) acc[u][j] = hn::MulAdd(qv, x[u][r], acc[u][j]);
+            }
+        }
+      }
+      for (int j = 0; j < NQT; ++j) {
+        VF t[U];
+        for (int u = 0; u < U; ++u) t[u] = acc[u][j];
+        FoldLevels<U, true>(t);
+        hn::Store(t[0], df, a.part + (static_cast<size_t>(kvh * NQT + j) * kSteps + step) * kN);
+      }
     }
-    for (int u = nb; u < kN; ++u)
-      for (int j = 0; j < NQT; ++j) hn::Store(hn::Zero(df), df, part[j] + u * kN);
-    for (int j = 0; j < NQT; ++j) hn::StoreU(hn::Mul(ReduceBlock(part[j]), vscale), df, sc[j] + k0);
+  }
+  const VF vscale = hn::Set(df, a.scale);
+  for (int h = 0; h < a.n_kv * NQT; ++h) {
+    VF t[kSteps];
+    for (int m = 0; m < kSteps; ++m)
+      t[m] = m < steps ? hn::Load(df, a.part + (static_cast<size_t>(h) * kSteps + m) * kN) : hn::Zero(df);
+    FoldLevels<kSteps, U == 1>(t);
+    hn::StoreU(hn::Mul(t[0], vscale), df, a.sc[h] + k0);
   }
 }
 
-// acc[j][...] += p[j][k] * value(k) for count keys of one width (acc in this width's domain order).
+// Running softmax state of one head over a chunk: max (lane 0 of m, broadcast), and per-lane sums of
+// exp(score - max) and of its square (summed over the lanes once, at the end of the chunk).
+struct HeadState {
+  float m[16];
+  float l[16];
+  float e2[16];
+};
+
+// Online softmax over one block: for each head, raises the running max (rescaling what was accumulated)
+// and leaves p = exp(score - max) in pbuf (0 past the block's nb keys).
+HWY_INLINE void SoftmaxBlock(const SegJob& a, int heads, int k0, int nb) {
+  const DF df;
+  const auto valid = hn::FirstN(df, static_cast<size_t>(nb));
+  const VF neg_inf = hn::Set(df, -INFINITY);
+  for (int h = 0; h < heads; ++h) {
+    HeadState& st = *a.st[h];
+    const VF s = hn::IfThenElse(valid, hn::LoadU(df, a.sc[h] + k0), neg_inf);
+    VF m = hn::Load(df, st.m);
+    if (!hn::AllFalse(df, hn::Gt(s, m))) {
+      const VF bm = hn::MaxOfLanes(df, s);
+      const VF f = hn::Exp(df, hn::Sub(m, bm));  // 0 for the first block (max -inf)
+      m = bm;
+      hn::Store(m, df, st.m);
+      hn::Store(hn::Mul(hn::Load(df, st.l), f), df, st.l);
+      hn::Store(hn::Mul(hn::Load(df, st.e2), hn::Mul(f, f)), df, st.e2);
+      for (int d = 0; d < kDomains; ++d) {
+        if (!(a.dom_mask & (1 << d))) continue;
+        float* acc = a.acc[h] + d * a.dom_stride;
+        for (int e = 0; e < a.hd; e += kN) hn::StoreU(hn::Mul(hn::LoadU(df, acc + e), f), df, acc + e);
+      }
+    }
+    const VF p = hn::Exp(df, hn::Sub(s, m));
+    hn::Store(p, df, a.pbuf + h * kN);
+    hn::Store(hn::Add(hn::Load(df, st.l), p), df, st.l);
+    if (a.want_e2) hn::Store(hn::MulAdd(p, p, hn::Load(df, st.e2)), df, st.e2);
+  }
+}
+
+// acc += p * value for one block of nb keys, NQT heads of one kv head; the accumulators of a tile of
+// elements stay in registers over the block.
 template <int BITS, int G, int NQT>
-HWY_NOINLINE void AccumSeg(const uint8_t* const* rows, int count, size_t off, int hd, const float* const* p,
-                           float* const* acc) {
+HWY_INLINE void AccumBlock(const SegJob& a, const Decoder<BITS, G>& dec, int kvh, int k0, int nb) {
   const DF df;
   using L = Layout<BITS, G>;
   constexpr int kTV = BITS == 16 ? 4 : std::max(4, L::kVec);  // vectors per tile (whole groups)
   constexpr int kTE = kTV * kN;
-  const Decoder<BITS, G> dec;
-  for (int e0 = 0; e0 < hd; e0 += kTE) {
-    VF a[NQT][kTV];
+  const float* p[NQT];
+  float* acc[NQT];
+  for (int j = 0; j < NQT; ++j) {
+    p[j] = a.pbuf + (kvh * NQT + j) * kN;
+    acc[j] = a.acc[kvh * NQT + j] + a.dom * a.dom_stride;
+  }
+  const size_t off = kvh * a.slice;
+  for (int e0 = 0; e0 < a.hd; e0 += kTE) {
+    VF v[NQT][kTV];
     for (int j = 0; j < NQT; ++j)
-      for (int v = 0; v < kTV; ++v) a[j][v] = hn::LoadU(df, acc[j] + e0 + v * kN);
-    const size_t toff = off + (BITS == 16 ? 2 * static_cast<size_t>(e0) : static_cast<size_t>(e0 / G) * L::kGroupBytes);
-    for (int k = 0; k < count; ++k) {
-      const uint8_t* src = rows[k] + toff;
-      if (k + 2 < count) hwy::Prefetch(rows[k + 2] + toff);
+      for (int t = 0; t < kTV; ++t) v[j][t] = hn::LoadU(df, acc[j] + e0 + t * kN);
+    const size_t toff =
+        off + (BITS == 16 ? 2 * static_cast<size_t>(e0) : static_cast<size_t>(e0 / G) * L::kGroupBytes);
+    for (int u = 0; u < nb; ++u) {
+      const uint8_t* src = a.vrows[k0 + u] + toff;
       VF x[kTV];
       if constexpr (BITS == 16) {
-        for (int v = 0; v < kTV; ++v) x[v] = Load16(src + 2 * v * kN);
+        for (int t = 0; t < kTV; ++t) x[t] = Load16(src + 2 * t * kN);
       } else {
-        for (int g = 0; g < kTE / G; ++g) dec.Group(src + g * L::kGroupBytes, x + g * L::kVec);
+        HWY_ALIGN float sm[2 * 4 * ((kTE / G + 3) / 4)];
+        dec.Headers(src, kTE / G, sm);
+        for (int g = 0; g < kTE / G; ++g) dec.Group(src + g * L::kGroupBytes, sm + 2 * g, x + g * L::kVec);
       }
       for (int j = 0; j < NQT; ++j) {
-        const VF pj = hn::Set(df, p[j][k]);
-        for (int v = 0; v < kTV; ++v) a[j][v] = hn::MulAdd(pj, x[v], a[j][v]);
+        const VF pj = hn::Set(df, p[j][u]);
+        for (int t = 0; t < kTV; ++t) v[j][t] = hn::MulAdd(pj, x[t], v[j][t]);
       }
     }
     for (int j = 0; j < NQT; ++j)
-      for (int v = 0; v < kTV; ++v) hn::StoreU(a[j][v], df, acc[j] + e0 + v * kN);
+      for (int t = 0; t < kTV; ++t) hn::StoreU(v[j][t], df, acc[j] + e0 + t * kN);
+  }
+}
+
+// The keys of one width, a block of kN at a time: scores (K row by K row), online softmax, then the
+// block's V rows while they are still in L1.
+template <int BITS, int G, int NQT>
+HWY_NOINLINE void SegmentKernel(const SegJob& a) {
+  [[maybe_unused]] const Decoder<BITS, G> dec;
+  for (int k0 = 0; k0 < a.count; k0 += kN) {
+    const int nb = std::min(kN, a.count - k0);
+    ScoreBlock<BITS, G, NQT>(a, dec, k0, nb);
+    SoftmaxBlock(a, a.n_kv * NQT, k0, nb);
+    for (int kvh = 0; kvh < a.n_kv; ++kvh) AccumBlock<BITS, G, NQT>(a, dec, kvh, k0, nb);
   }
 }
 
@@ -296,55 +451,54 @@ constexpr bool Usable() {
   }
 }
 
-template <int BITS, int G, int NQT>
-void ScoreOrAccum(bool score, const uint8_t* const* rows, int count, size_t off, int hd, const float* const* qp,
-                  float* const* out, float scale) {
-  if constexpr (Usable<BITS, G>()) {
-    if (score)
-      ScoreSeg<BITS, G, NQT>(rows, count, off, hd, qp, out, scale);
-    else
-      AccumSeg<BITS, G, NQT>(rows, count, off, hd, qp, out);
-  }
-}
-
 template <int BITS, int G>
-void ByTile(int nt, bool score, const uint8_t* const* rows, int count, size_t off, int hd, const float* const* qp,
-            float* const* out, float scale) {
-  switch (nt) {
-    case 1: return ScoreOrAccum<BITS, G, 1>(score, rows, count, off, hd, qp, out, scale);
-    case 2: return ScoreOrAccum<BITS, G, 2>(score, rows, count, off, hd, qp, out, scale);
-    case 3:
-      if constexpr (kMaxTile >= 3) return ScoreOrAccum<BITS, G, 3>(score, rows, count, off, hd, qp, out, scale);
-      break;
-    case 4:
-      if constexpr (kMaxTile >= 4) return ScoreOrAccum<BITS, G, 4>(score, rows, count, off, hd, qp, out, scale);
-      break;
-    default: break;
-  }
-}
-
-template <int BITS>
-void ByGroup(int group, int nt, bool score, const uint8_t* const* rows, int count, size_t off, int hd,
-             const float* const* qp, float* const* out, float scale) {
-  if constexpr (BITS == 16) {
-    ByTile<16, 32>(nt, score, rows, count, off, hd, qp, out, scale);
-  } else {
-    switch (group) {
-      case 16: return ByTile<BITS, 16>(nt, score, rows, count, off, hd, qp, out, scale);
-      case 32: return ByTile<BITS, 32>(nt, score, rows, count, off, hd, qp, out, scale);
-      case 64: return ByTile<BITS, 64>(nt, score, rows, count, off, hd, qp, out, scale);
-      default: break;
+void ByTile(int nt, const SegJob& a) {
+  if constexpr (Usable<BITS, G>()) {
+    switch (nt) {
+      case 1:
+        return SegmentKernel<BITS, G, 1>(a);
+      case 2:
+        return SegmentKernel<BITS, G, 2>(a);
+      case 3:
+        if constexpr (kMaxTile >= 3) return SegmentKernel<BITS, G, 3>(a);
+        break;
+      case 4:
+        if constexpr (kMaxTile >= 4) return SegmentKernel<BITS, G, 4>(a);
+        break;
+      default:
+        break;
     }
   }
 }
 
-void RunSeg(int bits, int group, int nt, bool score, const uint8_t* const* rows, int count, size_t off, int hd,
-            const float* const* qp, float* const* out, float scale) {
+template <int BITS>
+void ByGroup(int group, int nt, const SegJob& a) {
+  if constexpr (BITS == 16) {
+    ByTile<16, 32>(nt, a);
+  } else {
+    switch (group) {
+      case 16:
+        return ByTile<BITS, 16>(nt, a);
+      case 32:
+        return ByTile<BITS, 32>(nt, a);
+      case 64:
+        return ByTile<BITS, 64>(nt, a);
+      default:
+        break;
+    }
+  }
+}
+
+void RunSegment(int bits, int group, int nt, const SegJob& a) {
   switch (bits) {
-    case 16: return ByGroup<16>(group, nt, score, rows, count, off, hd, qp, out, scale);
-    case 8: return ByGroup<8>(group, nt, score, rows, count, off, hd, qp, out, scale);
-    case 4: return ByGroup<4>(group, nt, score, rows, count, off, hd, qp, out, scale);
-    default: return ByGroup<2>(group, nt, score, rows, count, off, hd, qp, out, scale);
+    case 16:
+      return ByGroup<16>(group, nt, a);
+    case 8:
+      return ByGroup<8>(group, nt, a);
+    case 4:
+      return ByGroup<4>(group, nt, a);
+    default:
+      return ByGroup<2>(group, nt, a);
   }
 }
 
@@ -382,37 +536,21 @@ bool BuildPerms(int hd, int group, int* perm4, int* perm2) {
 
 int TargetLanes() { return kN; }
 
-// Softmax pieces of one row of scores (nk valid, padded to a multiple of kN): the max m, and in place
-// e = exp(score - m); returns sum(e) and sum(e^2).
-HWY_INLINE void ChunkSoftmax(float* sc, int nk, float* m_out, float* l_out, float* e2_out) {
-  const DF df;
-  const int nk_pad = (nk + kN - 1) / kN * kN;
-  for (int k = nk; k < nk_pad; ++k) sc[k] = -INFINITY;
-  VF vm = hn::Set(df, -INFINITY);
-  for (int k = 0; k < nk_pad; k += kN) vm = hn::Max(vm, hn::Load(df, sc + k));
-  const float m = hn::GetLane(hn::MaxOfLanes(df, vm));
-  const VF vmv = hn::Set(df, m);
-  VF vs = hn::Zero(df), vq = hn::Zero(df);
-  for (int k = 0; k < nk_pad; k += kN) {
-    const VF e = hn::Exp(df, hn::Sub(hn::Load(df, sc + k), vmv));
-    hn::Store(e, df, sc + k);
-    vs = hn::Add(vs, e);
-    vq = hn::MulAdd(e, e, vq);
-  }
-  *m_out = m;
-  *l_out = hn::GetLane(hn::SumOfLanes(df, vs));
-  *e2_out = hn::GetLane(hn::SumOfLanes(df, vq));
-}
-
 constexpr int kDomainOfWidth[4] = {0, 0, 1, 2};  // widths 16, 8, 4, 2
 constexpr int kWidths[4] = {16, 8, 4, 2};
 
 // One chunk of keys for one query: for every kv head, the partial softmax results (see
 // detail::partial_floats) at partial + kvh * geo.partial_stride. qdom[d * n_heads + h]: query head h in
-// domain d's element order. e_out (optional): the exponentials, [head][kKeyChunk], in sorted key order.
-void ChunkKernel(const Geometry& geo, const ChunkViews& cv, const float* const* qdom, float* partial, float* e_out) {
-  const int nq = geo.nq, hd = geo.hd, nk = cv.count;
-  HWY_ALIGN float sc[kMaxQPerKv][kKeyChunk + kN];
+// domain d's element order. e_out (optional): exp(score - chunk max), [head][kKeyChunk], in sorted key
+// order. scratch: detail::chunk_scratch_floats(...) floats, 64-byte aligned.
+void ChunkKernel(const Geometry& geo, const ChunkViews& cv, const float* const* qdom, float* partial,
+                 float* e_out, float* scratch, bool want_e2) {
+  const DF df;
+  const int nq = geo.nq, hd = geo.hd, nk = cv.count, nh = geo.n_heads;
+  constexpr int kRow = kKeyChunk + 16;  // score row stride (room for a whole last block)
+  float* sc = scratch;
+  float* part = sc + static_cast<size_t>(nh) * kRow;
+  float* pbuf = part + static_cast<size_t>(geo.n_kv) * kMaxTile * kN * kN;
   const int n_tiles = (nq + kMaxTile - 1) / kMaxTile;
   int tile_start[kMaxQPerKv + 1];
   for (int t = 0, j = 0; t <= n_tiles; ++t) {
@@ -424,46 +562,81 @@ void ChunkKernel(const Geometry& geo, const ChunkViews& cv, const float* const* 
     if (cv.seg[w + 1] > cv.seg[w]) mask |= 1 << kDomainOfWidth[w];
   for (int kvh = 0; kvh < geo.n_kv; ++kvh) {
     float* P = partial + static_cast<size_t>(kvh) * geo.partial_stride;
-    float* acc = P + geo.partial_acc;
-    const int h0 = kvh * nq;
-    // Scores, one width at a time (ascending segments: a block written past a segment's end is
-    // overwritten by the next segment).
-    for (int t = 0; t < n_tiles; ++t) {
-      const int j0 = tile_start[t], nt = tile_start[t + 1] - j0;
-      for (int w = 0; w < 4; ++w) {
-        const int b = cv.seg[w], cnt = cv.seg[w + 1] - b;
-        if (cnt == 0) continue;
-        const float* qp[kMaxTile];
-        float* sp[kMaxTile];
-        for (int j = 0; j < nt; ++j) {
-          qp[j] = qdom[kDomainOfWidth[w] * geo.n_heads + h0 + j0 + j];
-          sp[j] = sc[j0 + j] + b;
-        }
-        RunSeg(kWidths[w], geo.group, nt, true, cv.k + b, cnt, kvh * geo.slice_bytes[kWidths[w]], hd, qp, sp,
-               geo.scale);
-      }
-    }
-    for (int j = 0; j < nq; ++j) ChunkSoftmax(sc[j], nk, P + j, P + nq + j, P + 2 * nq + j);
     P[3 * nq] = static_cast<float>(mask);
+    float* acc = P + geo.partial_acc;
     for (int d = 0; d < kDomains; ++d)
-      if (mask & (1 << d)) std::fill(acc + static_cast<size_t>(d) * nq * hd, acc + static_cast<size_t>(d + 1) * nq * hd, 0.0f);
-    for (int t = 0; t < n_tiles; ++t) {
-      const int j0 = tile_start[t], nt = tile_start[t + 1] - j0;
-      for (int w = 0; w < 4; ++w) {
-        const int b = cv.seg[w], cnt = cv.seg[w + 1] - b;
-        if (cnt == 0) continue;
-        const float* pp[kMaxTile];
-        float* ap[kMaxTile];
+      if (mask & (1 << d))
+        std::fill(acc + static_cast<size_t>(d) * nq * hd, acc + static_cast<size_t>(d + 1) * nq * hd, 0.0f);
+  }
+  const float* q[detail::kMaxKvHeads * kMaxTile];
+  float* srow[detail::kMaxKvHeads * kMaxTile];
+  HeadState* st[detail::kMaxKvHeads * kMaxTile];
+  float* accp[detail::kMaxKvHeads * kMaxTile];
+  HeadState* states = reinterpret_cast<HeadState*>(pbuf + static_cast<size_t>(geo.n_kv) * kMaxTile * kN);
+  for (int t = 0; t < n_tiles; ++t) {
+    const int j0 = tile_start[t], nt = tile_start[t + 1] - j0;
+    for (int kvh = 0; kvh < geo.n_kv; ++kvh)
+      for (int j = 0; j < nt; ++j) {
+        const int i = kvh * nt + j;
+        float* P = partial + static_cast<size_t>(kvh) * geo.partial_stride;
+        st[i] = &states[i];
+        hn::Store(hn::Set(df, -INFINITY), df, states[i].m);
+        hn::Store(hn::Zero(df), df, states[i].l);
+        hn::Store(hn::Zero(df), df, states[i].e2);
+        accp[i] = P + geo.partial_acc + static_cast<size_t>(j0 + j) * hd;
+      }
+    for (int w = 0; w < 4; ++w) {
+      const int b = cv.seg[w], cnt = cv.seg[w + 1] - b;
+      if (cnt == 0) continue;
+      const int bits = kWidths[w], dom = kDomainOfWidth[w];
+      for (int kvh = 0; kvh < geo.n_kv; ++kvh)
         for (int j = 0; j < nt; ++j) {
-          pp[j] = sc[j0 + j] + b;
-          ap[j] = acc + (static_cast<size_t>(kDomainOfWidth[w]) * nq + j0 + j) * hd;
+          const int h = kvh * nq + j0 + j;
+          q[kvh * nt + j] = qdom[dom * nh + h];
+          srow[kvh * nt + j] = sc + static_cast<size_t>(h) * kRow + b;
         }
-        RunSeg(kWidths[w], geo.group, nt, false, cv.v + b, cnt, kvh * geo.slice_bytes[kWidths[w]], hd, pp, ap, 0);
+      const SegJob job{cv.k + b,
+                       cv.v + b,
+                       cnt,
+                       geo.n_kv,
+                       geo.slice_bytes[bits],
+                       hd,
+                       geo.scale,
+                       want_e2,
+                       q,
+                       srow,
+                       st,
+                       accp,
+                       static_cast<size_t>(nq) * hd,
+                       dom,
+                       mask,
+                       part,
+                       pbuf,
+                       geo.n_kv * geo.slice_bytes[bits],
+                       t == 0};
+      RunSegment(bits, geo.group, nt, job);
+    }
+    for (int kvh = 0; kvh < geo.n_kv; ++kvh)
+      for (int j = 0; j < nt; ++j) {
+        const HeadState& hs = states[kvh * nt + j];
+        float* P = partial + static_cast<size_t>(kvh) * geo.partial_stride;
+        P[j0 + j] = hs.m[0];
+        P[nq + j0 + j] = hn::GetLane(hn::SumOfLanes(df, hn::Load(df, hs.l)));
+        P[2 * nq + j0 + j] = hn::GetLane(hn::SumOfLanes(df, hn::Load(df, hs.e2)));
+      }
+  }
+  if (e_out) {
+    for (int kvh = 0; kvh < geo.n_kv; ++kvh) {
+      const float* P = partial + static_cast<size_t>(kvh) * geo.partial_stride;
+      for (int j = 0; j < nq; ++j) {
+        const int h = kvh * nq + j;
+        const float* row = sc + static_cast<size_t>(h) * kRow;
+        float* e = e_out + static_cast<size_t>(h) * kKeyChunk;
+        const VF m = hn::Set(df, P[j]);
+        for (int k = 0; k < nk; k += kN)
+          hn::StoreU(hn::Exp(df, hn::Sub(hn::LoadU(df, row + k), m)), df, e + k);
       }
     }
-    if (e_out)
-      for (int j = 0; j < nq; ++j)
-        std::memcpy(e_out + static_cast<size_t>(h0 + j) * kKeyChunk, sc[j], sizeof(float) * nk);
   }
 }
 
@@ -471,8 +644,8 @@ void ChunkKernel(const Geometry& geo, const ChunkViews& cv, const float* const* 
 // order into out (n_heads x hd). Adds the variance of the weights / n_keys and the largest weight per head
 // to *var_sum, *max_sum; g_out (optional, [chunk][head]) receives the factor turning a chunk's
 // exponentials into weights.
-void MergeKernel(const Geometry& geo, int n_chunks, const float* partials, int n_keys, float* out, double* var_sum,
-                 double* max_sum, float* g_out) {
+void MergeKernel(const Geometry& geo, int n_chunks, const float* partials, int n_keys, float* out,
+                 double* var_sum, double* max_sum, float* g_out) {
   const DF df;
   const int nq = geo.nq, hd = geo.hd;
   const size_t stride = geo.partial_stride;
@@ -484,7 +657,8 @@ void MergeKernel(const Geometry& geo, int n_chunks, const float* partials, int n
       float mx = -INFINITY;
       for (int c = 0; c < n_chunks; ++c) mx = std::max(mx, part(c)[j]);
       for (int c = 0; c < n_chunks; ++c) f[c] = part(c)[j] - mx;
-      for (int c = 0; c < n_chunks; c += kN) hn::StoreU(hn::Exp(df, hn::LoadU(df, f.data() + c)), df, f.data() + c);
+      for (int c = 0; c < n_chunks; c += kN)
+        hn::StoreU(hn::Exp(df, hn::LoadU(df, f.data() + c)), df, f.data() + c);
       float sum = 0;
       int mask = 0;
       for (int c = 0; c < n_chunks; ++c) {
@@ -499,7 +673,9 @@ void MergeKernel(const Geometry& geo, int n_chunks, const float* partials, int n
           for (int c = 0; c < n_chunks; ++c) {
             const float* P = part(c);
             if (!(static_cast<int>(P[3 * nq]) & (1 << d))) continue;
-            o = hn::MulAdd(hn::Set(df, f[c]), hn::LoadU(df, P + geo.partial_acc + (static_cast<size_t>(d) * nq + j) * hd + e), o);
+            o = hn::MulAdd(hn::Set(df, f[c]),
+                           hn::LoadU(df, P + geo.partial_acc + (static_cast<size_t>(d) * nq + j) * hd + e),
+                           o);
           }
           hn::Store(o, df, dom[d] + e);
         }
@@ -526,13 +702,15 @@ void MergeKernel(const Geometry& geo, int n_chunks, const float* partials, int n
         *max_sum += static_cast<double>(inv);
       }
       if (g_out)
-        for (int c = 0; c < n_chunks; ++c) g_out[static_cast<size_t>(c) * geo.n_heads + kvh * nq + j] = f[c] * inv;
+        for (int c = 0; c < n_chunks; ++c)
+          g_out[static_cast<size_t>(c) * geo.n_heads + kvh * nq + j] = f[c] * inv;
     }
   }
 }
 
 // received[ord[k]] += sum_h e[h][k] * g[h] for the nk keys of one chunk.
-void ReceivedKernel(int nk, int n_heads, const float* e, const float* g, const uint16_t* ord, float* received) {
+void ReceivedKernel(int nk, int n_heads, const float* e, const float* g, const uint16_t* ord,
+                    float* received) {
   const DF df;
   HWY_ALIGN float tmp[kKeyChunk];
   for (int k = 0; k < nk; k += kN) {
@@ -646,20 +824,36 @@ inline void accumulate_v(const uint8_t* v, int kvh, int hd, int group, int nq, c
 void score_any(int bits, const uint8_t* k, int kvh, int hd, int group, int nq, const float* const* qh,
                const float (*qsum)[kMaxHeadDim / 4], float* out) {
   switch (bits) {
-    case 2: score_token<2>(k, kvh, hd, group, nq, qh, qsum, out); break;
-    case 4: score_token<4>(k, kvh, hd, group, nq, qh, qsum, out); break;
-    case 8: score_token<8>(k, kvh, hd, group, nq, qh, qsum, out); break;
-    default: score_token<16>(k, kvh, hd, group, nq, qh, qsum, out); break;
+    case 2:
+      score_token<2>(k, kvh, hd, group, nq, qh, qsum, out);
+      break;
+    case 4:
+      score_token<4>(k, kvh, hd, group, nq, qh, qsum, out);
+      break;
+    case 8:
+      score_token<8>(k, kvh, hd, group, nq, qh, qsum, out);
+      break;
+    default:
+      score_token<16>(k, kvh, hd, group, nq, qh, qsum, out);
+      break;
   }
 }
 
 void accumulate_any(int bits, const uint8_t* v, int kvh, int hd, int group, int nq, const float* p,
                     float (*acc)[kMaxHeadDim]) {
   switch (bits) {
-    case 2: accumulate_v<2>(v, kvh, hd, group, nq, p, acc); break;
-    case 4: accumulate_v<4>(v, kvh, hd, group, nq, p, acc); break;
-    case 8: accumulate_v<8>(v, kvh, hd, group, nq, p, acc); break;
-    default: accumulate_v<16>(v, kvh, hd, group, nq, p, acc); break;
+    case 2:
+      accumulate_v<2>(v, kvh, hd, group, nq, p, acc);
+      break;
+    case 4:
+      accumulate_v<4>(v, kvh, hd, group, nq, p, acc);
+      break;
+    case 8:
+      accumulate_v<8>(v, kvh, hd, group, nq, p, acc);
+      break;
+    default:
+      accumulate_v<16>(v, kvh, hd, group, nq, p, acc);
+      break;
   }
 }
 
@@ -739,6 +933,12 @@ void attend_item(const KvCache& cache, int seq, int layer, const AttnShape& shap
 
 struct ThreadScratch {
   ChunkViews views;
+  std::vector<float> chunk;  // ChunkKernel's scratch
+  float* chunk_scratch(const Geometry& geo) {
+    const size_t n = chunk_scratch_floats(geo.n_heads, geo.n_kv) + 16;
+    if (chunk.size() < n) chunk.resize(n);
+    return chunk.data() + (16 - reinterpret_cast<uintptr_t>(chunk.data()) / sizeof(float) % 16) % 16;
+  }
   std::vector<float> qprep;    // (kDomains - 1) x n_heads x hd: the query in domains 1 and 2
   std::vector<float> partial;  // one query's partials (all its chunks) when a work item is a whole query
 };
@@ -788,12 +988,13 @@ void permute_query(const float* q, const Geometry& geo, int domain, float* dst) 
   }
 }
 
+constexpr int kWidthBits[4] = {16, 8, 4, 2};
 int width_index(int bits) { return bits == 16 ? 0 : bits == 8 ? 1 : bits == 4 ? 2 : 3; }
 
 }  // namespace
 
-void attend_scalar(const KvCache& cache, int seq, int layer, const AttnShape& shape, const float* q, int pos0, int n,
-                   float* out, AttnStats* stats, ThreadPool& pool) {
+void attend_scalar(const KvCache& cache, int seq, int layer, const AttnShape& shape, const float* q, int pos0,
+                   int n, float* out, AttnStats* stats, ThreadPool& pool) {
   KVD_ASSERT(shape.head_dim <= kMaxHeadDim && shape.n_heads / shape.n_kv_heads <= kMaxQPerKv);
   const int n_items = n * shape.n_kv_heads;
   const int stride = shape.n_heads * shape.head_dim;
@@ -831,13 +1032,14 @@ void attend_scalar(const KvCache& cache, int seq, int layer, const AttnShape& sh
 }
 
 bool simd_supported(const KvLayout& layout, const AttnShape& shape) {
-  return layout.head_dim == shape.head_dim && shape.n_kv_heads > 0 && shape.n_heads % shape.n_kv_heads == 0 &&
-         shape.n_heads / shape.n_kv_heads <= kMaxQPerKv && prepare_perms(call_buffers(), shape.head_dim, layout.group);
+  return layout.head_dim == shape.head_dim && shape.n_kv_heads > 0 && shape.n_kv_heads <= kMaxKvHeads &&
+         shape.n_heads % shape.n_kv_heads == 0 && shape.n_heads / shape.n_kv_heads <= kMaxQPerKv &&
+         prepare_perms(call_buffers(), shape.head_dim, layout.group);
 }
 
 const char* simd_target_name() {
   const int lanes = HWY_DYNAMIC_DISPATCH(TargetLanes)();
-  return lanes >= 16 ? "AVX-512" : lanes == 8 ? "AVX2" : "128-bit";
+  return lanes >= 16 ? "AVX-512" : lanes == 8 ? "AVX2" : lanes == 4 ? "128-bit" : "scalar";
 }
 
 }  // namespace detail
@@ -851,7 +1053,7 @@ void attend(const KvCache& cache, int seq, int layer, const AttnShape& shape, co
              shape.n_heads / shape.n_kv_heads <= kMaxQPerKv);
   CallBuffers& B = call_buffers();
   if (lay.head_dim != shape.head_dim || lay.n_kv_heads != shape.n_kv_heads ||
-      !prepare_perms(B, shape.head_dim, lay.group))
+      shape.n_kv_heads > kMaxKvHeads || !prepare_perms(B, shape.head_dim, lay.group))
     return attend_scalar(cache, seq, layer, shape, q, pos0, n, out, stats, pool);
 
   Geometry geo;
@@ -897,28 +1099,38 @@ void attend(const KvCache& cache, int seq, int layer, const AttnShape& shape, co
     });
   }
   auto build_views = [&](ChunkViews& cv, int p, int c) {
-    const int t0 = c * C, t1 = std::min(t0 + C, p + 1);
+    const int t0 = c * C, t1 = std::min(t0 + C, p + 1), nk = t1 - t0;
     int count[4] = {};
-    KvTokenView views[kKeyChunk];
+    uint8_t wi[kKeyChunk];
     for (int t = t0; t < t1; ++t) {
       KvTokenView v;
       if (n == 1)
         v = cache.token(seq, layer, t, p);
       else
         v = (t < n_arena || t < p - residual) ? B.view_q[t] : B.view_f[t];
-      views[t - t0] = v;
-      count[width_index(v.bits)]++;
+      const int w = width_index(v.bits);
+      cv.k[t - t0] = v.k;
+      cv.v[t - t0] = v.v;
+      wi[t - t0] = static_cast<uint8_t>(w);
+      count[w]++;
     }
-    cv.count = t1 - t0;
+    cv.count = nk;
     cv.seg[0] = 0;
     for (int w = 0; w < 4; ++w) cv.seg[w + 1] = cv.seg[w] + count[w];
-    int at[4] = {cv.seg[0], cv.seg[1], cv.seg[2], cv.seg[3]};
-    for (int t = t0; t < t1; ++t) {
-      const KvTokenView& v = views[t - t0];
-      const int k = at[width_index(v.bits)]++;
-      cv.k[k] = v.k;
-      cv.v[k] = v.v;
-      cv.ord[k] = static_cast<uint16_t>(t - t0);
+    for (int k = 0; k < nk; ++k) cv.ord[k] = static_cast<uint16_t>(k);
+    if (std::max({count[0], count[1], count[2], count[3]}) < nk) {
+      // Mixed widths: a stable sort by width.
+      const uint8_t* kk[kKeyChunk];
+      const uint8_t* vv[kKeyChunk];
+      std::memcpy(kk, cv.k, sizeof(kk[0]) * nk);
+      std::memcpy(vv, cv.v, sizeof(vv[0]) * nk);
+      int at[4] = {cv.seg[0], cv.seg[1], cv.seg[2], cv.seg[3]};
+      for (int k = 0; k < nk; ++k) {
+        const int d = at[wi[k]]++;
+        cv.k[d] = kk[k];
+        cv.v[d] = vv[k];
+        cv.ord[d] = static_cast<uint16_t>(k);
+      }
     }
   };
 
@@ -940,24 +1152,37 @@ void attend(const KvCache& cache, int seq, int layer, const AttnShape& shape, co
     auto e_at = [&](int i, int c) {
       return want_recv ? B.ebuf.data() + (static_cast<size_t>(i - i0) * nch_max + c) * nh * C : nullptr;
     };
-    auto ord_at = [&](int i, int c) { return B.ord.data() + (static_cast<size_t>(i - i0) * nch_max + c) * C; };
+    auto ord_at = [&](int i, int c) {
+      return B.ord.data() + (static_cast<size_t>(i - i0) * nch_max + c) * C;
+    };
     auto g_at = [&](int i) {
       return want_recv ? B.gbuf.data() + static_cast<size_t>(i - i0) * nch_max * nh : nullptr;
+    };
+    auto received = [&](int i, int c) {
+      const int nk = std::min(C, pos0 + i + 1 - c * C);
+      HWY_DYNAMIC_DISPATCH(ReceivedKernel)
+      (nk, nh, e_at(i, c), g_at(i) + static_cast<size_t>(c) * nh, ord_at(i, c),
+       stats[i].received->data() + static_cast<size_t>(c) * C);
     };
     auto merge = [&](int i, const float* partials) {
       HWY_DYNAMIC_DISPATCH(MergeKernel)
       (geo, n_chunks(i), partials, pos0 + i + 1, out + i * qstride, stats ? &B.var[i] : nullptr,
        stats ? &B.wmax[i] : nullptr, g_at(i));
+      // A lone query (decode) adds its received attention here, saving a pass over the threads.
+      if (n == 1 && want_recv)
+        for (int c = 0; c < n_chunks(i); ++c) received(i, c);
     };
     auto run_chunk = [&](ThreadScratch& s, int i, int c, const float* const* qdom, float* partial) {
       build_views(s.views, pos0 + i, c);
       if (want_recv) std::memcpy(ord_at(i, c), s.views.ord, sizeof(uint16_t) * s.views.count);
-      HWY_DYNAMIC_DISPATCH(ChunkKernel)(geo, s.views, qdom, partial, e_at(i, c));
+      HWY_DYNAMIC_DISPATCH(ChunkKernel)
+      (geo, s.views, qdom, partial, e_at(i, c), s.chunk_scratch(geo), stats != nullptr);
     };
     auto qdom_of = [&](const float* qi, const float* prep, const float** qdom) {
       for (int h = 0; h < nh; ++h) {
         qdom[h] = qi + static_cast<size_t>(h) * hd;
-        for (int d = 1; d < kDomains; ++d) qdom[d * nh + h] = prep + (static_cast<size_t>(d - 1) * nh + h) * hd;
+        for (int d = 1; d < kDomains; ++d)
+          qdom[d * nh + h] = prep + (static_cast<size_t>(d - 1) * nh + h) * hd;
       }
     };
     std::atomic<int> next{0};
@@ -969,7 +1194,8 @@ void attend(const KvCache& cache, int seq, int layer, const AttnShape& shape, co
       B.qprep.resize(static_cast<size_t>(i1 - i0) * (kDomains - 1) * qstride);
       for (int i = i0; i < i1; ++i)
         for (int d = 1; d < kDomains; ++d)
-          permute_query(q + i * qstride, geo, d, B.qprep.data() + static_cast<size_t>(i - i0) * (kDomains - 1) * qstride);
+          permute_query(q + i * qstride, geo, d,
+                        B.qprep.data() + static_cast<size_t>(i - i0) * (kDomains - 1) * qstride);
       B.partial.resize(static_cast<size_t>(i1 - i0) * part_per_query);
       if (B.remaining_size < static_cast<size_t>(i1 - i0)) {
         B.remaining_size = static_cast<size_t>(i1 - i0);
@@ -983,9 +1209,11 @@ void attend(const KvCache& cache, int seq, int layer, const AttnShape& shape, co
         for (;;) {
           const int it = next.fetch_add(1, std::memory_order_relaxed);
           if (it >= n_items) break;
-          const int i = i0 + static_cast<int>(std::upper_bound(first.begin(), first.end(), it) - first.begin()) - 1;
+          const int i =
+              i0 + static_cast<int>(std::upper_bound(first.begin(), first.end(), it) - first.begin()) - 1;
           const int c = it - first[i - i0];
-          qdom_of(q + i * qstride, B.qprep.data() + static_cast<size_t>(i - i0) * (kDomains - 1) * qstride, qd);
+          qdom_of(q + i * qstride, B.qprep.data() + static_cast<size_t>(i - i0) * (kDomains - 1) * qstride,
+                  qd);
           float* qpart = B.partial.data() + static_cast<size_t>(i - i0) * part_per_query;
           run_chunk(s, i, c, qd, qpart + static_cast<size_t>(c) * geo.n_kv * geo.partial_stride);
           if (B.remaining[i - i0].fetch_sub(1, std::memory_order_acq_rel) == 1) merge(i, qpart);
@@ -1016,14 +1244,15 @@ void attend(const KvCache& cache, int seq, int layer, const AttnShape& shape, co
             }
             if (want_recv) std::memcpy(ord_at(i, c), s.views.ord, sizeof(uint16_t) * s.views.count);
             HWY_DYNAMIC_DISPATCH(ChunkKernel)
-            (geo, s.views, qd.data(), s.partial.data() + static_cast<size_t>(c) * geo.n_kv * geo.partial_stride,
-             e_at(i, c));
+            (geo, s.views, qd.data(),
+             s.partial.data() + static_cast<size_t>(c) * geo.n_kv * geo.partial_stride, e_at(i, c),
+             s.chunk_scratch(geo), stats != nullptr);
           }
           merge(i, s.partial.data());
         }
       });
     }
-    if (want_recv) {
+    if (want_recv && n > 1) {
       // Per chunk of key positions (so no two threads add to one position), queries in order.
       const int nch_sub = n_chunks(i1 - 1);
       std::atomic<int> next_c{0};
@@ -1031,13 +1260,8 @@ void attend(const KvCache& cache, int seq, int layer, const AttnShape& shape, co
         for (;;) {
           const int c = next_c.fetch_add(1, std::memory_order_relaxed);
           if (c >= nch_sub) break;
-          for (int i = i0; i < i1; ++i) {
-            if (!stats[i].received || c >= n_chunks(i)) continue;
-            const int nk = std::min(C, pos0 + i + 1 - c * C);
-            HWY_DYNAMIC_DISPATCH(ReceivedKernel)
-            (nk, nh, e_at(i, c), g_at(i) + static_cast<size_t>(c) * nh, ord_at(i, c),
-             stats[i].received->data() + static_cast<size_t>(c) * C);
-          }
+          for (int i = i0; i < i1; ++i)
+            if (stats[i].received && c < n_chunks(i)) received(i, c);
         }
       });
     }

@@ -15,14 +15,15 @@ namespace kvd::cpu::detail {
 inline constexpr int kKeyChunk = 128;
 inline constexpr int kMaxHeadDim = 256;
 inline constexpr int kMaxQPerKv = 16;
+inline constexpr int kMaxKvHeads = 64;
 // Accumulator domains: 0 holds 16- and 8-bit keys (natural element order), 1 and 2 the 4- and 2-bit
 // keys in the lane order their codes unpack to (un-permuted once, at the merge).
 inline constexpr int kDomains = 3;
 
 // The pre-SIMD implementation (scalar loops, one (query, kv head) per work item): used for shapes the
 // SIMD path does not cover, and as the baseline in bench_attention.
-void attend_scalar(const KvCache& cache, int seq, int layer, const AttnShape& shape, const float* q, int pos0, int n,
-                   float* out, AttnStats* stats, ThreadPool& pool);
+void attend_scalar(const KvCache& cache, int seq, int layer, const AttnShape& shape, const float* q, int pos0,
+                   int n, float* out, AttnStats* stats, ThreadPool& pool);
 
 // Whether cpu::attend takes the SIMD path for this layout and shape on this CPU.
 bool simd_supported(const KvLayout& layout, const AttnShape& shape);
@@ -53,6 +54,12 @@ struct ChunkViews {
 inline size_t partial_floats(int nq, int hd) {
   const size_t head = (3 * static_cast<size_t>(nq) + 1 + 15) / 16 * 16;
   return head + kDomains * static_cast<size_t>(nq) * hd;
+}
+
+// Floats of scratch ChunkKernel needs: score rows (kKeyChunk + 16 per head), then per kv head and query
+// head of a tile (up to 4) 16 x 16 partial sums, 16 weights and 48 floats of softmax state.
+inline size_t chunk_scratch_floats(int n_heads, int n_kv) {
+  return static_cast<size_t>(n_heads) * (kKeyChunk + 16) + static_cast<size_t>(n_kv) * 4 * 16 * (16 + 1 + 3);
 }
 
 }  // namespace kvd::cpu::detail

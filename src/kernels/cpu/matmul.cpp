@@ -23,7 +23,11 @@
 #include "util/thread_pool.h"
 
 HWY_BEFORE_NAMESPACE();
-namespace kvd::cpu::HWY_NAMESPACE {
+namespace kvd::cpu {
+// Internal linkage: other files compile their own per-target code into kvd::cpu::N_<TARGET> too, and
+// same-named helpers (Half, kN, ...) must not collide or be merged by the linker.
+namespace {
+namespace HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
 using gguf::TensorType;
 
@@ -742,17 +746,21 @@ void GemmRows(const WeightView& w, const float* xp, float* y, int64_t n_tokens, 
                                   k0 > 0);
         }
       }
-      for (int64_t m = 0; m < mc; ++m)
-        for (int64_t j = 0; j < nt; ++j) y[(t0 + j) * w.rows + p0 + m] = cbuf[m * nr + j];
+      // Token-major so each token's mc outputs are written contiguously.
+      for (int64_t j = 0; j < nt; ++j)
+        for (int64_t m = 0; m < mc; ++m) y[(t0 + j) * w.rows + p0 + m] = cbuf[m * nr + j];
     }
   }
 }
 
-}  // namespace kvd::cpu::HWY_NAMESPACE
+}  // namespace HWY_NAMESPACE
+}  // namespace
+}  // namespace kvd::cpu
 HWY_AFTER_NAMESPACE();
 
 #if HWY_ONCE
 namespace kvd::cpu {
+namespace {
 
 HWY_EXPORT(MatvecRows);
 HWY_EXPORT(MatvecRowsQ8);
@@ -760,8 +768,6 @@ HWY_EXPORT(GemmTokenTile);
 HWY_EXPORT(PackX);
 HWY_EXPORT(GemmRows);
 HWY_EXPORT(DequantRow);
-
-namespace {
 
 using gguf::TensorType;
 
