@@ -335,7 +335,17 @@ HWY_INLINE void ScoreBlock(const SegJob& a, const Decoder<BITS, G>& dec, int k0,
       for (int j = 0; j < NQT; ++j) {
         VF t[U];
         for (int u = 0; u < U; ++u) t[u] = acc[u][j];
+#if HWY_ARCH_X86 && HWY_TARGET <= HWY_AVX3
+        if constexpr (U == 4) {
+          // Block shuffles instead of two-source permutes: 128-bit block k of the result is key k.
+          const __m512 x = FoldFirst(t[0], t[1]).raw, y = FoldFirst(t[2], t[3]).raw;
+          t[0] = VF{_mm512_add_ps(_mm512_shuffle_f32x4(x, y, 0x88), _mm512_shuffle_f32x4(x, y, 0xDD))};
+        } else {
+          FoldLevels<U, true>(t);
+        }
+#else
         FoldLevels<U, true>(t);
+#endif
         hn::Store(t[0], df, a.part + (static_cast<size_t>(kvh * NQT + j) * kSteps + step) * kN);
       }
     }
@@ -345,7 +355,22 @@ HWY_INLINE void ScoreBlock(const SegJob& a, const Decoder<BITS, G>& dec, int k0,
     VF t[kSteps];
     for (int m = 0; m < kSteps; ++m)
       t[m] = m < steps ? hn::Load(df, a.part + (static_cast<size_t>(h) * kSteps + m) * kN) : hn::Zero(df);
+#if HWY_ARCH_X86 && HWY_TARGET <= HWY_AVX3
+    if constexpr (U == 4) {
+      // In-block pair sums: block k of a holds keys k and 4 + k, of b keys 8 + k and 12 + k; then lane
+      // 4k + i of f is key k + 4i, put back in order with one permute.
+      const auto pair = [](__m512 p, __m512 q) HWY_ATTR {
+        return _mm512_add_ps(_mm512_shuffle_ps(p, q, 0x88), _mm512_shuffle_ps(p, q, 0xDD));
+      };
+      const __m512 f = pair(pair(t[0].raw, t[1].raw), pair(t[2].raw, t[3].raw));
+      const __m512i order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+      t[0] = VF{_mm512_permutexvar_ps(order, f)};
+    } else {
+      FoldLevels<kSteps, U == 1>(t);
+    }
+#else
     FoldLevels<kSteps, U == 1>(t);
+#endif
     hn::StoreU(hn::Mul(t[0], vscale), df, a.sc[h] + k0);
   }
 }
@@ -573,6 +598,14 @@ void ChunkKernel(const Geometry& geo, const ChunkViews& cv, const float* const* 
   HeadState* st[detail::kMaxKvHeads * kMaxTile];
   float* accp[detail::kMaxKvHeads * kMaxTile];
   HeadState* states = reinterpret_cast<HeadState*>(pbuf + static_cast<size_t>(geo.n_kv) * kMaxTile * kN);
+  // The first block of every width (the kernels prefetch each next block as they go).
+  for (int w = 0; w < 4; ++w) {
+    const size_t row = geo.n_kv * geo.slice_bytes[kWidths[w]];
+    for (int k = cv.seg[w]; k < std::min(cv.seg[w + 1], cv.seg[w] + kN); ++k) {
+      PrefetchRow(cv.k[k], row);
+      PrefetchRow(cv.v[k], row);
+    }
+  }
   for (int t = 0; t < n_tiles; ++t) {
     const int j0 = tile_start[t], nt = tile_start[t + 1] - j0;
     for (int kvh = 0; kvh < geo.n_kv; ++kvh)
