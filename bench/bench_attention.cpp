@@ -1,8 +1,6 @@
-// Google Benchmark of attention over the mixed-precision KV cache on SmolLM2-135M's shapes (30 layers,
-// 9 query heads, 3 kv heads, head_dim 64, group 32): one decode step (1 query at position 4096, all 30
-// layers) with every key at 16, 8, 4, 2 bits and a random mixture, and a 512-token prompt batch; the
-// scalar path (detail::attend_scalar) beside the SIMD one. Counters: GB/s of cache bytes read (decode),
-// GFLOP/s (4 * head_dim per query head and key). The load average is printed before and after.
+// Google Benchmark of attention over the mixed-precision KV cache on SmolLM2-135M's shapes: one decode step
+// at 4096 tokens (16, 8, 4, 2 bits, a mixture) and a 512-token prompt, scalar path beside SIMD, GB/s of
+// cache bytes read and GFLOP/s (4 * head_dim per query head and key); prints the load average.
 #include <benchmark/benchmark.h>
 
 #include <algorithm>

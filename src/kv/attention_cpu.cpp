@@ -1,5 +1,6 @@
-// Fast attention over the mixed-precision cache, SIMD through Highway with runtime dispatch (this file is
-// compiled once per target by foreach_target); the scalar loops it replaced stay as attend_scalar.
+// Fast attention over the mixed-precision KV cache: Highway SIMD with runtime dispatch (this file is
+// compiled once per target by foreach_target), work split into fixed key chunks over the threads; the
+// scalar loops it replaced stay as detail::attend_scalar (fallback for other shapes, bench baseline).
 //
 // K and V are never dequantized into a buffer: a group's codes (scale s, minimum m) become c * s + m in
 // registers (on AVX-512, a 16-entry table of the group's values indexed by vpermps), feeding the FMAs of
@@ -10,10 +11,10 @@
 // domain per code layout), un-permuted once per (query, kv head).
 //
 // Keys are cut into fixed chunks of kKeyChunk positions. Within a chunk, keys are sorted by width and
-// taken 16 at a time: scores (each key's whole K row at once), an online softmax step, then the same
-// keys' V rows while they are in L1, the next block's rows prefetched meanwhile. Each (query, chunk)
-// keeps its own max, sums and accumulators (flash-decoding style), merged in chunk order. None of this
-// depends on the thread count or on the number of query tokens, so the float operations for one
+// taken a vector width (16 on AVX-512) at a time: scores (each key's whole K row at once), an online softmax
+// step, then the same keys' V rows while they are in L1, the next block's rows prefetched meanwhile. Each
+// (query, chunk) keeps its own max, sums and accumulators (flash-decoding style), merged in chunk order. None
+// of this depends on the thread count or on the number of query tokens, so the float operations for one
 // (query, head) do not either: a decode step (one query) spreads its chunks over all threads and still
 // matches a batched call bit for bit.
 #undef HWY_TARGET_INCLUDE

@@ -25,8 +25,13 @@ KvCache::KvCache(const KvLayout& layout, const KvCacheOptions& options) : layout
   if (options_.max_tokens <= 0) throw Error("context size must be positive");
   if (options_.residual < 0) throw Error("--kv-residual must be >= 0");
   KVD_ASSERT(options_.n_seqs >= 1);
-  // A page must hold at least one 16-bit token record.
-  options_.page_bytes = std::max(options_.page_bytes, layout_.token_bytes(16));
+  // A page must hold at least one 16-bit token record; pages are a power of two so that the offset
+  // of a token splits into page and position by shift and mask (attention calls token() per key).
+  size_t page = 4096;
+  while (page < std::max(options_.page_bytes, layout_.token_bytes(16))) page *= 2;
+  options_.page_bytes = page;
+  page_shift_ = 0;
+  while ((size_t{1} << page_shift_) < page) ++page_shift_;
   seqs_.resize(static_cast<size_t>(options_.n_seqs));
   for (auto& s : seqs_) {
     s.pages.resize(static_cast<size_t>(layout_.n_layers));
@@ -206,7 +211,7 @@ KvTokenView KvCache::token(int seq, int layer, int pos, int query_pos) const {
   }
   const int bits = s.token_bits[pos];
   const uint64_t off = s.token_offset[pos];
-  const uint8_t* base = s.pages[layer][off / options_.page_bytes].data.get() + off % options_.page_bytes;
+  const uint8_t* base = s.pages[layer][off >> page_shift_].data.get() + (off & (options_.page_bytes - 1));
   return {bits, base, base + layout_.row_bytes(bits)};
 }
 

@@ -112,6 +112,7 @@ class KvCache {
 
   KvLayout layout_;
   KvCacheOptions options_;
+  int page_shift_ = 0;  // log2(options_.page_bytes)
   std::vector<Sequence> seqs_;
 };
 
