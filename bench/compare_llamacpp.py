@@ -82,7 +82,7 @@ def main():
 
     # Long context.
     if a.depth > 0:
-        kv = kvdial_bench(a, ["-p", "0", "-n", str(a.depth_gen), "-d", str(a.depth), "-c", str(a.depth + a.depth_gen + 8),
+        kv = kvdial_bench(a, ["-p", "0", "-n", str(a.depth_gen), "-d", str(a.depth),
                               "--kv-policy", a.kv_policies])
         lrows = []
         for r in kv:

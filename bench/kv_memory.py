@@ -25,7 +25,7 @@ def main():
     rows = []
     for pol in a.policies.split(","):
         cmd = [a.kvdial, "bench", "-m", a.model, "-p", "0", "-n", "16", "-d", str(a.depth), "-r", "1",
-               "-o", "json", "--kv-policy", pol, "--kv-residual", str(a.kv_residual), "-c", str(a.depth + 64)]
+               "-o", "json", "--kv-policy", pol, "--kv-residual", str(a.kv_residual)]
         if a.threads:
             cmd += ["-t", str(a.threads)]
         print("running:", " ".join(cmd), file=sys.stderr)
