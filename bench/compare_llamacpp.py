@@ -9,6 +9,7 @@ Beside each decode figure: bytes read per token (weights + KV cache) and the imp
 This script never downloads or builds llama.cpp: pass the paths of binaries you built.
 """
 import argparse
+import datetime
 import json
 import os
 import re
@@ -49,6 +50,8 @@ def main():
     ap.add_argument("--kvdial", default="build/kvdial")
     ap.add_argument("--llamacpp", help="path of llama.cpp's llama-bench")
     ap.add_argument("--llamacpp-batched", help="path of llama.cpp's llama-batched-bench (long-context decode)")
+    ap.add_argument("--llamacpp-version", help="name of the llama.cpp build in the table (e.g. b4747), for builds "
+                    "made without git metadata")
     ap.add_argument("-m", "--model", default="models/SmolLM2-135M-Instruct.Q4_1.gguf")
     ap.add_argument("-t", "--threads", type=int, default=2)
     ap.add_argument("-p", "--n-prompt", type=int, default=512)
@@ -59,8 +62,10 @@ def main():
     ap.add_argument("--kv-policies", default="static:16,static:8,static:4")
     ap.add_argument("--out", default="results/compare_llamacpp.md")
     a = ap.parse_args()
-    lines = []
     weights = os.path.getsize(a.model)
+    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+    lines = [f"Measured {datetime.date.today().isoformat()} on {cpu} ({os.cpu_count()} logical CPUs); "
+             f"kvdial {sh(['git', 'rev-parse', '--short', 'HEAD']).strip()}", ""]
 
     # Short context.
     kv = kvdial_bench(a, ["-p", str(a.n_prompt), "-n", str(a.n_gen)])
@@ -69,7 +74,8 @@ def main():
         for fa in ("0", "1"):
             for r in llama_bench(a, ["-p", str(a.n_prompt), "-n", str(a.n_gen), "-fa", fa]):
                 test = f"pp{r['n_prompt']}" if r["n_prompt"] else f"tg{r['n_gen']}"
-                rows.append((f"llama.cpp {r.get('build_commit', '')} fa={fa}", test, r["avg_ts"], r["stddev_ts"]))
+                build = a.llamacpp_version or f"{r.get('build_commit', '?')} b{r.get('build_number', '?')}"
+                rows.append((f"llama.cpp {build} fa={fa}", test, r["avg_ts"], r["stddev_ts"]))
     lines += [f"Short context, {a.threads} threads, {os.path.basename(a.model)}", "",
               "| engine | test | t/s | vs best llama.cpp |", "| --- | --- | ---: | ---: |"]
     best = {}

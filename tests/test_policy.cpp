@@ -22,8 +22,26 @@ TEST(Policy, ParsesSpecs) {
   EXPECT_EQ(make_policy("rule:1/2/3")->describe(), "rule:1.00,2.00,3.00");
 }
 
+TEST(Policy, PatternCyclesByPosition) {
+  auto p = make_policy("pattern:2/2/8");
+  EXPECT_FALSE(p->needs_features());
+  EXPECT_EQ(p->describe(), "pattern:2/2/8");
+  const int want[] = {2, 2, 8, 2, 2, 8, 2};
+  for (int pos = 0; pos < 7; ++pos) {
+    TokenFeatures f;
+    f.position = pos;
+    f.entropy = 100.0f;  // ignored
+    EXPECT_EQ(p->choose(f), want[pos]) << pos;
+  }
+  TokenFeatures far;
+  far.position = 3 * 1000 + 2;
+  EXPECT_EQ(p->choose(far), 8);
+  EXPECT_EQ(make_policy("pattern:16")->choose(TokenFeatures{}), 16);
+}
+
 TEST(Policy, BadSpecsAreErrors) {
   for (const char* spec : {"static:3", "static:", "static", "rule:1,2", "rule:3,2,1", "rule:a,b,c", "bogus",
+                           "pattern:", "pattern", "pattern:2//8", "pattern:3/4", "pattern:2,4", "pattern:4/",
                            "learned:/nonexistent/controller.json", ""}) {
     EXPECT_THROW(make_policy(spec), Error) << spec;
   }

@@ -21,7 +21,9 @@ double log_sum_exp(const float* x, int n, float* max_out = nullptr) {
 
 }  // namespace
 
-double PerplexityResult::ppl() const { return n_scored ? std::exp(nll_sum / static_cast<double>(n_scored)) : 0; }
+double PerplexityResult::ppl() const {
+  return n_scored ? std::exp(nll_sum / static_cast<double>(n_scored)) : 0;
+}
 
 double PerplexityResult::ppl_stderr() const {
   if (n_scored < 2) return 0;
@@ -30,7 +32,9 @@ double PerplexityResult::ppl_stderr() const {
   return std::sqrt(std::max(0.0, var) / (n - 1)) * ppl();
 }
 
-double nll_of(const float* logits, int vocab, int32_t target) { return log_sum_exp(logits, vocab) - logits[target]; }
+double nll_of(const float* logits, int vocab, int32_t target) {
+  return log_sum_exp(logits, vocab) - logits[target];
+}
 
 double kl_divergence(const float* p_logits, const float* q_logits, int vocab) {
   const double lp = log_sum_exp(p_logits, vocab), lq = log_sum_exp(q_logits, vocab);
@@ -71,7 +75,8 @@ PerplexityResult perplexity(Session& session, KvPolicy& policy, const std::vecto
       cache.clear(seq);
       std::fill(bits.begin(), bits.end(), 16);
       const int from = dynamic ? 0 : first;
-      const std::vector<float>& l16 = session.forward(chunk, n_ctx, from, dynamic ? &fwd : nullptr, bits.data());
+      const std::vector<float>& l16 =
+          session.forward(chunk, n_ctx, from, dynamic ? &fwd : nullptr, bits.data());
       if (dynamic) {
         for (int i = 0; i < n_ctx; ++i) {
           const float* li = l16.data() + static_cast<size_t>(i) * vocab;
@@ -80,9 +85,16 @@ PerplexityResult perplexity(Session& session, KvPolicy& policy, const std::vecto
         }
       }
       if (opt.kl_against_fp16)
-        ref_logits.assign(l16.begin() + static_cast<std::ptrdiff_t>(from == 0 ? first : 0) * vocab, l16.end());
+        ref_logits.assign(l16.begin() + static_cast<std::ptrdiff_t>(from == 0 ? first : 0) * vocab,
+                          l16.end());
     }
-    if (!dynamic) std::fill(bits.begin(), bits.end(), static_cast<uint8_t>(policy.choose(TokenFeatures{})));
+    if (!dynamic)
+      for (int i = 0; i < n_ctx; ++i) {
+        TokenFeatures f;
+        f.position = i;
+        f.token = chunk[i];
+        bits[static_cast<size_t>(i)] = static_cast<uint8_t>(policy.choose(f));
+      }
     cache.clear(seq);
     const std::vector<float>& logits = session.forward(chunk, n_ctx, first, nullptr, bits.data());
     for (int i = first; i < n_ctx - 1; ++i) {

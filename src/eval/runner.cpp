@@ -13,15 +13,22 @@ const float* PolicyRunner::run(const int32_t* tokens, int n, bool all_logits) {
   const bool features = policy_.needs_features() || keep_features_;
   if (!policy_.needs_features()) {
     // Widths known in advance: the cache quantizes each token as it is written.
-    bits_.assign(static_cast<size_t>(n), static_cast<uint8_t>(policy_.choose(TokenFeatures{})));
+    bits_.resize(static_cast<size_t>(n));
+    for (int i = 0; i < n; ++i) {
+      TokenFeatures f;
+      f.position = pos0 + i;
+      f.token = tokens[i];
+      bits_[static_cast<size_t>(i)] = static_cast<uint8_t>(policy_.choose(f));
+    }
   }
   const std::vector<float>& logits =
       session_.forward(tokens, n, features || all_logits ? 0 : n - 1, features ? &fwd_stats_ : nullptr,
                        policy_.needs_features() ? nullptr : bits_.data());
   if (features) {
     for (int i = 0; i < n; ++i) {
-      const TokenFeatures f = make_features(session_.model().tokenizer(), tokens[i], pos0 + i,
-                                            logits.data() + static_cast<size_t>(i) * vocab, vocab, fwd_stats_[i]);
+      const TokenFeatures f =
+          make_features(session_.model().tokenizer(), tokens[i], pos0 + i,
+                        logits.data() + static_cast<size_t>(i) * vocab, vocab, fwd_stats_[i]);
       if (policy_.needs_features()) session_.cache().decide(session_.seq(), pos0 + i, policy_.choose(f));
       if (keep_features_) features_.push_back(f);
     }
@@ -36,7 +43,8 @@ const float* PolicyRunner::prefill(const std::vector<int32_t>& tokens, int featu
   if (n == 0) return nullptr;
   if (!policy_.needs_features() && !keep_features_) return run(tokens.data(), n, false);
   const float* last = nullptr;
-  for (int b = 0; b < n; b += feature_batch) last = run(tokens.data() + b, std::min(feature_batch, n - b), true);
+  for (int b = 0; b < n; b += feature_batch)
+    last = run(tokens.data() + b, std::min(feature_batch, n - b), true);
   return last;
 }
 
