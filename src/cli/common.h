@@ -17,7 +17,9 @@ struct EngineOptions {
   std::string model_path;
   int threads = 0;  // 0 = physical cores
   int ctx = 4096;
-  int batch = 512;
+  // Tokens per forward batch. 256 runs prompts as fast as 512 here (pp512 660 vs 639 t/s) and peaks
+  // 18.7 MiB lower: a batch's activations and fp16 KV staging scale with it.
+  int batch = 256;
   std::string backend = "cpu";
   std::string kv_policy = "static:16";
   int kv_group = 32;

@@ -23,14 +23,15 @@ struct TokenForwardStats {
 
 class Session {
  public:
-  Session(const Model& model, Backend& backend, KvCache& cache, int seq = 0, int n_batch = 512);
+  Session(const Model& model, Backend& backend, KvCache& cache, int seq = 0, int n_batch = 256);
 
   // Runs tokens at the next n positions of the sequence (in batches of n_batch) and returns logits
   // (vocab floats per token) for the tokens at indexes [logits_from, n): (n - logits_from) x vocab.
   // stats, when non-null, receives one entry per token. bits, when non-null, gives the tokens' KV
   // widths in advance; otherwise they stay undecided in the cache until KvCache::decide.
   const std::vector<float>& forward(const int32_t* tokens, int n, int logits_from,
-                                    std::vector<TokenForwardStats>* stats = nullptr, const uint8_t* bits = nullptr);
+                                    std::vector<TokenForwardStats>* stats = nullptr,
+                                    const uint8_t* bits = nullptr);
 
   // Attention each position received so far (summed over layers, heads and later queries), when
   // track_received() was turned on before the tokens ran.
