@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """kvdial against llama.cpp on the same GGUF, side by side in one run, with ratios.
 
-Short context: `kvdial bench -p P -n N` and `llama-bench -p P -n N` (with and without -fa).
+Short context: `kvdial bench -p P -n N` (for each --backends) and `llama-bench -p P -n N` (with and without -fa).
 Long context (--depth D > 0): decode after D tokens already in the cache: `kvdial bench -p 0 -n G -d D`
 for each --kv-policy, and, when --llamacpp-batched is given, `llama-batched-bench -npp D -ntg G -npl 1`
 (f16 KV with and without flash attention, q8_0 and q4_0 KV with flash attention).
@@ -25,8 +25,9 @@ def sh(cmd):
     return p.stdout
 
 
-def kvdial_bench(a, args):
-    return json.loads(sh([a.kvdial, "bench", "-m", a.model, "-t", str(a.threads), "-r", str(a.reps), "-o", "json"] + args))
+def kvdial_bench(a, args, backend="cpu"):
+    return json.loads(sh([a.kvdial, "bench", "-m", a.model, "-t", str(a.threads), "-r", str(a.reps), "-o", "json",
+                          "--backend", backend] + args))
 
 
 def llama_bench(a, args):
@@ -59,7 +60,9 @@ def main():
     ap.add_argument("-r", "--reps", type=int, default=3)
     ap.add_argument("--depth", type=int, default=4096)
     ap.add_argument("--depth-gen", type=int, default=64)
-    ap.add_argument("--kv-policies", default="static:16,static:8,static:4")
+    ap.add_argument("--kv-policies", default="static:16,static:8,static:4,static:2")
+    ap.add_argument("--backends", default="cpu,cpu-q8",
+                    help="kvdial backends to run (cpu: fp32 activations; cpu-q8: 8-bit activations in decode, as llama.cpp)")
     ap.add_argument("--out", default="results/compare_llamacpp.md")
     a = ap.parse_args()
     weights = os.path.getsize(a.model)
@@ -68,8 +71,10 @@ def main():
              f"kvdial {sh(['git', 'rev-parse', '--short', 'HEAD']).strip()}", ""]
 
     # Short context.
-    kv = kvdial_bench(a, ["-p", str(a.n_prompt), "-n", str(a.n_gen)])
-    rows = [("kvdial", r["test"], r["avg_ts"], r["stddev_ts"]) for r in kv]
+    rows = []
+    for be in a.backends.split(","):
+        kv = kvdial_bench(a, ["-p", str(a.n_prompt), "-n", str(a.n_gen)], be)
+        rows += [(f"kvdial {be}", r["test"], r["avg_ts"], r["stddev_ts"]) for r in kv]
     if a.llamacpp:
         for fa in ("0", "1"):
             for r in llama_bench(a, ["-p", str(a.n_prompt), "-n", str(a.n_gen), "-fa", fa]):
@@ -88,13 +93,14 @@ def main():
 
     # Long context.
     if a.depth > 0:
-        kv = kvdial_bench(a, ["-p", "0", "-n", str(a.depth_gen), "-d", str(a.depth),
-                              "--kv-policy", a.kv_policies])
         lrows = []
-        for r in kv:
-            kv_per_token = r["kv_bytes"] / (a.depth + a.depth_gen)  # bytes stored per token (all layers)
-            read = weights + kv_per_token * (a.depth + a.depth_gen / 2)
-            lrows.append((f"kvdial {r['kv_policy']}", r["avg_ts"], r["stddev_ts"], read))
+        for be in a.backends.split(","):
+            kv = kvdial_bench(a, ["-p", "0", "-n", str(a.depth_gen), "-d", str(a.depth),
+                                  "--kv-policy", a.kv_policies], be)
+            for r in kv:
+                kv_per_token = r["kv_bytes"] / (a.depth + a.depth_gen)  # bytes stored per token (all layers)
+                read = weights + kv_per_token * (a.depth + a.depth_gen / 2)
+                lrows.append((f"kvdial {be} {r['kv_policy']}", r["avg_ts"], r["stddev_ts"], read))
         if a.llamacpp_batched:
             # Bytes per cached token of the default model's shapes, from llama.cpp's type sizes (f16: 2 B,
             # q8_0: 34/32, q4_0: 18/32 per element), K and V, all layers; read from the model metadata by kvdial.

@@ -9,13 +9,19 @@ namespace kvd::cli {
 void add_engine_options(CLI::App* app, EngineOptions& o, bool with_ctx) {
   app->add_option("-m,--model", o.model_path, "GGUF model file (Llama family)")->required();
   app->add_option("-t,--threads", o.threads, "threads (default: physical cores)")->check(CLI::Range(0, 1024));
-  if (with_ctx) app->add_option("-c,--ctx-size", o.ctx, "context size in tokens")->check(CLI::Range(8, 1 << 20));
+  if (with_ctx)
+    app->add_option("-c,--ctx-size", o.ctx, "context size in tokens")->check(CLI::Range(8, 1 << 20));
   app->add_option("-b,--batch-size", o.batch, "tokens per forward batch")->check(CLI::Range(1, 8192));
-  app->add_option("--backend", o.backend, "cpu (fast) or ref (plain reference loops)")
-      ->check(CLI::IsMember({"cpu", "ref"}));
-  app->add_option("--kv-policy", o.kv_policy, "static:B (B=2,4,8,16), rule[:T1,T2,T3] or learned:FILE");
-  app->add_option("--kv-group", o.kv_group, "KV quantization group size (elements)")->check(CLI::Range(4, 256));
-  app->add_option("--kv-residual", o.kv_residual, "newest tokens kept at 16 bits")->check(CLI::Range(0, 1 << 20));
+  app->add_option("--backend", o.backend,
+                  "cpu (fast), cpu-q8 (cpu with 8-bit activations in decode matmuls, as llama.cpp: faster, "
+                  "less exact) or ref (plain reference loops)")
+      ->check(CLI::IsMember({"cpu", "cpu-q8", "ref"}));
+  app->add_option("--kv-policy", o.kv_policy,
+                  "static:B (B=2,4,8,16), rule[:T1,T2,T3], pattern:W1/W2/.. or learned:FILE");
+  app->add_option("--kv-group", o.kv_group, "KV quantization group size (elements)")
+      ->check(CLI::Range(4, 256));
+  app->add_option("--kv-residual", o.kv_residual, "newest tokens kept at 16 bits")
+      ->check(CLI::Range(0, 1 << 20));
 }
 
 Engine make_engine(const EngineOptions& o, int ctx_override, std::shared_ptr<Model> model) {
@@ -49,13 +55,16 @@ std::string human_bytes(double b) {
 std::string kv_summary(const KvCache& cache, int seq) {
   const KvStats s = cache.stats(seq);
   char buf[256];
-  auto share = [&](int b) { return s.tokens ? 100.0 * static_cast<double>(s.tokens_at_bits[b]) / s.tokens : 0.0; };
-  std::snprintf(buf, sizeof buf,
-                "KV cache: %lld tokens, %.3f bits/elem stored (avg width %.2f), %s stored (%zu B), %s allocated; "
-                "2: %.1f%%, 4: %.1f%%, 8: %.1f%%, 16: %.1f%%",
-                static_cast<long long>(s.tokens), s.effective_bits, s.avg_bits(),
-                human_bytes(static_cast<double>(s.bytes_stored)).c_str(), s.bytes_stored,
-                human_bytes(static_cast<double>(s.bytes_allocated)).c_str(), share(2), share(4), share(8), share(16));
+  auto share = [&](int b) {
+    return s.tokens ? 100.0 * static_cast<double>(s.tokens_at_bits[b]) / s.tokens : 0.0;
+  };
+  std::snprintf(
+      buf, sizeof buf,
+      "KV cache: %lld tokens, %.3f bits/elem stored (avg width %.2f), %s stored (%zu B), %s allocated; "
+      "2: %.1f%%, 4: %.1f%%, 8: %.1f%%, 16: %.1f%%",
+      static_cast<long long>(s.tokens), s.effective_bits, s.avg_bits(),
+      human_bytes(static_cast<double>(s.bytes_stored)).c_str(), s.bytes_stored,
+      human_bytes(static_cast<double>(s.bytes_allocated)).c_str(), share(2), share(4), share(8), share(16));
   return buf;
 }
 

@@ -25,13 +25,14 @@ class Backend {
   virtual void rope(float* x, int n, int n_heads, int head_dim, int rope_dim, int pos0, float theta,
                     RopeStyle style) = 0;
   // out = softmax(q k^T / sqrt(d)) v over the cache, causal; q and out are n x (n_heads*head_dim).
-  virtual void attention(const KvCache& cache, int seq, int layer, const AttnShape& shape, const float* q, int pos0,
-                         int n, float* out, AttnStats* stats) = 0;
+  virtual void attention(const KvCache& cache, int seq, int layer, const AttnShape& shape, const float* q,
+                         int pos0, int n, float* out, AttnStats* stats) = 0;
   // out = silu(gate) * up, elementwise over count values
   virtual void swiglu(const float* gate, const float* up, float* out, size_t count) = 0;
 };
 
-// "ref" or "cpu". threads is ignored by "ref". Throws kvd::Error for an unknown name.
+// "ref", "cpu" or "cpu-q8" (cpu with decode matmuls on 8-bit activations, as llama.cpp does: faster,
+// less exact; see ActQuant). threads is ignored by "ref". Throws kvd::Error for an unknown name.
 std::unique_ptr<Backend> make_backend(const std::string& name, int threads);
 
 }  // namespace kvd
