@@ -7,7 +7,8 @@
 //    (attention variance and max inside the attention kernel, key and value norms, the entropy pass over
 //    the logits) and deciding after the forward pass instead of before.
 //
-//   bench_decode_steps [-m MODEL] [-d 0,4096] [-n 300] [-t 2] [--kv-policy P1,P2,..] [--out FILE]
+//   bench_decode_steps [-m MODEL] [-d 0,4096] [-n 300] [-t 2] [--backend cpu] [--kv-policy P1,P2,..] [--out
+//   FILE]
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -35,6 +36,7 @@ struct Options {
   std::vector<std::string> policies = {"static:16", "rule:0/0/0"};
   int steps = 300;
   int threads = 2;
+  std::string backend = "cpu";
   std::string out;
 };
 
@@ -59,7 +61,7 @@ double median(std::vector<double> v) {
 
 int run(const Options& o) {
   std::shared_ptr<Model> model(Model::load(o.model));
-  std::unique_ptr<Backend> backend = make_backend("cpu", o.threads);
+  std::unique_ptr<Backend> backend = make_backend(o.backend, o.threads);
   const ModelConfig& c = model->config();
   const int np = static_cast<int>(o.policies.size());
   std::vector<std::unique_ptr<KvPolicy>> policies;
@@ -67,8 +69,9 @@ int run(const Options& o) {
   std::mt19937 rng(7);
   std::uniform_int_distribution<int32_t> tok(0, c.vocab - 1);
   std::ostringstream table;
-  table << "Decode steps side by side (" << o.model.substr(o.model.find_last_of('/') + 1) << ", " << o.threads
-        << " threads, median of " << o.steps << " steps per policy, policies taking turns)\n\n"
+  table << "Decode steps side by side (" << o.model.substr(o.model.find_last_of('/') + 1) << ", " << o.backend
+        << ", " << o.threads << " threads, median of " << o.steps
+        << " steps per policy, policies taking turns)\n\n"
         << "| depth | kv | bits/elem | KV MiB | ms/token | t/s | vs " << o.policies[0] << " (speed) |\n"
         << "| ---: | --- | ---: | ---: | ---: | ---: | ---: |\n";
   for (int depth : o.depths) {
@@ -144,11 +147,14 @@ int main(int argc, char** argv) {
         o.steps = std::stoi(next());
       else if (a == "-t")
         o.threads = std::stoi(next());
+      else if (a == "--backend")
+        o.backend = next();
       else if (a == "--out")
         o.out = next();
       else
         throw kvd::Error("unknown argument '" + a +
-                         "' (use -m MODEL -d DEPTHS -n STEPS -t THREADS --kv-policy P1,P2,.. --out FILE)");
+                         "' (use -m MODEL -d DEPTHS -n STEPS -t THREADS --backend cpu|cpu-q8 --kv-policy "
+                         "P1,P2,.. --out FILE)");
     }
     if (o.steps < 1) throw kvd::Error("-n must be at least 1");
     if (o.policies.empty()) throw kvd::Error("--kv-policy needs at least one policy");
