@@ -20,6 +20,8 @@ namespace kvd {
 namespace {
 
 constexpr int kLayers = 2;
+// Contexts of a whole key chunk and part of the next (the fast path merges chunks).
+constexpr int kTwoChunks = cpu::detail::kKeyChunk + 88;
 
 // A cache of n_ctx decided tokens (widths cycling through `widths`, moved to the arena), then n_q staged
 // query tokens decided in advance the same way (or undecided: 16 bits) as during a batch's forward.
@@ -101,11 +103,11 @@ TEST_P(AttentionShapes, MatchesReference) {
     for (int l = 0; l < kLayers; ++l)
       expect_close(s.fast(l, 0, 1, pool), s.reference(l, 0), "1-token context");
   }
-  // 600 tokens (five key chunks) of mixed widths, then each width alone; 3 queries in one call and alone.
+  // Two key chunks of mixed widths, then each width alone; 3 queries in one call and alone.
   for (const std::vector<int>& widths : {mixed, {16}, {8}, {4}, {2}}) {
-    const Fixture s(head_dim, group, nq, 2, 597, 3, widths);
-    const std::string what =
-        "600 tokens, widths[0] " + std::to_string(widths[0]) + " of " + std::to_string(widths.size());
+    const Fixture s(head_dim, group, nq, 2, kTwoChunks - 3, 3, widths);
+    const std::string what = std::to_string(kTwoChunks) + " tokens, widths[0] " + std::to_string(widths[0]) +
+                             " of " + std::to_string(widths.size());
     for (int l = 0; l < kLayers; ++l) {
       const auto batch = s.fast(l, 0, 3, pool);
       for (int i = 0; i < 3; ++i) {
@@ -137,7 +139,7 @@ TEST(AttentionDeterminism, OneAndTwoThreadsBitIdentical) {
   ThreadPool one(1), two(2);
   for (const std::vector<int>& widths : {std::vector<int>{16}, std::vector<int>{16, 8, 4, 2, 2, 4}}) {
     for (int hd : {64, 128}) {
-      const Fixture s(hd, 32, 3, 3, 1000, 20, widths);
+      const Fixture s(hd, 32, 3, 3, kTwoChunks, 20, widths);
       for (int l = 0; l < kLayers; ++l)
         for (const auto& [i0, n] : {std::pair{19, 1}, std::pair{0, 5}, std::pair{0, 20}}) {
           EXPECT_TRUE(same_bits(s.fast(l, i0, n, one), s.fast(l, i0, n, two)))
@@ -154,7 +156,7 @@ TEST(AttentionDeterminism, BatchedEqualsSingleBitIdentical) {
   ThreadPool pool(2);
   for (const std::vector<int>& widths : {std::vector<int>{16}, std::vector<int>{4, 16, 2, 8}}) {
     for (int residual : {0, 3}) {
-      const Fixture s(64, 32, 3, 3, 700, 40, widths, residual);
+      const Fixture s(64, 32, 3, 3, kTwoChunks, 40, widths, residual);
       for (int l = 0; l < kLayers; ++l) {
         const auto batch = s.fast(l, 0, 40, pool);
         for (int i = 0; i < 40; ++i) {
@@ -174,10 +176,10 @@ TEST(AttentionDeterminism, BatchedEqualsSingleBitIdentical) {
 TEST(AttentionStats, MatchReferenceOverChunks) {
   for (int threads : {1, 2}) {
     ThreadPool pool(threads);
-    const Fixture s(64, 32, 3, 3, 450, 6, {16, 4, 2, 8});
+    const Fixture s(64, 32, 3, 3, kTwoChunks, 6, {16, 4, 2, 8});
     for (int l = 0; l < kLayers; ++l) {
       std::vector<AttnStats> st_fast(6), st_ref(6);
-      std::vector<float> recv_fast(456, 0.0f), recv_ref(456, 0.0f);
+      std::vector<float> recv_fast(kTwoChunks + 6, 0.0f), recv_ref(kTwoChunks + 6, 0.0f);
       for (int i = 0; i < 6; ++i) {
         st_fast[i].received = &recv_fast;
         st_ref[i].received = &recv_ref;
@@ -191,7 +193,8 @@ TEST(AttentionStats, MatchReferenceOverChunks) {
         EXPECT_NEAR(st_fast[i].max_weight_sum, st_ref[i].max_weight_sum, 1e-5 * s.shape.n_heads) << i;
         EXPECT_EQ(st_fast[i].var_count, st_ref[i].var_count) << i;
       }
-      for (int t = 0; t < 456; ++t) EXPECT_NEAR(recv_fast[t], recv_ref[t], 1e-5f) << "position " << t;
+      for (int t = 0; t < kTwoChunks + 6; ++t)
+        EXPECT_NEAR(recv_fast[t], recv_ref[t], 1e-5f) << "position " << t;
     }
   }
 }
@@ -220,7 +223,8 @@ TEST(AttentionFallback, UnsupportedShapesMatchReference) {
 
 TEST(AttentionTargets, EveryTargetMatchesReference) {
   ThreadPool pool(2);
-  const Fixture s64(64, 32, 3, 3, 300, 2, {16, 8, 4, 2, 4}), s128(128, 16, 2, 2, 300, 2, {2, 4, 8, 16});
+  const Fixture s64(64, 32, 3, 3, kTwoChunks, 2, {16, 8, 4, 2, 4}),
+      s128(128, 16, 2, 2, 300, 2, {2, 4, 8, 16});
   for (const int64_t target : hwy::SupportedAndGeneratedTargets()) {
     hwy::SetSupportedTargetsForTest(target);
     for (const Fixture* s : {&s64, &s128}) {
