@@ -104,8 +104,8 @@ void run(bool simd, const KvCache& c, const float* q, int pos0, int n, float* ou
   }
 }
 
-// Args: mix, simd (0 = scalar path, 1 = SIMD), threads, stats (0/1: statistics and received attention,
-// as the feature-reading policies ask for).
+// Args: mix, simd (0 = scalar path, 1 = SIMD), threads, stats (0: none; 1: attention variance and max,
+// as the feature-reading policies ask for; 2: those and received attention, as collect's labels do).
 void BM_DecodeStep(benchmark::State& state) {
   const int mix = static_cast<int>(state.range(0));
   const bool simd = state.range(1) != 0, with_stats = state.range(3) != 0;
@@ -114,7 +114,7 @@ void BM_DecodeStep(benchmark::State& state) {
   const auto q = random_q(1);
   std::vector<float> out(q.size()), received(kContext + 1, 0.0f);
   AttnStats st;
-  st.received = &received;
+  if (state.range(3) == 2) st.received = &received;
   for (auto _ : state) {
     run(simd, *f.cache, q.data(), kContext, 1, out.data(), with_stats ? &st : nullptr, pool);
     benchmark::DoNotOptimize(out.data());
@@ -125,7 +125,8 @@ void BM_DecodeStep(benchmark::State& state) {
   state.counters["GFLOP/s"] = benchmark::Counter(
       4.0 * kHeadDim * kHeads * (kContext + 1) * kLayers * iters / 1e9, benchmark::Counter::kIsRate);
   state.SetLabel(std::string(kMixNames[mix]) + (simd ? " simd " : " scalar ") +
-                 std::to_string(state.range(2)) + "thr" + (with_stats ? " stats" : ""));
+                 std::to_string(state.range(2)) + "thr" +
+                 (with_stats ? (st.received ? " stats+received" : " stats") : ""));
 }
 
 void DecodeArgs(benchmark::internal::Benchmark* b) {
@@ -136,6 +137,7 @@ void DecodeArgs(benchmark::internal::Benchmark* b) {
     b->Args({mix, 0, 1, 0});
     b->Args({mix, 1, 1, 0});
     b->Args({mix, 1, 2, 1});
+    b->Args({mix, 1, 2, 2});
   }
 }
 BENCHMARK(BM_DecodeStep)->Apply(DecodeArgs)->Unit(benchmark::kMillisecond)->UseRealTime();
