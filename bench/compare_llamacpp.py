@@ -53,6 +53,7 @@ def main():
     ap.add_argument("--llamacpp-batched", help="path of llama.cpp's llama-batched-bench (long-context decode)")
     ap.add_argument("--llamacpp-version", help="name of the llama.cpp build in the table (e.g. b4747), for builds "
                     "made without git metadata")
+    ap.add_argument("--kvdial-version", default="unknown", help="kvdial version for the table when git is absent")
     ap.add_argument("-m", "--model", default="models/SmolLM2-135M-Instruct.Q4_1.gguf")
     ap.add_argument("-t", "--threads", type=int, default=2)
     ap.add_argument("-p", "--n-prompt", type=int, default=512)
@@ -67,8 +68,12 @@ def main():
     a = ap.parse_args()
     weights = os.path.getsize(a.model)
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
-    lines = [f"Measured {datetime.date.today().isoformat()} on {cpu} ({os.cpu_count()} logical CPUs); "
-             f"kvdial {sh(['git', 'rev-parse', '--short', 'HEAD']).strip()}", ""]
+    git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    commit = git.stdout.strip() if git.returncode == 0 else a.kvdial_version
+    flags = open("/proc/cpuinfo").read()
+    isa = ", ".join(f for f in ("avx512_vnni", "avx512_bf16", "amx_tile") if f in flags) or "no AVX-512 VNNI/BF16/AMX"
+    lines = [f"Measured {datetime.date.today().isoformat()} on {cpu} ({os.cpu_count()} logical CPUs; {isa}); "
+             f"kvdial {commit}", ""]
 
     # Short context.
     rows = []

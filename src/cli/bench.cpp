@@ -13,6 +13,7 @@
 #include <sstream>
 
 #include "eval/runner.h"
+#include "kernels/kernels.h"
 #include "util/error.h"
 #include "util/sysinfo.h"
 #include "util/thread_pool.h"
@@ -121,7 +122,9 @@ int run_bench(const BenchArgs& a) {
           r.kv_bytes = static_cast<double>(st.bytes_stored);
           r.kv_bits = st.effective_bits;
           r.avg_width = st.avg_bits();
-          if (a.progress) std::fprintf(stderr, "bench: %s %s rep %d: %.2f t/s\n", pol.c_str(), r.test.c_str(), rep + 1, n / s);
+          if (a.progress)
+            std::fprintf(stderr, "bench: %s %s rep %d: %.2f t/s\n", pol.c_str(), r.test.c_str(), rep + 1,
+                         n / s);
         }
         double sum = 0, sq = 0;
         for (double v : r.samples) sum += v;
@@ -142,24 +145,39 @@ int run_bench(const BenchArgs& a) {
   std::snprintf(size, sizeof size, "%.2f MiB", static_cast<double>(m.file_bytes()) / (1024.0 * 1024.0));
   std::snprintf(params, sizeof params, "%.2f M", static_cast<double>(m.n_params()) / 1e6);
   const std::string model_name = m.config().arch + " " + (m.config().name.empty() ? "?" : m.config().name);
-  const int threads = a.eng.backend == "ref" ? 1 : (a.eng.threads > 0 ? a.eng.threads : default_thread_count());
+  const int threads =
+      a.eng.backend == "ref" ? 1 : (a.eng.threads > 0 ? a.eng.threads : default_thread_count());
   std::ostringstream out;
   if (a.output == "json") {
     nlohmann::json j = nlohmann::json::array();
     for (const Row& r : rows)
-      j.push_back({{"model", model_name}, {"size_bytes", m.file_bytes()}, {"n_params", m.n_params()},
-                   {"backend", a.eng.backend}, {"threads", threads}, {"kv_policy", r.policy},
-                   {"kv_group", a.eng.kv_group}, {"kv_residual", a.eng.kv_residual}, {"test", r.test},
-                   {"avg_ts", r.mean}, {"stddev_ts", r.stddev}, {"samples_ts", r.samples}, {"kv_bytes", r.kv_bytes},
-                   {"kv_bits_per_elem", r.kv_bits}, {"kv_avg_width", r.avg_width}, {"peak_rss_bytes", peak_rss_bytes()}});
+      j.push_back({{"model", model_name},
+                   {"size_bytes", m.file_bytes()},
+                   {"n_params", m.n_params()},
+                   {"backend", a.eng.backend},
+                   {"simd", cpu::simd_target()},
+                   {"threads", threads},
+                   {"kv_policy", r.policy},
+                   {"kv_group", a.eng.kv_group},
+                   {"kv_residual", a.eng.kv_residual},
+                   {"test", r.test},
+                   {"avg_ts", r.mean},
+                   {"stddev_ts", r.stddev},
+                   {"samples_ts", r.samples},
+                   {"kv_bytes", r.kv_bytes},
+                   {"kv_bits_per_elem", r.kv_bits},
+                   {"kv_avg_width", r.avg_width},
+                   {"peak_rss_bytes", peak_rss_bytes()}});
     out << j.dump(2) << "\n";
   } else if (a.output == "csv") {
-    out << "model,size_bytes,n_params,backend,threads,kv_policy,kv_group,kv_residual,test,avg_ts,stddev_ts,kv_bytes,"
+    out << "model,size_bytes,n_params,backend,threads,kv_policy,kv_group,kv_residual,test,avg_ts,stddev_ts,"
+           "kv_bytes,"
            "kv_bits_per_elem,peak_rss_bytes\n";
     for (const Row& r : rows)
-      out << '"' << model_name << "\"," << m.file_bytes() << ',' << m.n_params() << ',' << a.eng.backend << ','
-          << threads << ',' << r.policy << ',' << a.eng.kv_group << ',' << a.eng.kv_residual << ',' << r.test << ','
-          << r.mean << ',' << r.stddev << ',' << r.kv_bytes << ',' << r.kv_bits << ',' << peak_rss_bytes() << "\n";
+      out << '"' << model_name << "\"," << m.file_bytes() << ',' << m.n_params() << ',' << a.eng.backend
+          << ',' << threads << ',' << r.policy << ',' << a.eng.kv_group << ',' << a.eng.kv_residual << ','
+          << r.test << ',' << r.mean << ',' << r.stddev << ',' << r.kv_bytes << ',' << r.kv_bits << ','
+          << peak_rss_bytes() << "\n";
   } else {
     out << "| model | size | params | backend | threads | kv | test | t/s | KV MiB | KV bits/elem |\n";
     out << "| --- | ---: | ---: | --- | ---: | --- | ---: | ---: | ---: | ---: |\n";
@@ -168,12 +186,13 @@ int run_bench(const BenchArgs& a) {
       std::snprintf(ts, sizeof ts, "%.2f ± %.2f", r.mean, r.stddev);
       std::snprintf(kvb, sizeof kvb, "%.2f", r.kv_bytes / (1024.0 * 1024.0));
       std::snprintf(bits, sizeof bits, "%.2f", r.kv_bits);
-      out << "| " << model_name << " | " << size << " | " << params << " | " << a.eng.backend << " | " << threads
-          << " | " << r.policy << (a.eng.kv_residual ? " r" + std::to_string(a.eng.kv_residual) : "") << " | "
-          << r.test << " | " << ts << " | " << kvb << " | " << bits << " |\n";
+      out << "| " << model_name << " | " << size << " | " << params << " | " << a.eng.backend << " | "
+          << threads << " | " << r.policy
+          << (a.eng.kv_residual ? " r" + std::to_string(a.eng.kv_residual) : "") << " | " << r.test << " | "
+          << ts << " | " << kvb << " | " << bits << " |\n";
     }
     out << "\npeak RSS " << human_bytes(static_cast<double>(peak_rss_bytes())) << "; model load "
-        << m.load_seconds() << " s\n";
+        << m.load_seconds() << " s; SIMD " << cpu::simd_target() << "\n";
   }
   std::fputs(out.str().c_str(), stdout);
   if (!a.out_file.empty()) {

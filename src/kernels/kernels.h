@@ -7,6 +7,7 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <string>
 
 #include "gguf/gguf.h"
 
@@ -42,6 +43,8 @@ namespace cpu {
 // Same contract as ref::matmul, SIMD and split over the pool's threads.
 void matmul(const WeightView& w, const float* x, float* y, int64_t n_tokens, ThreadPool& pool,
             ActQuant act = ActQuant::F32);
+// The SIMD target the kernels run with on this CPU (Highway's name, e.g. "AVX3_DL", "AVX2").
+std::string simd_target();
 }  // namespace cpu
 
 }  // namespace kvd

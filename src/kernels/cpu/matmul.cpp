@@ -753,6 +753,9 @@ void GemmRows(const WeightView& w, const float* xp, float* y, int64_t n_tokens, 
   }
 }
 
+// The name of the target this translation unit was compiled for (what dynamic dispatch picked).
+const char* TargetNameHere() { return hwy::TargetName(HWY_TARGET); }
+
 }  // namespace HWY_NAMESPACE
 }  // namespace
 }  // namespace kvd::cpu
@@ -768,6 +771,7 @@ HWY_EXPORT(GemmTokenTile);
 HWY_EXPORT(PackX);
 HWY_EXPORT(GemmRows);
 HWY_EXPORT(DequantRow);
+HWY_EXPORT(TargetNameHere);
 
 using gguf::TensorType;
 
@@ -867,6 +871,8 @@ void matmul(const WeightView& w, const float* x, float* y, int64_t n_tokens, Thr
     HWY_DYNAMIC_DISPATCH(MatvecRows)(w, x, sxp, n_sx, y, n_tokens, r0, r1);
   });
 }
+
+std::string simd_target() { return HWY_DYNAMIC_DISPATCH(TargetNameHere)(); }
 
 }  // namespace kvd::cpu
 #endif  // HWY_ONCE
