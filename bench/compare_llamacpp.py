@@ -16,6 +16,8 @@ import re
 import subprocess
 import sys
 
+from benchlib import emit_table
+
 
 def sh(cmd):
     print("running:", " ".join(cmd), file=sys.stderr, flush=True)
@@ -125,11 +127,7 @@ def main():
         for name, ts, sd, read in lrows:
             ratio = f"{ts / best_f16:.2f}x" if best_f16 else "-"
             lines.append(f"| {name} | {ts:.2f} ± {sd:.2f} | {ratio} | {read / 1e6:.1f} | {read * ts / 1e9:.1f} |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    os.makedirs(os.path.dirname(a.out) or ".", exist_ok=True)
-    with open(a.out, "w") as f:
-        f.write(text)
+    emit_table(lines, a.out)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,8 @@ import os
 import subprocess
 import sys
 
+from benchlib import emit_table
+
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -49,11 +51,7 @@ def main():
                      f"{r['kv_bits_per_elem']:.3f} | {r['kv_avg_width']:.2f} | {r['peak_rss_bytes'] / 2**20:.1f} MiB | "
                      f"{rss_saved / 2**20:.1f} MiB | {kv_saved / 2**20:.1f} MiB | "
                      f"{budget / 2**20:.1f} MiB | {(budget - r['peak_rss_bytes']) / 2**20:.1f} MiB |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    os.makedirs(os.path.dirname(a.out) or ".", exist_ok=True)
-    with open(a.out, "w") as f:
-        f.write(text)
+    emit_table(lines, a.out)
 
 
 if __name__ == "__main__":

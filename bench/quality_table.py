@@ -12,6 +12,8 @@ import re
 import subprocess
 import sys
 
+from benchlib import emit_table
+
 
 def run(kvdial, model, text, policy, residual, ctx, chunks, threads):
     cmd = [kvdial, "perplexity", "-m", model, "-f", text, "-c", str(ctx), "--kv-policy", policy,
@@ -63,11 +65,7 @@ def main():
     for r in results:
         lines.append(f"| {r['ctx']} | {r['chunks']} | {r['policy']} | {r['residual']} | {r['width']:.2f} | "
                      f"{r['ppl']:.4f} | {r['ppl_err']:.4f} | {r['kl']:.6f} | {r['top1']:.4f} |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    os.makedirs(os.path.dirname(a.out) or ".", exist_ok=True)
-    with open(a.out, "w") as fh:
-        fh.write(text)
+    emit_table(lines, a.out)
 
 
 if __name__ == "__main__":

@@ -160,18 +160,11 @@ TEST(CsvStats, MalformedInputNamesFileAndLine) {
 // ---------------------------------------------------------------------------------------------------
 // On the real model.
 
-class CollectTest : public ::testing::Test {
+class CollectTest : public test::ModelSuite {
  protected:
-  static void SetUpTestSuite() {
-    const std::string p = test::model_path();
-    if (!p.empty()) model_ = Model::load(p).release();
-  }
-  static void TearDownTestSuite() {
-    delete model_;
-    model_ = nullptr;
-  }
   void SetUp() override {
-    if (!model_) GTEST_SKIP() << "default model absent: run scripts/setup.sh to fetch it";
+    test::ModelSuite::SetUp();
+    if (IsSkipped()) return;
     data_ = temp_path("data.jsonl");
     write_file(
         data_,
@@ -206,12 +199,10 @@ class CollectTest : public ::testing::Test {
     return collect(*model_, *backend_, *pol, o, nullptr);
   }
 
-  static Model* model_;
   std::unique_ptr<Backend> backend_;
   std::string data_;
   std::vector<std::string> cleanup_;
 };
-Model* CollectTest::model_ = nullptr;
 
 TEST_F(CollectTest, WritesRowsSidecarAndLabels) {
   const CollectOptions o = options(temp_path("a.csv"));

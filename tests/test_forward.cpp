@@ -42,22 +42,7 @@ std::vector<float> all_logits(EngineRun& r, const std::vector<int32_t>& ids, con
   return r.session->forward(ids.data(), static_cast<int>(ids.size()), 0, nullptr, bits);
 }
 
-class ModelTest : public ::testing::Test {
- protected:
-  static void SetUpTestSuite() {
-    const std::string p = test::model_path();
-    if (!p.empty()) model_ = Model::load(p).release();
-  }
-  static void TearDownTestSuite() {
-    delete model_;
-    model_ = nullptr;
-  }
-  void SetUp() override {
-    if (!model_) GTEST_SKIP() << "default model absent: run scripts/setup.sh to fetch it";
-  }
-  static Model* model_;
-};
-Model* ModelTest::model_ = nullptr;
+using ModelTest = test::ModelSuite;
 
 TEST_F(ModelTest, ConfigOfDefaultModel) {
   const ModelConfig& c = model_->config();

@@ -1,10 +1,14 @@
 // Shared test helpers: where the model, fixtures and evaluation data are, and skipping when absent.
 #pragma once
+#include <gtest/gtest.h>
+
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <string>
+
+#include "model/model.h"
 
 namespace kvd::test {
 
@@ -34,8 +38,26 @@ inline nlohmann::json load_json(const std::string& path) {
   return nlohmann::json::parse(in);
 }
 
+// A test suite that maps the default model once for all its tests; each test skips when it is absent.
+// Suites deriving from it run one after another, each with its own load.
+class ModelSuite : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    const std::string p = model_path();
+    if (!p.empty()) model_ = Model::load(p).release();
+  }
+  static void TearDownTestSuite() {
+    delete model_;
+    model_ = nullptr;
+  }
+  void SetUp() override {
+    if (!model_) GTEST_SKIP() << "default model absent: run scripts/setup.sh to fetch it";
+  }
+  static inline Model* model_ = nullptr;
+};
+
 }  // namespace kvd::test
 
-#define KVD_REQUIRE_MODEL(var)                                                            \
-  const std::string var = ::kvd::test::model_path();                                      \
+#define KVD_REQUIRE_MODEL(var)                       \
+  const std::string var = ::kvd::test::model_path(); \
   if (var.empty()) GTEST_SKIP() << "default model absent: run scripts/setup.sh to fetch it"
