@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -556,6 +557,25 @@ TEST_F(GgufOpen, MapsAGoodFile) {
   const TensorInfo& t = f->tensor("a.q6_k");
   EXPECT_EQ(t.data[0], pattern(7, 0));
   EXPECT_EQ(t.data[t.n_bytes - 1], pattern(7, t.n_bytes - 1));
+}
+
+TEST_F(GgufOpen, ReadingEqualsMapping) {
+  const auto bytes = good_builder().build();
+  const std::string path = write("good.gguf", bytes);
+  const auto mapped = File::open(path), read = File::open(path, false);
+  EXPECT_EQ(read->file_size(), mapped->file_size());
+  EXPECT_EQ(read->metadata().size(), mapped->metadata().size());
+  ASSERT_EQ(read->tensors().size(), mapped->tensors().size());
+  for (size_t i = 0; i < read->tensors().size(); ++i) {
+    const TensorInfo &a = read->tensors()[i], &b = mapped->tensors()[i];
+    EXPECT_EQ(a.name, b.name);
+    ASSERT_EQ(a.n_bytes, b.n_bytes);
+    EXPECT_NE(a.data, b.data);
+    EXPECT_EQ(0, std::memcmp(a.data, b.data, a.n_bytes)) << a.name;
+  }
+  const std::string missing = (dir_ / "missing.gguf").string();
+  EXPECT_EQ(error_of([&] { File::open(missing, false); }),
+            missing + ": cannot open: No such file or directory");
 }
 
 TEST_F(GgufOpen, MissingEmptyDirectoryAndBroken) {

@@ -18,6 +18,8 @@ void add_engine_options(CLI::App* app, EngineOptions& o, bool with_ctx) {
       ->check(CLI::IsMember({"cpu", "cpu-q8", "ref"}));
   app->add_option("--kv-policy", o.kv_policy,
                   "static:B (B=2,4,8,16), rule[:T1,T2,T3], pattern:W1/W2/.. or learned:FILE");
+  app->add_flag("--no-mmap", o.no_mmap,
+                "read the model into this process's memory instead of mapping it (as llama.cpp's --no-mmap)");
   app->add_option("--kv-group", o.kv_group, "KV quantization group size (elements)")
       ->check(CLI::Range(4, 256));
   app->add_option("--kv-residual", o.kv_residual, "newest tokens kept at 16 bits")
@@ -27,7 +29,7 @@ void add_engine_options(CLI::App* app, EngineOptions& o, bool with_ctx) {
 Engine make_engine(const EngineOptions& o, int ctx_override, std::shared_ptr<Model> model) {
   Engine e;
   e.policy = make_policy(o.kv_policy);  // check the cheap things before mapping the model
-  e.model = model ? std::move(model) : std::shared_ptr<Model>(Model::load(o.model_path));
+  e.model = model ? std::move(model) : std::shared_ptr<Model>(Model::load(o.model_path, !o.no_mmap));
   e.backend = make_backend(o.backend, o.threads);
   const ModelConfig& c = e.model->config();
   KvLayout layout{c.n_layers, c.n_kv_heads, c.head_dim, o.kv_group};

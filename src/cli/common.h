@@ -21,6 +21,7 @@ struct EngineOptions {
   // 18.7 MiB lower: a batch's activations and fp16 KV staging scale with it.
   int batch = 256;
   std::string backend = "cpu";
+  bool no_mmap = false;  // read the model into memory instead of mapping it
   std::string kv_policy = "static:16";
   int kv_group = 32;
   int kv_residual = 0;

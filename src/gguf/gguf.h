@@ -4,6 +4,7 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <cstdlib>
 #include <map>
 #include <memory>
 #include <optional>
@@ -73,8 +74,9 @@ struct TensorInfo {
 
 class File {
  public:
-  // Maps and parses the file at `path`. Throws kvd::Error on any problem.
-  static std::unique_ptr<File> open(const std::string& path);
+  // Maps (or, with use_mmap false, reads into memory this process owns, as llama.cpp's --no-mmap) and
+  // parses the file at `path`. Throws kvd::Error on any problem.
+  static std::unique_ptr<File> open(const std::string& path, bool use_mmap = true);
   // Parses an in-memory image (used by tests and the fuzzer); the buffer must outlive the File.
   static std::unique_ptr<File> parse(const uint8_t* data, size_t size, const std::string& name);
   ~File();
@@ -108,6 +110,10 @@ class File {
   const uint8_t* base_ = nullptr;
   size_t size_ = 0;
   void* mapping_ = nullptr;  // non-null when we own an mmap
+  struct FreeBytes {
+    void operator()(uint8_t* p) const { std::free(p); }
+  };
+  std::unique_ptr<uint8_t, FreeBytes> owned_;  // the file's bytes when read instead of mapped
   uint32_t version_ = 0;
   uint64_t alignment_ = 32;
   std::map<std::string, Value> kv_;

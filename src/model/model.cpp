@@ -39,25 +39,26 @@ Vec vector(const gguf::File& f, const std::string& name, int64_t n, bool require
     return {};
   }
   if (t->n_elements != static_cast<uint64_t>(n))
-    throw Error(f.path() + ": tensor '" + name + "' has " + std::to_string(t->n_elements) + " elements, expected " +
-                std::to_string(n));
+    throw Error(f.path() + ": tensor '" + name + "' has " + std::to_string(t->n_elements) +
+                " elements, expected " + std::to_string(n));
   Vec v(static_cast<size_t>(n));
   ref::dequantize_row(t->type, t->data, v.data(), n);
   return v;
 }
 
 int positive(const gguf::File& f, const std::string& key, int64_t v) {
-  if (v <= 0 || v > (1 << 24)) throw Error(f.path() + ": metadata '" + key + "' = " + std::to_string(v) + " is out of range");
+  if (v <= 0 || v > (1 << 24))
+    throw Error(f.path() + ": metadata '" + key + "' = " + std::to_string(v) + " is out of range");
   return static_cast<int>(v);
 }
 
 }  // namespace
 
-std::unique_ptr<Model> Model::load(const std::string& path) {
+std::unique_ptr<Model> Model::load(const std::string& path, bool use_mmap) {
   const auto t0 = std::chrono::steady_clock::now();
   std::unique_ptr<Model> m(new Model());
   m->path_ = path;
-  m->file_ = gguf::File::open(path);
+  m->file_ = gguf::File::open(path, use_mmap);
   const gguf::File& f = *m->file_;
   ModelConfig& c = m->config_;
   c.arch = f.get_string("general.architecture", "");
@@ -68,7 +69,8 @@ std::unique_ptr<Model> Model::load(const std::string& path) {
   c.n_layers = positive(f, a + "block_count", f.get_int(a + "block_count"));
   c.dim = positive(f, a + "embedding_length", f.get_int(a + "embedding_length"));
   c.n_heads = positive(f, a + "attention.head_count", f.get_int(a + "attention.head_count"));
-  c.n_kv_heads = positive(f, a + "attention.head_count_kv", f.get_int(a + "attention.head_count_kv", c.n_heads));
+  c.n_kv_heads =
+      positive(f, a + "attention.head_count_kv", f.get_int(a + "attention.head_count_kv", c.n_heads));
   c.ffn_dim = positive(f, a + "feed_forward_length", f.get_int(a + "feed_forward_length"));
   c.ctx_train = static_cast<int>(f.get_int(a + "context_length", 2048));
   if (c.dim % c.n_heads != 0) throw Error(path + ": embedding_length is not a multiple of head_count");
@@ -77,7 +79,8 @@ std::unique_ptr<Model> Model::load(const std::string& path) {
   if (c.head_dim <= 0 || c.head_dim > 256 || c.head_dim % 2 != 0)
     throw Error(path + ": head dimension " + std::to_string(c.head_dim) + " is not supported");
   c.rope_dim = static_cast<int>(f.get_int(a + "rope.dimension_count", c.head_dim));
-  if (c.rope_dim <= 0 || c.rope_dim > c.head_dim || c.rope_dim % 2) throw Error(path + ": bad rope.dimension_count");
+  if (c.rope_dim <= 0 || c.rope_dim > c.head_dim || c.rope_dim % 2)
+    throw Error(path + ": bad rope.dimension_count");
   c.rope_theta = static_cast<float>(f.get_float(a + "rope.freq_base", 10000.0));
   c.rms_eps = static_cast<float>(f.get_float(a + "attention.layer_norm_rms_epsilon", 1e-5));
   c.rope_style = c.arch == "qwen2" ? RopeStyle::Halves : RopeStyle::Adjacent;
@@ -113,8 +116,8 @@ std::unique_ptr<Model> Model::load(const std::string& path) {
 
   m->tokenizer_ = std::make_unique<Tokenizer>(vocab_from_gguf(f));
   if (static_cast<int>(m->tokenizer_->vocab_size()) != c.vocab)
-    throw Error(path + ": tokenizer has " + std::to_string(m->tokenizer_->vocab_size()) + " tokens but token_embd has " +
-                std::to_string(c.vocab) + " rows");
+    throw Error(path + ": tokenizer has " + std::to_string(m->tokenizer_->vocab_size()) +
+                " tokens but token_embd has " + std::to_string(c.vocab) + " rows");
   m->load_seconds_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return m;
 }

@@ -17,7 +17,7 @@ struct ModelConfig {
   std::string arch;  // general.architecture
   std::string name;  // general.name
   int n_layers = 0;
-  int dim = 0;        // embedding width
+  int dim = 0;  // embedding width
   int n_heads = 0;
   int n_kv_heads = 0;
   int head_dim = 0;
@@ -35,16 +35,16 @@ struct ModelConfig {
 using Vec = std::vector<float>;
 
 struct LayerWeights {
-  Vec attn_norm;     // (dim)
-  WeightView wq;     // (n_heads*head_dim, dim)
-  WeightView wk;     // (n_kv_heads*head_dim, dim)
-  WeightView wv;     // (n_kv_heads*head_dim, dim)
-  Vec bq, bk, bv;    // optional biases (Qwen2); empty when absent
-  WeightView wo;     // (dim, n_heads*head_dim)
-  Vec ffn_norm;      // (dim)
-  WeightView w_gate; // (ffn_dim, dim)
-  WeightView w_up;   // (ffn_dim, dim)
-  WeightView w_down; // (dim, ffn_dim)
+  Vec attn_norm;      // (dim)
+  WeightView wq;      // (n_heads*head_dim, dim)
+  WeightView wk;      // (n_kv_heads*head_dim, dim)
+  WeightView wv;      // (n_kv_heads*head_dim, dim)
+  Vec bq, bk, bv;     // optional biases (Qwen2); empty when absent
+  WeightView wo;      // (dim, n_heads*head_dim)
+  Vec ffn_norm;       // (dim)
+  WeightView w_gate;  // (ffn_dim, dim)
+  WeightView w_up;    // (ffn_dim, dim)
+  WeightView w_down;  // (dim, ffn_dim)
 };
 
 struct Weights {
@@ -56,8 +56,9 @@ struct Weights {
 
 class Model {
  public:
-  // Maps the GGUF at path and checks that it is a supported Llama-family model. Throws kvd::Error.
-  static std::unique_ptr<Model> load(const std::string& path);
+  // Maps (or reads, use_mmap false) the GGUF at path and checks that it is a supported Llama-family
+  // model. Throws kvd::Error.
+  static std::unique_ptr<Model> load(const std::string& path, bool use_mmap = true);
 
   const ModelConfig& config() const { return config_; }
   const Weights& weights() const { return weights_; }
