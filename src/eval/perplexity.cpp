@@ -89,12 +89,8 @@ PerplexityResult perplexity(Session& session, KvPolicy& policy, const std::vecto
                           l16.end());
     }
     if (!dynamic)
-      for (int i = 0; i < n_ctx; ++i) {
-        TokenFeatures f;
-        f.position = i;
-        f.token = chunk[i];
-        bits[static_cast<size_t>(i)] = static_cast<uint8_t>(policy.choose(f));
-      }
+      for (int i = 0; i < n_ctx; ++i)
+        bits[static_cast<size_t>(i)] = static_cast<uint8_t>(width_in_advance(policy, i, chunk[i]));
     cache.clear(seq);
     const std::vector<float>& logits = session.forward(chunk, n_ctx, first, nullptr, bits.data());
     for (int i = first; i < n_ctx - 1; ++i) {

@@ -14,12 +14,8 @@ const float* PolicyRunner::run(const int32_t* tokens, int n, bool all_logits) {
   if (!policy_.needs_features()) {
     // Widths known in advance: the cache quantizes each token as it is written.
     bits_.resize(static_cast<size_t>(n));
-    for (int i = 0; i < n; ++i) {
-      TokenFeatures f;
-      f.position = pos0 + i;
-      f.token = tokens[i];
-      bits_[static_cast<size_t>(i)] = static_cast<uint8_t>(policy_.choose(f));
-    }
+    for (int i = 0; i < n; ++i)
+      bits_[static_cast<size_t>(i)] = static_cast<uint8_t>(width_in_advance(policy_, pos0 + i, tokens[i]));
   }
   const std::vector<float>& logits =
       session_.forward(tokens, n, features || all_logits ? 0 : n - 1, features ? &fwd_stats_ : nullptr,

@@ -74,6 +74,13 @@ float parse_float(const std::string& s, const std::string& spec) {
 
 }  // namespace
 
+int width_in_advance(KvPolicy& policy, int32_t position, int32_t token) {
+  TokenFeatures f;
+  f.position = position;
+  f.token = token;
+  return policy.choose(f);
+}
+
 std::unique_ptr<KvPolicy> make_policy(const std::string& spec) {
   const size_t colon = spec.find(':');
   const std::string kind = spec.substr(0, colon);

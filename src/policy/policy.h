@@ -28,6 +28,9 @@ class KvPolicy {
   virtual std::string describe() const = 0;
 };
 
+// The width a policy that decides before the forward pass (!needs_features()) gives a token.
+int width_in_advance(KvPolicy& policy, int32_t position, int32_t token);
+
 // Parses a --kv-policy spec. Throws kvd::Error naming what is wrong.
 std::unique_ptr<KvPolicy> make_policy(const std::string& spec);
 
