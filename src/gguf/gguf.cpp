@@ -633,9 +633,14 @@ std::unique_ptr<File> File::open(const std::string& path, bool use_mmap) {
     throw Error(path + ": file too large to map");
   }
   const auto size = static_cast<size_t>(st.st_size);
-  if (!use_mmap) {
+  std::unique_ptr<File> f(new File());  // owns the mapping or buffer from here, also if parsing throws
+  if (use_mmap) {
+    void* m = ::mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd.fd, 0);
+    if (m == MAP_FAILED) throw Error(path + ": cannot map: " + errno_text(errno));
+    f->mapping_ = m;
+    f->base_ = static_cast<const uint8_t*>(m);
+  } else {
     // Pages this process touches first (on its own NUMA node), instead of the page cache's.
-    std::unique_ptr<File> f(new File());
     f->owned_.reset(static_cast<uint8_t*>(std::aligned_alloc(64, (size + 63) / 64 * 64)));
     if (!f->owned_) throw Error(path + ": cannot allocate " + std::to_string(size) + " bytes to read it");
     for (size_t done = 0; done < size;) {
@@ -646,16 +651,7 @@ std::unique_ptr<File> File::open(const std::string& path, bool use_mmap) {
       done += static_cast<size_t>(got);
     }
     f->base_ = f->owned_.get();
-    f->size_ = size;
-    f->name_ = path;
-    f->parse_all();
-    return f;
   }
-  void* m = ::mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd.fd, 0);
-  if (m == MAP_FAILED) throw Error(path + ": cannot map: " + errno_text(errno));
-  std::unique_ptr<File> f(new File());  // owns the mapping from here, also if parsing throws
-  f->mapping_ = m;
-  f->base_ = static_cast<const uint8_t*>(m);
   f->size_ = size;
   f->name_ = path;
   f->parse_all();
