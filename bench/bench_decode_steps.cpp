@@ -7,7 +7,8 @@
 //    (attention variance and max inside the attention kernel, key and value norms, the entropy pass over
 //    the logits) and deciding after the forward pass instead of before.
 //
-//   bench_decode_steps [-m MODEL] [-d 0,4096] [-n 300] [-t 2] [--backend cpu] [--kv-policy P1,P2,..] [--out
+//   bench_decode_steps [-m MODEL] [-d 0,4096] [-n 300] [-t 2] [--backend cpu] [--kv-policy P1,P2,..] [--kv-rotate 0|1]
+//   [--kv-clip 0|1] [--kv-ladder L] [--kv-group G] [--out
 //   FILE]
 #include <algorithm>
 #include <chrono>
@@ -21,6 +22,7 @@
 
 #include "eval/runner.h"
 #include "kv/kv_cache.h"
+#include "kv/kv_config.h"
 #include "model/backend.h"
 #include "model/forward.h"
 #include "model/model.h"
@@ -38,6 +40,7 @@ struct Options {
   int threads = 2;
   std::string backend = "cpu";
   std::string out;
+  KvQuantOptions quant;
 };
 
 template <class T>
@@ -65,7 +68,11 @@ int run(const Options& o) {
   const ModelConfig& c = model->config();
   const int np = static_cast<int>(o.policies.size());
   std::vector<std::unique_ptr<KvPolicy>> policies;
-  for (const auto& spec : o.policies) policies.push_back(make_policy(spec));
+  std::vector<KvPlan> plans;
+  for (const auto& spec : o.policies) {
+    plans.push_back(make_kv_plan(c.n_layers, c.n_kv_heads, c.head_dim, o.quant, spec));
+    policies.push_back(make_policy(plans.back().policy_spec));
+  }
   std::mt19937 rng(7);
   std::uniform_int_distribution<int32_t> tok(0, c.vocab - 1);
   std::ostringstream table;
@@ -79,17 +86,18 @@ int run(const Options& o) {
     for (auto& t : prompt) t = tok(rng);
     KvCacheOptions kopt;
     kopt.max_tokens = depth + 8;
-    kopt.n_seqs = np;
-    KvCache cache(KvLayout{c.n_layers, c.n_kv_heads, c.head_dim, 32}, kopt);
+    // One cache per policy: static settings differ in layout.
+    std::vector<std::unique_ptr<KvCache>> caches;
     std::vector<std::unique_ptr<Session>> sessions;
     std::vector<std::unique_ptr<PolicyRunner>> runners;
     for (int p = 0; p < np; ++p) {
-      sessions.push_back(std::make_unique<Session>(*model, *backend, cache, p));
+      caches.push_back(std::make_unique<KvCache>(plans[static_cast<size_t>(p)].layout, kopt));
+      sessions.push_back(std::make_unique<Session>(*model, *backend, *caches.back(), 0));
       runners.push_back(std::make_unique<PolicyRunner>(*sessions.back(), *policies[static_cast<size_t>(p)]));
       if (depth > 0) runners.back()->prefill(prompt);
     }
     std::vector<KvStats> kv(static_cast<size_t>(np));
-    for (int p = 0; p < np; ++p) kv[static_cast<size_t>(p)] = cache.stats(p);
+    for (int p = 0; p < np; ++p) kv[static_cast<size_t>(p)] = caches[static_cast<size_t>(p)]->stats(0);
     std::vector<std::vector<double>> ms(static_cast<size_t>(np));
     constexpr int kWarmup = 10;
     for (int i = 0; i < o.steps + kWarmup; ++i) {
@@ -99,7 +107,7 @@ int run(const Options& o) {
         const auto t0 = std::chrono::steady_clock::now();
         runners[static_cast<size_t>(p)]->step(t);
         const auto t1 = std::chrono::steady_clock::now();
-        cache.truncate(p, depth);
+        caches[static_cast<size_t>(p)]->truncate(0, depth);
         if (i >= kWarmup)
           ms[static_cast<size_t>(p)].push_back(std::chrono::duration<double, std::milli>(t1 - t0).count());
       }
@@ -110,7 +118,7 @@ int run(const Options& o) {
       const KvStats& st = kv[static_cast<size_t>(p)];
       char row[320];
       std::snprintf(row, sizeof row, "| %d | %s | %.2f | %.2f | %.3f | %.1f | %.2fx |\n", depth,
-                    policies[static_cast<size_t>(p)]->describe().c_str(), depth > 0 ? st.effective_bits : 0.0,
+                    o.policies[static_cast<size_t>(p)].c_str(), depth > 0 ? st.effective_bits : 0.0,
                     static_cast<double>(st.bytes_stored) / (1024.0 * 1024.0), m, 1000.0 / m, base / m);
       table << row;
     }
@@ -147,6 +155,14 @@ int main(int argc, char** argv) {
         o.steps = std::stoi(next());
       else if (a == "-t")
         o.threads = std::stoi(next());
+      else if (a == "--kv-rotate")
+        o.quant.rotate = std::stoi(next());
+      else if (a == "--kv-clip")
+        o.quant.clip = std::stoi(next());
+      else if (a == "--kv-ladder")
+        o.quant.ladder = next();
+      else if (a == "--kv-group")
+        o.quant.group = std::stoi(next());
       else if (a == "--backend")
         o.backend = next();
       else if (a == "--out")

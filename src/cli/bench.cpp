@@ -104,7 +104,7 @@ int run_bench(const BenchArgs& a) {
       }
       auto run_test = [&](const std::string& name, int n, bool prompt) {
         Row r;
-        r.policy = e.policy->describe();
+        r.policy = e.policy_name;
         r.test = name + (depth > 0 ? " @ d" + std::to_string(depth) : "");
         for (int rep = 0; rep < a.reps; ++rep) {
           e.cache->truncate(0, depth);

@@ -2,6 +2,7 @@
 
 #include <cstdio>
 
+#include "kv/kv_setting.h"
 #include "util/error.h"
 
 namespace kvd::cli {
@@ -17,7 +18,15 @@ void add_engine_options(CLI::App* app, EngineOptions& o, bool with_ctx) {
                   "less exact) or ref (plain reference loops)")
       ->check(CLI::IsMember({"cpu", "cpu-q8", "ref"}));
   app->add_option("--kv-policy", o.kv_policy,
-                  "static:B (B=2,4,8,16), rule[:T1,T2,T3], pattern:W1/W2/.. or learned:FILE");
+                  "static:B (B=2,4,8,16) or static:SETTING (e.g. static:K5V4g64), rule[:T1,T2,T3], "
+                  "pattern:W1/W2/.. or learned:FILE");
+  app->add_option("--kv-ladder", o.kv_ladder,
+                  "stored setting of each width class of dynamic policies (default " + std::string(kDefaultKvLadder) +
+                      ")");
+  app->add_option("--kv-rotate", o.kv_rotate, "randomized Hadamard rotation of quantized K/V (1, default) or none (0)")
+      ->check(CLI::Range(0, 1));
+  app->add_option("--kv-clip", o.kv_clip, "per-group MSE clip search (1/0; default: as --kv-rotate)")
+      ->check(CLI::Range(0, 1));
   app->add_flag("--no-mmap", o.no_mmap,
                 "read the model into this process's memory instead of mapping it (as llama.cpp's --no-mmap)");
   app->add_option("--kv-group", o.kv_group, "KV quantization group size (elements)")
@@ -28,11 +37,15 @@ void add_engine_options(CLI::App* app, EngineOptions& o, bool with_ctx) {
 
 Engine make_engine(const EngineOptions& o, int ctx_override, std::shared_ptr<Model> model) {
   Engine e;
-  e.policy = make_policy(o.kv_policy);  // check the cheap things before mapping the model
+  // Check the cheap things before mapping the model.
+  make_kv_plan(1, 1, 64, KvQuantOptions{o.kv_group, o.kv_ladder, 0, o.kv_clip}, o.kv_policy);
   e.model = model ? std::move(model) : std::shared_ptr<Model>(Model::load(o.model_path, !o.no_mmap));
-  e.backend = make_backend(o.backend, o.threads);
   const ModelConfig& c = e.model->config();
-  KvLayout layout{c.n_layers, c.n_kv_heads, c.head_dim, o.kv_group};
+  const KvPlan plan = make_kv_plan(c.n_layers, c.n_kv_heads, c.head_dim, o.kv_quant(), o.kv_policy);
+  e.policy = make_policy(plan.policy_spec);
+  e.policy_name = plan.display;
+  e.backend = make_backend(o.backend, o.threads);
+  const KvLayout& layout = plan.layout;
   KvCacheOptions kopt;
   kopt.max_tokens = ctx_override > 0 ? ctx_override : o.ctx;
   kopt.residual = o.kv_residual;
@@ -56,18 +69,23 @@ std::string human_bytes(double b) {
 
 std::string kv_summary(const KvCache& cache, int seq) {
   const KvStats s = cache.stats(seq);
-  char buf[256];
-  auto share = [&](int b) {
-    return s.tokens ? 100.0 * static_cast<double>(s.tokens_at_bits[b]) / s.tokens : 0.0;
-  };
-  std::snprintf(
-      buf, sizeof buf,
-      "KV cache: %lld tokens, %.3f bits/elem stored (avg width %.2f), %s stored (%zu B), %s allocated; "
-      "2: %.1f%%, 4: %.1f%%, 8: %.1f%%, 16: %.1f%%",
-      static_cast<long long>(s.tokens), s.effective_bits, s.avg_bits(),
-      human_bytes(static_cast<double>(s.bytes_stored)).c_str(), s.bytes_stored,
-      human_bytes(static_cast<double>(s.bytes_allocated)).c_str(), share(2), share(4), share(8), share(16));
-  return buf;
+  char buf[512];
+  std::snprintf(buf, sizeof buf,
+                "KV cache: %lld tokens, %.3f bits/elem stored (avg class %.2f), %s stored (%zu B), %s allocated;",
+                static_cast<long long>(s.tokens), s.effective_bits, s.avg_bits(),
+                human_bytes(static_cast<double>(s.bytes_stored)).c_str(), s.bytes_stored,
+                human_bytes(static_cast<double>(s.bytes_allocated)).c_str());
+  std::string out = buf;
+  const KvLayout& l = cache.layout();
+  for (int c : kKvClasses) {
+    const double share = s.tokens ? 100.0 * static_cast<double>(s.tokens_at_bits[c]) / s.tokens : 0.0;
+    if (share == 0 && c != 16 && s.tokens_at_bits[c] == 0 && l.has_ladder && l.ladder[0] == l.ladder[3]) continue;
+    std::snprintf(buf, sizeof buf, " %d=%s (%.2f bits): %.1f%%", c, format_kv_setting(l.setting(c)).c_str(),
+                  l.effective_bits(c), share);
+    out += buf;
+  }
+  out += std::string(l.rotate ? "; rotated" : "; unrotated") + (l.clip ? ", clipped" : "");
+  return out;
 }
 
 }  // namespace kvd::cli

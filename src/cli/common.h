@@ -6,6 +6,7 @@
 #include <string>
 
 #include "kv/kv_cache.h"
+#include "kv/kv_config.h"
 #include "model/backend.h"
 #include "model/forward.h"
 #include "model/model.h"
@@ -25,6 +26,10 @@ struct EngineOptions {
   std::string kv_policy = "static:16";
   int kv_group = 32;
   int kv_residual = 0;
+  std::string kv_ladder = kDefaultKvLadder;
+  int kv_rotate = 1;
+  int kv_clip = -1;
+  KvQuantOptions kv_quant() const { return KvQuantOptions{kv_group, kv_ladder, kv_rotate, kv_clip}; }
 };
 
 void add_engine_options(CLI::App* app, EngineOptions& o, bool with_ctx = true);
@@ -36,6 +41,7 @@ struct Engine {
   std::unique_ptr<KvCache> cache;
   std::unique_ptr<KvPolicy> policy;
   std::unique_ptr<Session> session;
+  std::string policy_name;  // the policy as the user named it (static:K5V4g64 runs as static:4 over that setting)
 };
 // Loads the model unless one is given (benchmarks share one mapping across policies).
 Engine make_engine(const EngineOptions& o, int ctx_override = 0, std::shared_ptr<Model> model = nullptr);

@@ -13,6 +13,7 @@
 #include "cli/common.h"
 #include "cli/stats.h"
 #include "eval/perplexity.h"
+#include "kv/kv_setting.h"
 #include "eval/runner.h"
 #include "model/sampler.h"
 #include "util/error.h"
@@ -55,7 +56,7 @@ int run_generate(const GenerateArgs& a) {
   std::fprintf(stderr, "model: %s (%s, %d layers, %s), loaded in %.3f s; backend %s, %d threads; kv-policy %s\n",
                e.model->path().c_str(), e.model->config().arch.c_str(), e.model->config().n_layers,
                human_bytes(static_cast<double>(e.model->file_bytes())).c_str(), e.model->load_seconds(),
-               e.backend->name().c_str(), e.backend->threads(), e.policy->describe().c_str());
+               e.backend->name().c_str(), e.backend->threads(), e.policy_name.c_str());
   std::fwrite(prompt.data(), 1, prompt.size(), stdout);
   std::fflush(stdout);
 
@@ -105,7 +106,7 @@ int run_perplexity(const PerplexityArgs& a) {
   const std::vector<int32_t> ids = e.model->tokenizer().encode(text, true, false);
   std::fprintf(stderr, "tokenized %s: %zu tokens in %.2f s; n_ctx %d, backend %s, %d threads, kv-policy %s\n",
                a.file.c_str(), ids.size(), seconds_since(t_tok), a.eng.ctx, e.backend->name().c_str(),
-               e.backend->threads(), e.policy->describe().c_str());
+               e.backend->threads(), e.policy_name.c_str());
   PerplexityOptions po;
   po.n_ctx = a.eng.ctx;
   po.max_chunks = a.chunks;
@@ -123,8 +124,8 @@ int run_perplexity(const PerplexityArgs& a) {
               static_cast<double>(r.n_chunks) * po.n_ctx * (a.kl || e.policy->needs_features() ? 2 : 1) / r.seconds);
   if (a.kl) std::printf("KL divergence vs 16-bit cache: mean %.6f; same top-1 %.4f\n", r.kl_mean(), r.top1_agree);
   const KvLayout& lay = e.cache->layout();
-  std::printf("kv-policy %s: avg width %.3f bits; stored %.3f bits/elem with scales (group %d, residual %d)\n",
-              e.policy->describe().c_str(), r.avg_bits, r.stored_bits, lay.group, a.eng.kv_residual);
+  std::printf("kv-policy %s: avg class %.3f; stored %.3f bits/elem with scales (%s, residual %d)\n",
+              e.policy_name.c_str(), r.avg_bits, r.stored_bits, kv_quantizer_id(lay).c_str(), a.eng.kv_residual);
   std::printf("peak RSS: %s\n", human_bytes(static_cast<double>(peak_rss_bytes())).c_str());
   return 0;
 }

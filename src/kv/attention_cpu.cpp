@@ -36,6 +36,8 @@
 
 #include "kv/attention.h"
 #include "kv/attention_cpu_internal.h"
+#include "kv/kv_quant.h"
+#include "kv/kv_rotate.h"
 #include "util/error.h"
 #include "util/fp16.h"
 #include "util/thread_pool.h"
@@ -74,29 +76,54 @@ HWY_INLINE VF Load16(const uint8_t* p) {
   return hn::PromoteTo(DF(), hn::LoadU(DH(), reinterpret_cast<const hwy::float16_t*>(p)));
 }
 
-// Code layout of one b-bit group of G elements (b < 16) at kN lanes. Each group yields G / kN vectors.
-//  - promote (b == 8, or at least kN code bytes): kN bytes widen to kN lanes; vector (chunk, sh) holds
-//    code sh of each byte: element (chunk * kN + j) * (8 / b) + sh in lane j.
-//  - broadcast (4 or 8 code bytes, fewer than kN): the D = bytes / 4 dwords repeat over the lanes (lane j
-//    holds dword j % D) and a per-lane shift picks slot r * (kN / D) + j / D of that dword.
+// Code layout of one b-bit group of G elements (b < 16) at kN lanes; the low plane (lo = 2, 4 or 8 bits,
+// kv/kv_layout.h) decides it. Each group yields G / kN vectors.
+//  - promote (lo == 8, or at least kN low-plane bytes): kN bytes widen to kN lanes; vector (chunk, sh) holds
+//    code sh of each byte: element (chunk * kN + j) * (8 / lo) + sh in lane j.
+//  - broadcast (4 or 8 low-plane bytes, fewer than kN): the D = bytes / 4 dwords repeat over the lanes (lane
+//    j holds dword j % D) and a per-lane shift picks slot r * (kN / D) + j / D of that dword.
+// The high plane (hi = b - lo bits) is read in the same lane order: lane j of vector r takes the hi bits of
+// its element from one of at most two 32-bit words of the plane (kHiOk).
 template <int BITS, int G>
 struct Layout {
-  static constexpr int kBytes = G * BITS / 8;
-  static constexpr int kGroupBytes = 4 + kBytes;
+  static constexpr int kLo = BITS == 8 ? 8 : BITS >= 4 ? 4 : 2;
+  static constexpr int kHi = BITS - kLo;
+  static constexpr int kBytes = G * kLo / 8;  // low plane
+  static constexpr int kHiBytes = G * kHi / 8;
+  static constexpr int kGroupBytes = 4 + G * BITS / 8;
   static constexpr int kVec = G / kN;
-  static constexpr bool kPromote = BITS == 8 || kBytes >= kN;
+  static constexpr bool kPromote = kLo == 8 || kBytes >= kN;
   static constexpr int kD = kBytes / 4;
-  static constexpr bool kOk = kN >= 4 && G % kN == 0 &&
-                              (kPromote ? kBytes % kN == 0 : ((kBytes == 4 || kBytes == 8) && kN % kD == 0));
   // Element (within the group) held by lane j of vector r.
-  static int element(int r, int j) {
-    if (BITS == 8) return r * kN + j;
+  static constexpr int element(int r, int j) {
+    if (kLo == 8) return r * kN + j;
     if (kPromote) {
-      constexpr int per = 8 / BITS;
+      constexpr int per = 8 / kLo;
       return ((r / per) * kN + j) * per + r % per;
     }
-    return (j % kD) * (32 / BITS) + r * (kN / kD) + j / kD;
+    return (j % kD) * (32 / kLo) + r * (kN / kD) + j / kD;
   }
+  static constexpr bool HiOk() {
+    if (kHi == 0) return true;
+    if (kHiBytes % 2 != 0 || kHiBytes > 16) return false;
+    for (int r = 0; r < kVec; ++r) {
+      int w0 = -1, w1 = -1;
+      for (int j = 0; j < kN; ++j) {
+        const int w = element(r, j) * kHi / 32;
+        if (w0 < 0 || w == w0) {
+          w0 = w;
+        } else if (w1 < 0 || w == w1) {
+          w1 = w;
+        } else {
+          return false;
+        }
+      }
+    }
+    return true;
+  }
+  static constexpr bool kOk = kN >= 4 && G % kN == 0 && (kHi == 0 || kHi == 1 || kHi == 2) &&
+                              (kPromote ? kBytes % kN == 0 : ((kBytes == 4 || kBytes == 8) && kN % kD == 0)) &&
+                              HiOk();
 };
 
 template <int SH>
@@ -112,22 +139,55 @@ HWY_INLINE VU ShiftBy(VU v) {
 template <int BITS, int G>
 struct Decoder {
   using L = Layout<BITS, G>;
-  VU shifts[L::kVec > 0 ? L::kVec : 1];
+  static constexpr int kLo = BITS == 16 ? 16 : L::kLo;
+  static constexpr int kHi = BITS == 16 ? 0 : L::kHi;
+  static constexpr int kV = L::kVec > 0 ? L::kVec : 1;
+  VU shifts[kV];
   VU mask;
   VF iota;  // code value per lane index (low bits only for 2-bit tables)
+  // High plane: per vector, the per-lane shift within its word, the two words' indexes and which lanes
+  // take the second one.
+  VU hshift[kV];
+  hn::Mask<DU> hsel[kV];
+  int hw0[kV] = {}, hw1[kV] = {};
+  VU hmask;
 
   Decoder() {
     const DU du;
-    mask = hn::Set(du, (1u << (BITS == 16 ? 0 : BITS)) - 1);
+    mask = hn::Set(du, (1u << (kLo == 16 ? 0 : kLo)) - 1);
     iota = hn::ConvertTo(DF(), hn::BitCast(DI(), hn::And(hn::Iota(du, 0), mask)));
+    hmask = hn::Set(du, (1u << kHi) - 1);
     if constexpr (!L::kPromote && L::kVec > 0) {
       const VU lane = hn::Iota(du, 0);
       const VU slot_in = L::kD == 2 ? hn::ShiftRight<1>(lane) : lane;
       for (int r = 0; r < L::kVec; ++r)
         shifts[r] = hn::Mul(hn::Add(slot_in, hn::Set(du, static_cast<uint32_t>(r * (kN / L::kD)))),
-                            hn::Set(du, static_cast<uint32_t>(BITS)));
+                            hn::Set(du, static_cast<uint32_t>(kLo)));
     } else {
-      for (auto& s : shifts) s = hn::Zero(du);
+      for (auto& sh : shifts) sh = hn::Zero(du);
+    }
+    for (int r = 0; r < kV; ++r) {
+      hshift[r] = hn::Zero(du);
+      hsel[r] = hn::FirstN(du, 0);
+    }
+    if constexpr (kHi > 0 && L::kVec > 0) {
+      for (int r = 0; r < L::kVec; ++r) {
+        HWY_ALIGN uint32_t sh[kN];
+        HWY_ALIGN uint32_t sel[kN];
+        hw0[r] = L::element(r, 0) * kHi / 32;
+        hw1[r] = hw0[r];
+        for (int j = 0; j < kN; ++j) {
+          const int bit = L::element(r, j) * kHi;
+          sh[j] = static_cast<uint32_t>(bit % 32);
+          sel[j] = 0;
+          if (bit / 32 != hw0[r]) {
+            hw1[r] = bit / 32;
+            sel[j] = 1;
+          }
+        }
+        hshift[r] = hn::Load(du, sh);
+        hsel[r] = hn::Ne(hn::Load(du, sel), hn::Zero(du));
+      }
     }
   }
 
@@ -160,10 +220,10 @@ struct Decoder {
     }
   }
 
-  // Codes (low BITS bits of each lane; higher bits are ignored) to values. With a table (AVX-512, 2 and
-  // 4 bits), a 16-entry table of the group's values indexed by vpermps, which reads the low 4 bits.
+  // Codes (low kLo bits of each lane; higher bits are ignored) to values. With a table (AVX-512, 2- and
+  // 4-bit low planes), a 16-entry table of the group's values indexed by vpermps, which reads the low 4 bits.
 #if HWY_ARCH_X86 && HWY_TARGET <= HWY_AVX3
-  static constexpr bool kTable = BITS <= 4;
+  static constexpr bool kTable = kLo <= 4;
 #else
   static constexpr bool kTable = false;
 #endif
@@ -186,16 +246,16 @@ struct Decoder {
         return hn::MulAdd(hn::ConvertTo(df, hn::BitCast(DI(), hn::And(c, mask))), s, m);
       }
     };
-    if constexpr (BITS == 8) {
+    if constexpr (kLo == 8) {
       for (int r = 0; r < L::kVec; ++r)
         x[r] = hn::MulAdd(
             hn::ConvertTo(df, hn::BitCast(DI(), hn::PromoteTo(DU(), hn::LoadU(D8(), codes + r * kN)))), s, m);
     } else if constexpr (L::kPromote) {
-      constexpr int per = 8 / BITS;
+      constexpr int per = 8 / kLo;
       for (int c = 0; c < L::kBytes / kN; ++c) {
         const VU w = hn::PromoteTo(DU(), hn::LoadU(D8(), codes + c * kN));
         [&]<int... S>(std::integer_sequence<int, S...>) HWY_ATTR {
-          ((x[c * per + S] = decode(ShiftBy<S * BITS>(w))), ...);
+          ((x[c * per + S] = decode(ShiftBy<S * kLo>(w))), ...);
         }
         (std::make_integer_sequence<int, per>{});
       }
@@ -212,6 +272,18 @@ struct Decoder {
         w = hn::Set(du, bits);
       }
       for (int r = 0; r < L::kVec; ++r) x[r] = decode(hn::Shr(w, shifts[r]));
+    }
+    if constexpr (kHi > 0) {
+      const DU du;
+      uint32_t words[4] = {0, 0, 0, 0};
+      std::memcpy(words, codes + L::kBytes, L::kHiBytes);
+      const VF s_hi = hn::Set(df, sm[0] * static_cast<float>(1 << kLo));
+      for (int r = 0; r < L::kVec; ++r) {
+        VU w = hn::Set(du, words[hw0[r]]);
+        if (hw1[r] != hw0[r]) w = hn::IfThenElse(hsel[r], hn::Set(du, words[hw1[r]]), w);
+        const VU hi = hn::And(hn::Shr(w, hshift[r]), hmask);
+        x[r] = hn::MulAdd(hn::ConvertTo(df, hn::BitCast(DI(), hi)), s_hi, x[r]);
+      }
     }
   }
 };
@@ -255,7 +327,7 @@ struct SegJob {
   const uint8_t* const* vrows;  // per key: V row
   int count;                    // keys
   int n_kv;
-  size_t slice;  // bytes of one kv head's slice of a row
+  size_t kslice, vslice;  // bytes of one kv head's slice of a K row, of a V row
   int hd;
   float scale;
   bool want_e2;
@@ -264,11 +336,11 @@ struct SegJob {
   struct HeadState* const* st;  // [kvh * NQT + j]: the head's running softmax state
   float* const* acc;  // [kvh * NQT + j]: the head's domain-0 accumulators (domain d at + d * dom_stride)
   size_t dom_stride;
-  int dom;           // this width's domain
+  int vdom;          // the domain of this width's V accumulators
   int dom_mask;      // domains in use in this chunk (rescaled when the max grows)
   float* part;       // scratch: n_kv * NQT * kN * kN floats
   float* pbuf;       // scratch: n_kv * NQT * kN floats
-  size_t row_bytes;  // of a whole K (or V) row, for prefetching
+  size_t krow_bytes, vrow_bytes;  // of a whole K row, V row, for prefetching
   bool prefetch;
 };
 
@@ -300,14 +372,14 @@ HWY_INLINE void ScoreBlock(const SegJob& a, const Decoder<BITS, G>& dec, int k0,
       for (int u = 0; u < U; ++u) {
         const int k = k0 + kN + step * U + u;
         if (k < a.count) {
-          PrefetchRow(a.krows[k], a.row_bytes);
-          PrefetchRow(a.vrows[k], a.row_bytes);
+          PrefetchRow(a.krows[k], a.krow_bytes);
+          PrefetchRow(a.vrows[k], a.vrow_bytes);
         }
       }
     for (int kvh = 0; kvh < a.n_kv; ++kvh) {
       const float* const* q = a.q + kvh * NQT;
       const uint8_t* src[U];
-      for (int u = 0; u < U; ++u) src[u] = row[u] + kvh * a.slice;
+      for (int u = 0; u < U; ++u) src[u] = row[u] + kvh * a.kslice;
       VF acc[U][NQT];
       for (int u = 0; u < U; ++u)
         for (int j = 0; j < NQT; ++j) acc[u][j] = hn::Zero(df);
@@ -426,9 +498,9 @@ HWY_INLINE void AccumBlock(const SegJob& a, const Decoder<BITS, G>& dec, int kvh
   float* acc[NQT];
   for (int j = 0; j < NQT; ++j) {
     p[j] = a.pbuf + (kvh * NQT + j) * kN;
-    acc[j] = a.acc[kvh * NQT + j] + a.dom * a.dom_stride;
+    acc[j] = a.acc[kvh * NQT + j] + a.vdom * a.dom_stride;
   }
-  const size_t off = kvh * a.slice;
+  const size_t off = kvh * a.vslice;
   for (int e0 = 0; e0 < a.hd; e0 += kTE) {
     VF v[NQT][kTV];
     for (int j = 0; j < NQT; ++j)
@@ -455,16 +527,30 @@ HWY_INLINE void AccumBlock(const SegJob& a, const Decoder<BITS, G>& dec, int kvh
   }
 }
 
-// The keys of one width, a block of kN at a time: scores (K row by K row), online softmax, then the
-// block's V rows while they are still in L1.
+// Score and accumulate steps of one (K or V) width, group and tile, behind plain function pointers so the K
+// and V of a width class can use different widths without a kernel per (K, V) pair.
+using ScoreFn = void (*)(const SegJob&, int k0, int nb);
+using AccumFn = void (*)(const SegJob&, int kvh, int k0, int nb);
+
 template <int BITS, int G, int NQT>
-HWY_NOINLINE void SegmentKernel(const SegJob& a) {
+void ScoreStep(const SegJob& a, int k0, int nb) {
   [[maybe_unused]] const Decoder<BITS, G> dec;
+  ScoreBlock<BITS, G, NQT>(a, dec, k0, nb);
+}
+template <int BITS, int G, int NQT>
+void AccumStep(const SegJob& a, int kvh, int k0, int nb) {
+  [[maybe_unused]] const Decoder<BITS, G> dec;
+  AccumBlock<BITS, G, NQT>(a, dec, kvh, k0, nb);
+}
+
+// The keys of one width class, a block of kN at a time: scores (K row by K row), online softmax, then the
+// block's V rows while they are still in L1.
+HWY_NOINLINE void SegmentKernel(const SegJob& a, int nqt, ScoreFn score, AccumFn accum) {
   for (int k0 = 0; k0 < a.count; k0 += kN) {
     const int nb = std::min(kN, a.count - k0);
-    ScoreBlock<BITS, G, NQT>(a, dec, k0, nb);
-    SoftmaxBlock(a, a.n_kv * NQT, k0, nb);
-    for (int kvh = 0; kvh < a.n_kv; ++kvh) AccumBlock<BITS, G, NQT>(a, dec, kvh, k0, nb);
+    score(a, k0, nb);
+    SoftmaxBlock(a, a.n_kv * nqt, k0, nb);
+    for (int kvh = 0; kvh < a.n_kv; ++kvh) accum(a, kvh, k0, nb);
   }
 }
 
@@ -478,92 +564,138 @@ constexpr bool Usable() {
 }
 
 template <int BITS, int G>
-void ByTile(int nt, const SegJob& a) {
+void ByTile(int nt, ScoreFn* s, AccumFn* a) {
   if constexpr (Usable<BITS, G>()) {
     switch (nt) {
       case 1:
-        return SegmentKernel<BITS, G, 1>(a);
+        *s = ScoreStep<BITS, G, 1>, *a = AccumStep<BITS, G, 1>;
+        return;
       case 2:
-        return SegmentKernel<BITS, G, 2>(a);
+        *s = ScoreStep<BITS, G, 2>, *a = AccumStep<BITS, G, 2>;
+        return;
       case 3:
-        if constexpr (kMaxTile >= 3) return SegmentKernel<BITS, G, 3>(a);
-        break;
+        if constexpr (kMaxTile >= 3) *s = ScoreStep<BITS, G, 3>, *a = AccumStep<BITS, G, 3>;
+        return;
       case 4:
-        if constexpr (kMaxTile >= 4) return SegmentKernel<BITS, G, 4>(a);
-        break;
+        if constexpr (kMaxTile >= 4) *s = ScoreStep<BITS, G, 4>, *a = AccumStep<BITS, G, 4>;
+        return;
       default:
-        break;
+        return;
     }
   }
 }
 
 template <int BITS>
-void ByGroup(int group, int nt, const SegJob& a) {
+void ByGroup(int group, int nt, ScoreFn* s, AccumFn* a) {
   if constexpr (BITS == 16) {
-    ByTile<16, 32>(nt, a);
+    ByTile<16, 32>(nt, s, a);
   } else {
     switch (group) {
       case 16:
-        return ByTile<BITS, 16>(nt, a);
+        return ByTile<BITS, 16>(nt, s, a);
       case 32:
-        return ByTile<BITS, 32>(nt, a);
+        return ByTile<BITS, 32>(nt, s, a);
       case 64:
-        return ByTile<BITS, 64>(nt, a);
+        return ByTile<BITS, 64>(nt, s, a);
       default:
         break;
     }
   }
 }
 
-void RunSegment(int bits, int group, int nt, const SegJob& a) {
+// The kernels of one stored width and group for tiles of nt query heads (null when this target has none).
+void Kernels(int bits, int group, int nt, ScoreFn* s, AccumFn* a) {
+  *s = nullptr;
+  *a = nullptr;
   switch (bits) {
     case 16:
-      return ByGroup<16>(group, nt, a);
+      return ByGroup<16>(group, nt, s, a);
     case 8:
-      return ByGroup<8>(group, nt, a);
+      return ByGroup<8>(group, nt, s, a);
+    case 6:
+      return ByGroup<6>(group, nt, s, a);
+    case 5:
+      return ByGroup<5>(group, nt, s, a);
     case 4:
-      return ByGroup<4>(group, nt, a);
+      return ByGroup<4>(group, nt, s, a);
+    case 3:
+      return ByGroup<3>(group, nt, s, a);
+    case 2:
+      return ByGroup<2>(group, nt, s, a);
     default:
-      return ByGroup<2>(group, nt, a);
+      return;
   }
 }
 
-// Fills perm[d][k] (domain index -> element index within the head) for domains 1 (4-bit) and 2 (2-bit);
-// false when this target's kernels do not cover head_dim and group.
-bool BuildPerms(int hd, int group, int* perm4, int* perm2) {
-  if (kN < 4 || (group != 16 && group != 32 && group != 64)) return false;
-  const int tile = std::max(4 * kN, group);
-  if (hd % tile != 0 || hd % (4 * kN) != 0 || hd > detail::kMaxHeadDim) return false;
-  auto fill = [&](auto layout, int* perm) {
-    using L = decltype(layout);
-    for (int g = 0; g < hd / group; ++g)
-      for (int r = 0; r < L::kVec; ++r)
-        for (int j = 0; j < kN; ++j) perm[g * group + r * kN + j] = g * group + L::element(r, j);
-  };
-  switch (group) {
-    case 16:
-      if (!Layout<8, 16>::kOk || !Layout<4, 16>::kOk || !Layout<2, 16>::kOk) return false;
-      fill(Layout<4, 16>(), perm4);
-      fill(Layout<2, 16>(), perm2);
-      break;
-    case 32:
-      if (!Layout<8, 32>::kOk || !Layout<4, 32>::kOk || !Layout<2, 32>::kOk) return false;
-      fill(Layout<4, 32>(), perm4);
-      fill(Layout<2, 32>(), perm2);
-      break;
-    default:
-      if (!Layout<8, 64>::kOk || !Layout<4, 64>::kOk || !Layout<2, 64>::kOk) return false;
-      fill(Layout<4, 64>(), perm4);
-      fill(Layout<2, 64>(), perm2);
-      break;
+// Whether this target has kernels for a stored width and group at every tile size up to kMaxTile.
+bool HasKernels(int bits, int group) {
+  for (int nt = 1; nt <= kMaxTile; ++nt) {
+    ScoreFn s;
+    AccumFn a;
+    Kernels(bits, group, nt, &s, &a);
+    if (!s || !a) return false;
   }
   return true;
 }
 
+int MaxTile() { return kMaxTile; }
+
+template <int BITS, int G>
+void FillPerm(int hd, int* perm) {
+  using L = Layout<BITS, G>;
+  for (int g = 0; g < hd / G; ++g)
+    for (int r = 0; r < L::kVec; ++r)
+      for (int j = 0; j < kN; ++j) perm[g * G + r * kN + j] = g * G + L::element(r, j);
+}
+
+template <int BITS>
+bool FillPermByGroup(int hd, int group, int* perm) {
+  switch (group) {
+    case 16:
+      if constexpr (Usable<BITS, 16>()) return FillPerm<BITS, 16>(hd, perm), true;
+      return false;
+    case 32:
+      if constexpr (Usable<BITS, 32>()) return FillPerm<BITS, 32>(hd, perm), true;
+      return false;
+    case 64:
+      if constexpr (Usable<BITS, 64>()) return FillPerm<BITS, 64>(hd, perm), true;
+      return false;
+    default:
+      return false;
+  }
+}
+
+// perm[k] = element (within the head) at position k of the order rows of this width and group unpack to
+// (identity for 16 and 8 bits); false when this target's kernels do not cover head_dim, width and group.
+bool BuildPerm(int hd, int bits, int group, int* perm) {
+  if (kN < 4 || hd % (4 * kN) != 0 || hd > detail::kMaxHeadDim) return false;
+  if (bits != 16) {
+    if (group != 16 && group != 32 && group != 64) return false;
+    if (hd % std::max(4 * kN, group) != 0) return false;
+  }
+  if (!HasKernels(bits, group)) return false;
+  for (int k = 0; k < hd; ++k) perm[k] = k;
+  switch (bits) {
+    case 16:
+    case 8:
+      return true;
+    case 6:
+      return FillPermByGroup<6>(hd, group, perm);
+    case 5:
+      return FillPermByGroup<5>(hd, group, perm);
+    case 4:
+      return FillPermByGroup<4>(hd, group, perm);
+    case 3:
+      return FillPermByGroup<3>(hd, group, perm);
+    case 2:
+      return FillPermByGroup<2>(hd, group, perm);
+    default:
+      return false;
+  }
+}
+
 int TargetLanes() { return kN; }
 
-constexpr int kDomainOfWidth[4] = {0, 0, 1, 2};  // widths 16, 8, 4, 2
-constexpr int kWidths[4] = {16, 8, 4, 2};
 
 // One chunk of keys for one query: for every kv head, the partial softmax results (see
 // detail::partial_floats) at partial + kvh * geo.partial_stride. qdom[d * n_heads + h]: query head h in
@@ -585,7 +717,7 @@ void ChunkKernel(const Geometry& geo, const ChunkViews& cv, const float* const* 
   }
   int mask = 0;
   for (int w = 0; w < 4; ++w)
-    if (cv.seg[w + 1] > cv.seg[w]) mask |= 1 << kDomainOfWidth[w];
+    if (cv.seg[w + 1] > cv.seg[w]) mask |= 1 << geo.vdom[w];
   for (int kvh = 0; kvh < geo.n_kv; ++kvh) {
     float* P = partial + static_cast<size_t>(kvh) * geo.partial_stride;
     P[3 * nq] = static_cast<float>(mask);
@@ -601,10 +733,9 @@ void ChunkKernel(const Geometry& geo, const ChunkViews& cv, const float* const* 
   HeadState* states = reinterpret_cast<HeadState*>(pbuf + static_cast<size_t>(geo.n_kv) * kMaxTile * kN);
   // The first block of every width (the kernels prefetch each next block as they go).
   for (int w = 0; w < 4; ++w) {
-    const size_t row = geo.n_kv * geo.slice_bytes[kWidths[w]];
     for (int k = cv.seg[w]; k < std::min(cv.seg[w + 1], cv.seg[w] + kN); ++k) {
-      PrefetchRow(cv.k[k], row);
-      PrefetchRow(cv.v[k], row);
+      PrefetchRow(cv.k[k], geo.n_kv * geo.kslice[w]);
+      PrefetchRow(cv.v[k], geo.n_kv * geo.vslice[w]);
     }
   }
   for (int t = 0; t < n_tiles; ++t) {
@@ -622,18 +753,19 @@ void ChunkKernel(const Geometry& geo, const ChunkViews& cv, const float* const* 
     for (int w = 0; w < 4; ++w) {
       const int b = cv.seg[w], cnt = cv.seg[w + 1] - b;
       if (cnt == 0) continue;
-      const int bits = kWidths[w], dom = kDomainOfWidth[w];
+      const int kdom = geo.kdom[w];
       for (int kvh = 0; kvh < geo.n_kv; ++kvh)
         for (int j = 0; j < nt; ++j) {
           const int h = kvh * nq + j0 + j;
-          q[kvh * nt + j] = qdom[dom * nh + h];
+          q[kvh * nt + j] = qdom[kdom * nh + h];
           srow[kvh * nt + j] = sc + static_cast<size_t>(h) * kRow + b;
         }
       const SegJob job{cv.k + b,
                        cv.v + b,
                        cnt,
                        geo.n_kv,
-                       geo.slice_bytes[bits],
+                       geo.kslice[w],
+                       geo.vslice[w],
                        hd,
                        geo.scale,
                        want_e2,
@@ -642,13 +774,18 @@ void ChunkKernel(const Geometry& geo, const ChunkViews& cv, const float* const* 
                        st,
                        accp,
                        static_cast<size_t>(nq) * hd,
-                       dom,
+                       geo.vdom[w],
                        mask,
                        part,
                        pbuf,
-                       geo.n_kv * geo.slice_bytes[bits],
+                       geo.n_kv * geo.kslice[w],
+                       geo.n_kv * geo.vslice[w],
                        t == 0};
-      RunSegment(bits, geo.group, nt, job);
+      ScoreFn score, unused_s;
+      AccumFn accum, unused_a;
+      Kernels(geo.kbits[w], geo.kgroup[w], nt, &score, &unused_a);
+      Kernels(geo.vbits[w], geo.vgroup[w], nt, &unused_s, &accum);
+      SegmentKernel(job, nt, score, accum);
     }
     for (int kvh = 0; kvh < geo.n_kv; ++kvh)
       for (int j = 0; j < nt; ++j) {
@@ -719,9 +856,26 @@ void MergeKernel(const Geometry& geo, int n_chunks, const float* partials, int n
         std::memcpy(oh, dom[0], sizeof(float) * hd);
       else
         std::fill(oh, oh + hd, 0.0f);
-      for (int d = 1; d < kDomains; ++d)
-        if (mask & (1 << d))
-          for (int e = 0; e < hd; ++e) oh[geo.perm[d][e]] += dom[d][e];
+      // Rotated domains sum in the rotated basis, turned back once per head.
+      HWY_ALIGN float rot[detail::kMaxHeadDim];
+      bool any_rot = false;
+      for (int d = 1; d < geo.n_dom; ++d) {
+        if (!(mask & (1 << d))) continue;
+        float* dst = oh;
+        if (geo.dom_rot[d]) {
+          if (!any_rot) std::fill(rot, rot + hd, 0.0f);
+          any_rot = true;
+          dst = rot;
+        }
+        if (geo.perm[d])
+          for (int e = 0; e < hd; ++e) dst[geo.perm[d][e]] += dom[d][e];
+        else
+          for (int e = 0; e < hd; ++e) dst[e] += dom[d][e];
+      }
+      if (any_rot) {
+        kv_unrotate(rot, geo.signs + static_cast<size_t>(kvh) * hd, hd);
+        for (int e = 0; e < hd; ++e) oh[e] += rot[e];
+      }
       const VF vinv = hn::Set(df, inv);
       for (int e = 0; e < hd; e += kN) hn::StoreU(hn::Mul(hn::LoadU(df, oh + e), vinv), df, oh + e);
       if (var_sum) {
@@ -762,7 +916,8 @@ HWY_AFTER_NAMESPACE();
 #if HWY_ONCE
 namespace kvd::cpu {
 HWY_EXPORT(TargetLanes);
-HWY_EXPORT(BuildPerms);
+HWY_EXPORT(BuildPerm);
+HWY_EXPORT(MaxTile);
 HWY_EXPORT(ChunkKernel);
 HWY_EXPORT(MergeKernel);
 HWY_EXPORT(ReceivedKernel);
@@ -773,155 +928,33 @@ namespace {
 // ---------------------------------------------------------------------------------------------------
 // The scalar path (before SIMD): one (query token, kv head) per work item.
 
-// Branch-free fp16 -> fp32 for finite values (the cache never stores inf/NaN from finite inputs).
-inline float half_bits_to_float(uint16_t h) {
-  uint32_t bits = static_cast<uint32_t>(h & 0x7fffu) << 13;
-  float f;
-  std::memcpy(&f, &bits, 4);
-  f *= 0x1.0p112f;
-  return (h & 0x8000u) ? -f : f;
-}
-
-inline float load_half(const uint8_t* p) {
-  uint16_t h;
-  std::memcpy(&h, p, 2);
-  return half_bits_to_float(h);
-}
-
-// Dot products of nq query heads (each hd floats, qsum[j][g] = sum of head j's elements in group g)
-// with one stored K head slice.
-template <int BITS>
-inline void score_token(const uint8_t* k, int kvh, int hd, int group, int nq, const float* const* qh,
-                        const float (*qsum)[kMaxHeadDim / 4], float* out) {
-  if constexpr (BITS == 16) {
-    float kf[kMaxHeadDim];
-    const uint8_t* src = k + 2 * static_cast<size_t>(kvh) * hd;
-    for (int i = 0; i < hd; ++i) kf[i] = load_half(src + 2 * i);
-    for (int j = 0; j < nq; ++j) {
-      float s = 0;
-      for (int i = 0; i < hd; ++i) s += qh[j][i] * kf[i];
-      out[j] = s;
-    }
-  } else {
-    const int gb = 4 + group * BITS / 8, groups = hd / group;
-    const uint8_t* g0 = k + static_cast<size_t>(kvh) * groups * gb;
-    for (int j = 0; j < nq; ++j) out[j] = 0;
-    float codes[kMaxHeadDim];
-    for (int g = 0; g < groups; ++g) {
-      const uint8_t* gp = g0 + g * gb;
-      const float scale = load_half(gp), mn = load_half(gp + 2);
-      const uint8_t* c = gp + 4;
-      constexpr int per_byte = 8 / BITS;
-      constexpr int mask = (1 << BITS) - 1;
-      for (int i = 0; i < group; ++i)
-        codes[i] = static_cast<float>((c[i / per_byte] >> ((i % per_byte) * BITS)) & mask);
-      for (int j = 0; j < nq; ++j) {
-        const float* q = qh[j] + g * group;
-        float s = 0;
-        for (int i = 0; i < group; ++i) s += q[i] * codes[i];
-        out[j] += scale * s + mn * qsum[j][g];
-      }
-    }
-  }
-}
-
-template <int BITS>
-inline void accumulate_v(const uint8_t* v, int kvh, int hd, int group, int nq, const float* p,
-                         float (*acc)[kMaxHeadDim]) {
-  if constexpr (BITS == 16) {
-    float vf[kMaxHeadDim];
-    const uint8_t* src = v + 2 * static_cast<size_t>(kvh) * hd;
-    for (int i = 0; i < hd; ++i) vf[i] = load_half(src + 2 * i);
-    for (int j = 0; j < nq; ++j)
-      for (int i = 0; i < hd; ++i) acc[j][i] += p[j] * vf[i];
-  } else {
-    const int gb = 4 + group * BITS / 8, groups = hd / group;
-    const uint8_t* g0 = v + static_cast<size_t>(kvh) * groups * gb;
-    float codes[kMaxHeadDim];
-    for (int g = 0; g < groups; ++g) {
-      const uint8_t* gp = g0 + g * gb;
-      const float scale = load_half(gp), mn = load_half(gp + 2);
-      const uint8_t* c = gp + 4;
-      constexpr int per_byte = 8 / BITS;
-      constexpr int mask = (1 << BITS) - 1;
-      for (int i = 0; i < group; ++i)
-        codes[i] = static_cast<float>((c[i / per_byte] >> ((i % per_byte) * BITS)) & mask);
-      for (int j = 0; j < nq; ++j) {
-        const float ps = p[j] * scale, pm = p[j] * mn;
-        float* a = acc[j] + g * group;
-        for (int i = 0; i < group; ++i) a[i] += ps * codes[i] + pm;
-      }
-    }
-  }
-}
-
-void score_any(int bits, const uint8_t* k, int kvh, int hd, int group, int nq, const float* const* qh,
-               const float (*qsum)[kMaxHeadDim / 4], float* out) {
-  switch (bits) {
-    case 2:
-      score_token<2>(k, kvh, hd, group, nq, qh, qsum, out);
-      break;
-    case 4:
-      score_token<4>(k, kvh, hd, group, nq, qh, qsum, out);
-      break;
-    case 8:
-      score_token<8>(k, kvh, hd, group, nq, qh, qsum, out);
-      break;
-    default:
-      score_token<16>(k, kvh, hd, group, nq, qh, qsum, out);
-      break;
-  }
-}
-
-void accumulate_any(int bits, const uint8_t* v, int kvh, int hd, int group, int nq, const float* p,
-                    float (*acc)[kMaxHeadDim]) {
-  switch (bits) {
-    case 2:
-      accumulate_v<2>(v, kvh, hd, group, nq, p, acc);
-      break;
-    case 4:
-      accumulate_v<4>(v, kvh, hd, group, nq, p, acc);
-      break;
-    case 8:
-      accumulate_v<8>(v, kvh, hd, group, nq, p, acc);
-      break;
-    default:
-      accumulate_v<16>(v, kvh, hd, group, nq, p, acc);
-      break;
-  }
-}
-
 struct ItemStats {
   double var_sum = 0, max_sum = 0;
   int64_t count = 0;
 };
 
-// One query token at position pos, one kv head and the nq query heads that share it.
+// One query token at position pos, one kv head and the nq query heads that share it: each key and value
+// dequantized (and un-rotated) by kv_load_head, then plain loops.
 void attend_item(const KvCache& cache, int seq, int layer, const AttnShape& shape, const float* q, int pos,
                  int kvh, float* out, std::vector<float>& scores, ItemStats* st, float* received) {
   const KvLayout& lay = cache.layout();
-  const int hd = shape.head_dim, group = lay.group, n = pos + 1;
+  const float* signs = cache.rotation_signs(layer);
+  const int hd = shape.head_dim, n = pos + 1;
   const int nq = shape.n_heads / shape.n_kv_heads;
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
   const float* qh[kMaxQPerKv];
-  float qsum[kMaxQPerKv][kMaxHeadDim / 4];
-  for (int j = 0; j < nq; ++j) {
-    qh[j] = q + (kvh * nq + j) * hd;
-    for (int g = 0; g < hd / group; ++g) {
-      float s = 0;
-      for (int i = 0; i < group; ++i) s += qh[j][g * group + i];
-      qsum[j][g] = s;
-    }
-  }
+  for (int j = 0; j < nq; ++j) qh[j] = q + (kvh * nq + j) * hd;
   scores.resize(static_cast<size_t>(nq) * n);
   float mx[kMaxQPerKv];
   std::fill(mx, mx + nq, -INFINITY);
-  float s[kMaxQPerKv];
+  float kv[kMaxHeadDim];
   for (int t = 0; t < n; ++t) {
     const KvTokenView tok = cache.token(seq, layer, t, pos);
-    score_any(tok.bits, tok.k, kvh, hd, group, nq, qh, qsum, s);
+    kv_load_head(lay, tok.bits, false, tok.k, kvh, signs, kv);
     for (int j = 0; j < nq; ++j) {
-      const float v = s[j] * scale;
+      float sdot = 0;
+      for (int i = 0; i < hd; ++i) sdot += qh[j][i] * kv[i];
+      const float v = sdot * scale;
       scores[static_cast<size_t>(j) * n + t] = v;
       mx[j] = std::max(mx[j], v);
     }
@@ -938,11 +971,13 @@ void attend_item(const KvCache& cache, int seq, int layer, const AttnShape& shap
   }
   float acc[kMaxQPerKv][kMaxHeadDim];
   for (int j = 0; j < nq; ++j) std::fill(acc[j], acc[j] + hd, 0.0f);
-  float p[kMaxQPerKv];
   for (int t = 0; t < n; ++t) {
     const KvTokenView tok = cache.token(seq, layer, t, pos);
-    for (int j = 0; j < nq; ++j) p[j] = scores[static_cast<size_t>(j) * n + t];
-    accumulate_any(tok.bits, tok.v, kvh, hd, group, nq, p, acc);
+    kv_load_head(lay, tok.bits, true, tok.v, kvh, signs, kv);
+    for (int j = 0; j < nq; ++j) {
+      const float p = scores[static_cast<size_t>(j) * n + t];
+      for (int i = 0; i < hd; ++i) acc[j][i] += p * kv[i];
+    }
   }
   for (int j = 0; j < nq; ++j) std::memcpy(out + (kvh * nq + j) * hd, acc[j], sizeof(float) * hd);
   if (st) {
@@ -964,6 +999,8 @@ void attend_item(const KvCache& cache, int seq, int layer, const AttnShape& shap
 
 // ---------------------------------------------------------------------------------------------------
 // The SIMD path's per-thread and per-call buffers (reused across calls).
+
+constexpr int kWidthBits[4] = {16, 8, 4, 2};
 
 struct ThreadScratch {
   ChunkViews views;
@@ -989,9 +1026,12 @@ struct CallBuffers {
   std::vector<double> var, wmax;
   std::unique_ptr<std::atomic<int>[]> remaining;
   size_t remaining_size = 0;
+  // The domains of the last layout seen (cached per calling thread).
+  KvLayout plan_layout;
+  int plan_lanes = -1;
+  bool plan_ok = false;
+  Geometry plan;  // per-class widths, slices, domains and perms (pointing into perm)
   std::vector<int> perm[kDomains];
-  int perm_hd = -1, perm_group = -1, perm_lanes = -1;
-  bool perm_ok = false;
 };
 
 CallBuffers& call_buffers() {
@@ -999,30 +1039,81 @@ CallBuffers& call_buffers() {
   return b;
 }
 
-// Permutations for this head size and group, cached per calling thread; false when unsupported.
-bool prepare_perms(CallBuffers& b, int hd, int group) {
-  const int lanes = HWY_DYNAMIC_DISPATCH(TargetLanes)();
-  if (b.perm_hd != hd || b.perm_group != group || b.perm_lanes != lanes) {
-    b.perm_hd = hd;
-    b.perm_group = group;
-    b.perm_lanes = lanes;
-    for (int d = 1; d < kDomains; ++d) b.perm[d].assign(static_cast<size_t>(hd), 0);
-    b.perm_ok = HWY_DYNAMIC_DISPATCH(BuildPerms)(hd, group, b.perm[1].data(), b.perm[2].data());
-  }
-  return b.perm_ok;
+bool same_layout(const KvLayout& a, const KvLayout& b) {
+  for (int c : kKvClasses)
+    if (!(a.setting(c) == b.setting(c))) return false;
+  return a.head_dim == b.head_dim && a.n_kv_heads == b.n_kv_heads && a.rotate == b.rotate;
 }
 
-// The query (n_heads x hd) in domains 1 and 2, into dst ((kDomains - 1) x n_heads x hd).
+// The per-class kernels' geometry and accumulator domains for this layout, cached per calling thread;
+// false when this target's kernels do not cover every stored width and group of the layout.
+bool prepare_plan(CallBuffers& b, const KvLayout& lay) {
+  const int lanes = HWY_DYNAMIC_DISPATCH(TargetLanes)();
+  if (b.plan_lanes == lanes && same_layout(b.plan_layout, lay)) return b.plan_ok;
+  b.plan_layout = lay;
+  b.plan_lanes = lanes;
+  b.plan_ok = false;
+  Geometry& g = b.plan;
+  g = Geometry{};
+  const int hd = lay.head_dim;
+  if (hd > kMaxHeadDim) return false;
+  g.n_dom = 1;
+  for (auto& p : b.perm) p.assign(static_cast<size_t>(hd), 0);
+  std::vector<int> perm(static_cast<size_t>(hd));
+  // The domain of rows stored at (bits, group): an existing one with the same order and basis, or a new one.
+  auto domain_of = [&](int bits, int group, int* dom) {
+    if (!HWY_DYNAMIC_DISPATCH(BuildPerm)(hd, bits, group, perm.data())) return false;
+    const bool rot = kv_row_rotated(lay, bits);
+    bool identity = true;
+    for (int k = 0; k < hd; ++k) identity &= perm[k] == k;
+    if (identity && !rot) return *dom = 0, true;
+    for (int d = 1; d < g.n_dom; ++d)
+      if (g.dom_rot[d] == rot && b.perm[d] == perm) return *dom = d, true;
+    if (g.n_dom == kDomains) return false;
+    const int d = g.n_dom++;
+    b.perm[d] = perm;
+    g.dom_rot[d] = rot;
+    g.perm[d] = identity ? nullptr : b.perm[d].data();
+    *dom = d;
+    return true;
+  };
+  for (int w = 0; w < 4; ++w) {
+    const KvSetting st = lay.setting(kWidthBits[w]);
+    g.kbits[w] = st.kbits;
+    g.vbits[w] = st.vbits;
+    g.kgroup[w] = st.kbits == 16 ? 32 : st.kgroup;
+    g.vgroup[w] = st.vbits == 16 ? 32 : st.vgroup;
+    g.kslice[w] = st.kbits == 16 ? 2 * static_cast<size_t>(hd)
+                                 : static_cast<size_t>(hd / st.kgroup) * KvLayout::group_bytes_of(st.kbits, st.kgroup);
+    g.vslice[w] = st.vbits == 16 ? 2 * static_cast<size_t>(hd)
+                                 : static_cast<size_t>(hd / st.vgroup) * KvLayout::group_bytes_of(st.vbits, st.vgroup);
+    if (!domain_of(g.kbits[w], g.kgroup[w], &g.kdom[w]) || !domain_of(g.vbits[w], g.vgroup[w], &g.vdom[w]))
+      return false;
+  }
+  b.plan_ok = true;
+  return true;
+}
+
+// The query (n_heads x hd) in domain d >= 1 (rotated by its kv head's signs when the domain is rotated,
+// then permuted), into dst ((kDomains - 1) x n_heads x hd).
 void permute_query(const float* q, const Geometry& geo, int domain, float* dst) {
   const int* perm = geo.perm[domain];
+  float tmp[kMaxHeadDim];
   for (int h = 0; h < geo.n_heads; ++h) {
     const float* src = q + static_cast<size_t>(h) * geo.hd;
     float* d = dst + (static_cast<size_t>(domain - 1) * geo.n_heads + h) * geo.hd;
-    for (int k = 0; k < geo.hd; ++k) d[k] = src[perm[k]];
+    if (geo.dom_rot[domain]) {
+      std::memcpy(tmp, src, sizeof(float) * geo.hd);
+      kv_rotate(tmp, geo.signs + static_cast<size_t>(h / geo.nq) * geo.hd, geo.hd);
+      src = tmp;
+    }
+    if (perm)
+      for (int k = 0; k < geo.hd; ++k) d[k] = src[perm[k]];
+    else
+      std::memcpy(d, src, sizeof(float) * geo.hd);
   }
 }
 
-constexpr int kWidthBits[4] = {16, 8, 4, 2};
 int width_index(int bits) { return bits == 16 ? 0 : bits == 8 ? 1 : bits == 4 ? 2 : 3; }
 
 }  // namespace
@@ -1068,7 +1159,7 @@ void attend_scalar(const KvCache& cache, int seq, int layer, const AttnShape& sh
 bool simd_supported(const KvLayout& layout, const AttnShape& shape) {
   return layout.head_dim == shape.head_dim && shape.n_kv_heads > 0 && shape.n_kv_heads <= kMaxKvHeads &&
          shape.n_heads % shape.n_kv_heads == 0 && shape.n_heads / shape.n_kv_heads <= kMaxQPerKv &&
-         prepare_perms(call_buffers(), shape.head_dim, layout.group);
+         layout.head_dim <= kMaxHeadDim && prepare_plan(call_buffers(), layout);
 }
 
 const char* simd_target_name() {
@@ -1087,22 +1178,18 @@ void attend(const KvCache& cache, int seq, int layer, const AttnShape& shape, co
              shape.n_heads / shape.n_kv_heads <= kMaxQPerKv);
   CallBuffers& B = call_buffers();
   if (lay.head_dim != shape.head_dim || lay.n_kv_heads != shape.n_kv_heads ||
-      shape.n_kv_heads > kMaxKvHeads || !prepare_perms(B, shape.head_dim, lay.group))
+      shape.n_kv_heads > kMaxKvHeads || !prepare_plan(B, lay))
     return attend_scalar(cache, seq, layer, shape, q, pos0, n, out, stats, pool);
 
-  Geometry geo;
+  Geometry geo = B.plan;
   geo.hd = shape.head_dim;
-  geo.group = lay.group;
   geo.n_kv = shape.n_kv_heads;
   geo.n_heads = shape.n_heads;
   geo.nq = shape.n_heads / shape.n_kv_heads;
   geo.scale = 1.0f / std::sqrt(static_cast<float>(geo.hd));
-  for (int b : {2, 4, 8}) geo.slice_bytes[b] = static_cast<size_t>(geo.hd / geo.group) * lay.group_bytes(b);
-  geo.slice_bytes[16] = 2 * static_cast<size_t>(geo.hd);
   geo.partial_stride = partial_floats(geo.nq, geo.hd);
   geo.partial_acc = geo.partial_stride - kDomains * static_cast<size_t>(geo.nq) * geo.hd;
-  geo.perm[1] = B.perm[1].data();
-  geo.perm[2] = B.perm[2].data();
+  geo.signs = cache.rotation_signs(layer);
 
   const int C = kKeyChunk, nh = shape.n_heads, hd = geo.hd;
   const size_t qstride = static_cast<size_t>(nh) * hd;
@@ -1215,7 +1302,7 @@ void attend(const KvCache& cache, int seq, int layer, const AttnShape& shape, co
     auto qdom_of = [&](const float* qi, const float* prep, const float** qdom) {
       for (int h = 0; h < nh; ++h) {
         qdom[h] = qi + static_cast<size_t>(h) * hd;
-        for (int d = 1; d < kDomains; ++d)
+        for (int d = 1; d < geo.n_dom; ++d)
           qdom[d * nh + h] = prep + (static_cast<size_t>(d - 1) * nh + h) * hd;
       }
     };
@@ -1227,7 +1314,7 @@ void attend(const KvCache& cache, int seq, int layer, const AttnShape& shape, co
       const int n_items = first.back();
       B.qprep.resize(static_cast<size_t>(i1 - i0) * (kDomains - 1) * qstride);
       for (int i = i0; i < i1; ++i)
-        for (int d = 1; d < kDomains; ++d)
+        for (int d = 1; d < geo.n_dom; ++d)
           permute_query(q + i * qstride, geo, d,
                         B.qprep.data() + static_cast<size_t>(i - i0) * (kDomains - 1) * qstride);
       B.partial.resize(static_cast<size_t>(i1 - i0) * part_per_query);
@@ -1266,11 +1353,11 @@ void attend(const KvCache& cache, int seq, int layer, const AttnShape& shape, co
           if (it >= n_items) break;
           const int i = i1 - 1 - it;
           qdom_of(q + i * qstride, s.qprep.data(), qd.data());
-          bool prepared[kDomains] = {true, false, false};
+          bool prepared[kDomains] = {true};
           for (int c = 0; c < n_chunks(i); ++c) {
             build_views(s.views, pos0 + i, c);
-            for (int w = 2; w < 4; ++w) {
-              const int d = w - 1;
+            for (int w = 0; w < 4; ++w) {
+              const int d = geo.kdom[w];
               if (s.views.seg[w + 1] > s.views.seg[w] && !prepared[d]) {
                 permute_query(q + i * qstride, geo, d, s.qprep.data());
                 prepared[d] = true;

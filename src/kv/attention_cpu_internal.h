@@ -18,9 +18,11 @@ inline constexpr int kKeyChunk = 512;
 inline constexpr int kMaxHeadDim = 256;
 inline constexpr int kMaxQPerKv = 16;
 inline constexpr int kMaxKvHeads = 64;
-// Accumulator domains: 0 holds 16- and 8-bit keys (natural element order), 1 and 2 the 4- and 2-bit
-// keys in the lane order their codes unpack to (un-permuted once, at the merge).
-inline constexpr int kDomains = 3;
+// Accumulator domains: one per distinct (element order, basis) the stored rows unpack to. Domain 0 is the
+// natural order in the original basis (fp16 rows, unrotated 8-bit rows); the others are built per layout from
+// the lane order of each (width, group) (kv/attention_cpu.cpp, BuildPerm) and whether the rows are rotated.
+// The query is permuted (and rotated) into each domain once; accumulators are turned back once, at the merge.
+inline constexpr int kDomains = 6;
 
 // The pre-SIMD implementation (scalar loops, one (query, kv head) per work item): used for shapes the
 // SIMD path does not cover, and as the baseline in bench_attention.
@@ -33,19 +35,26 @@ bool simd_supported(const KvLayout& layout, const AttnShape& shape);
 const char* simd_target_name();
 
 struct Geometry {
-  int hd = 0, group = 0, nq = 0, n_kv = 0, n_heads = 0;
-  float scale = 0;                 // 1 / sqrt(hd)
-  size_t slice_bytes[17] = {};     // bytes of one kv head's slice of a K or V row, per width
-  size_t partial_stride = 0;       // floats of one (chunk, kv head) partial result
-  size_t partial_acc = 0;          // offset of the accumulators within a partial
-  const int* perm[kDomains] = {};  // domain index -> element index (nullptr: identity)
+  int hd = 0, nq = 0, n_kv = 0, n_heads = 0;
+  float scale = 0;  // 1 / sqrt(hd)
+  // Per width class, in ChunkViews order (16, 8, 4, 2): stored K and V widths and groups, the bytes of one kv
+  // head's slice of a K and of a V row, and the domains the kernels read the query in (K) and accumulate in (V).
+  int kbits[4] = {}, vbits[4] = {}, kgroup[4] = {}, vgroup[4] = {};
+  size_t kslice[4] = {}, vslice[4] = {};
+  int kdom[4] = {}, vdom[4] = {};
+  int n_dom = 1;
+  size_t partial_stride = 0;            // floats of one (chunk, kv head) partial result
+  size_t partial_acc = 0;               // offset of the accumulators within a partial
+  const int* perm[kDomains] = {};       // domain index -> element index (nullptr: identity)
+  bool dom_rot[kDomains] = {};          // the domain is in the rotated basis
+  const float* signs = nullptr;         // the layer's rotation signs (n_kv x hd) when any domain is rotated
 };
 
-// The keys of one chunk as one query reads them, sorted by width (16, 8, 4, 2; positions ascending
-// within a width) so the kernels run one width at a time.
+// The keys of one chunk as one query reads them, sorted by width class (16, 8, 4, 2; positions ascending
+// within a class) so the kernels run one class at a time.
 struct ChunkViews {
   int count = 0;
-  int seg[5] = {};  // keys [seg[w], seg[w + 1]) have width {16, 8, 4, 2}[w]
+  int seg[5] = {};  // keys [seg[w], seg[w + 1]) have width class {16, 8, 4, 2}[w]
   const uint8_t* k[kKeyChunk];
   const uint8_t* v[kKeyChunk];
   uint16_t ord[kKeyChunk];  // position - chunk start, per sorted key

@@ -1,4 +1,4 @@
-// Reference attention: dequantize every K/V head slice to fp32, then softmax(q.k / sqrt(d)) V in
+// Reference attention: dequantize every K/V head slice to fp32 (un-rotated), then softmax(q.k / sqrt(d)) V in
 // plain loops.
 #include <algorithm>
 #include <cmath>
@@ -15,6 +15,7 @@ void attend(const KvCache& cache, int seq, int layer, const AttnShape& shape, co
   const int hd = shape.head_dim, n = pos + 1;
   const int q_per_kv = shape.n_heads / shape.n_kv_heads;
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+  const float* signs = cache.rotation_signs(layer);
   std::vector<float> k(hd), v(hd), w(n);
   for (int h = 0; h < shape.n_heads; ++h) {
     const int kvh = h / q_per_kv;
@@ -22,7 +23,7 @@ void attend(const KvCache& cache, int seq, int layer, const AttnShape& shape, co
     float mx = -INFINITY;
     for (int t = 0; t < n; ++t) {
       const KvTokenView tok = cache.token(seq, layer, t, pos);
-      kv_dequantize_head(lay, tok.bits, tok.k, kvh, k.data());
+      kv_load_head(lay, tok.bits, false, tok.k, kvh, signs, k.data());
       float s = 0;
       for (int i = 0; i < hd; ++i) s += qh[i] * k[i];
       w[t] = s * scale;
@@ -38,7 +39,7 @@ void attend(const KvCache& cache, int seq, int layer, const AttnShape& shape, co
     for (int t = 0; t < n; ++t) {
       w[t] /= sum;
       const KvTokenView tok = cache.token(seq, layer, t, pos);
-      kv_dequantize_head(lay, tok.bits, tok.v, kvh, v.data());
+      kv_load_head(lay, tok.bits, true, tok.v, kvh, signs, v.data());
       for (int i = 0; i < hd; ++i) oh[i] += w[t] * v[i];
     }
     if (stats) {

@@ -6,6 +6,8 @@
 #include <string>
 
 #include "kv/kv_quant.h"
+#include "kv/kv_rotate.h"
+#include "kv/kv_setting.h"
 #include "util/error.h"
 #include "util/fp16.h"
 
@@ -22,13 +24,25 @@ KvCache::KvCache(const KvLayout& layout, const KvCacheOptions& options) : layout
   if (layout_.group <= 0 || layout_.head_dim % layout_.group != 0 || layout_.group % 4 != 0)
     throw Error("--kv-group " + std::to_string(layout_.group) + " must divide the head dimension (" +
                 std::to_string(layout_.head_dim) + ") and be a multiple of 4");
+  validate_kv_layout(layout_);
+  if (layout_.rotate) {
+    if (!kv_rotation_supported(layout_.head_dim))
+      throw Error("--kv-rotate 1 needs a power-of-two head dimension of at most 256 (this model's is " +
+                  std::to_string(layout_.head_dim) + "): use --kv-rotate 0");
+    signs_ = kv_rotation_signs(layout_.n_layers, layout_.n_kv_heads, layout_.head_dim, layout_.rotate_seed);
+  }
   if (options_.max_tokens <= 0) throw Error("context size must be positive");
   if (options_.residual < 0) throw Error("--kv-residual must be >= 0");
   KVD_ASSERT(options_.n_seqs >= 1);
   // A page must hold at least one 16-bit token record; pages are a power of two so that the offset
   // of a token splits into page and position by shift and mask (attention calls token() per key).
   size_t page = 4096;
-  while (page < std::max(options_.page_bytes, layout_.token_bytes(16))) page *= 2;
+  rec_stride_ = layout_.max_token_bytes();
+  for (int c : kKvClasses) {
+    k_bytes_[c] = layout_.k_row_bytes(c);
+    tok_bytes_[c] = layout_.token_bytes(c);
+  }
+  while (page < std::max(options_.page_bytes, rec_stride_)) page *= 2;
   options_.page_bytes = page;
   page_shift_ = 0;
   while ((size_t{1} << page_shift_) < page) ++page_shift_;
@@ -76,7 +90,7 @@ int KvCache::begin_tokens(int seq, int n, const uint8_t* bits) {
   for (int l = 0; l < layout_.n_layers; ++l) {
     s.staged_k[l].resize(staged * layout_.kv_dim());
     s.staged_v[l].resize(staged * layout_.kv_dim());
-    s.staged_q[l].resize(staged * layout_.token_bytes(16));
+    s.staged_q[l].resize(staged * rec_stride_);
   }
   return first;
 }
@@ -98,9 +112,11 @@ void KvCache::write(int seq, int layer, int pos, const float* k, const float* v)
 void KvCache::quantize_staged(Sequence& s, int layer, int pos) {
   const int bits = s.token_bits[pos];
   const size_t row = static_cast<size_t>(pos - s.n_arena);
-  uint8_t* dst = s.staged_q[layer].data() + row * layout_.token_bytes(16);
-  kv_quantize_row_fp16(layout_, bits, s.staged_k[layer].data() + row * layout_.kv_dim(), dst);
-  kv_quantize_row_fp16(layout_, bits, s.staged_v[layer].data() + row * layout_.kv_dim(), dst + layout_.row_bytes(bits));
+  uint8_t* dst = s.staged_q[layer].data() + row * rec_stride_;
+  const float* signs = rotation_signs(layer);
+  kv_store_row(layout_, bits, false, s.staged_k[layer].data() + row * layout_.kv_dim(), signs, dst);
+  kv_store_row(layout_, bits, true, s.staged_v[layer].data() + row * layout_.kv_dim(), signs,
+               dst + layout_.k_row_bytes(bits));
 }
 
 void KvCache::decide(int seq, int pos, int bits) {
@@ -127,7 +143,7 @@ void KvCache::move_to_arena(Sequence& s, int upto) {
   const int kv_dim = layout_.kv_dim();
   for (int pos = s.n_arena; pos < upto; ++pos) {
     const int bits = s.token_bits[pos];
-    const size_t rec = layout_.token_bytes(bits);
+    const size_t rec = tok_bytes_[bits];
     // Records never straddle pages: skip to the next page when this one cannot hold the record.
     uint64_t off = s.arena_end;
     if (off % page + rec > page) off = (off / page + 1) * page;
@@ -137,14 +153,14 @@ void KvCache::move_to_arena(Sequence& s, int upto) {
     for (int l = 0; l < layout_.n_layers; ++l) {
       auto& pages = s.pages[l];
       while (pages.size() <= page_index) pages.push_back(Page{std::make_unique<uint8_t[]>(page)});
-      std::memcpy(pages[page_index].data.get() + in_page, s.staged_q[l].data() + staged_row * layout_.token_bytes(16),
+      std::memcpy(pages[page_index].data.get() + in_page, s.staged_q[l].data() + staged_row * rec_stride_,
                   rec);
     }
     s.token_offset[pos] = off;
     s.arena_end = off + rec;
   }
   const size_t drop = static_cast<size_t>(upto - s.n_arena) * kv_dim;
-  const size_t drop_q = static_cast<size_t>(upto - s.n_arena) * layout_.token_bytes(16);
+  const size_t drop_q = static_cast<size_t>(upto - s.n_arena) * rec_stride_;
   for (int l = 0; l < layout_.n_layers; ++l) {
     s.staged_q[l].erase(s.staged_q[l].begin(), s.staged_q[l].begin() + static_cast<std::ptrdiff_t>(drop_q));
     s.staged_k[l].erase(s.staged_k[l].begin(), s.staged_k[l].begin() + static_cast<std::ptrdiff_t>(drop));
@@ -191,7 +207,7 @@ void KvCache::truncate(int seq, int n) {
   for (int l = 0; l < layout_.n_layers; ++l) {
     s.staged_k[l].resize(staged * layout_.kv_dim());
     s.staged_v[l].resize(staged * layout_.kv_dim());
-    s.staged_q[l].resize(staged * layout_.token_bytes(16));
+    s.staged_q[l].resize(staged * rec_stride_);
   }
 }
 
@@ -202,8 +218,8 @@ KvTokenView KvCache::token(int seq, int layer, int pos, int query_pos) const {
     const size_t row = static_cast<size_t>(pos - s.n_arena);
     if (s.decided[pos] && pos < query_pos - options_.residual) {
       const int bits = s.token_bits[pos];
-      const uint8_t* rec = s.staged_q[layer].data() + row * layout_.token_bytes(16);
-      return {bits, rec, rec + layout_.row_bytes(bits)};
+      const uint8_t* rec = s.staged_q[layer].data() + row * rec_stride_;
+      return {bits, rec, rec + k_bytes_[bits]};
     }
     const size_t off = row * layout_.kv_dim();
     return {16, reinterpret_cast<const uint8_t*>(s.staged_k[layer].data() + off),
@@ -212,13 +228,18 @@ KvTokenView KvCache::token(int seq, int layer, int pos, int query_pos) const {
   const int bits = s.token_bits[pos];
   const uint64_t off = s.token_offset[pos];
   const uint8_t* base = s.pages[layer][off >> page_shift_].data.get() + (off & (options_.page_bytes - 1));
-  return {bits, base, base + layout_.row_bytes(bits)};
+  return {bits, base, base + k_bytes_[bits]};
 }
 
 int KvCache::token_bits(int seq, int pos) const {
   const Sequence& s = seq_ref(seq);
   KVD_ASSERT(pos >= 0 && pos < s.n_tokens);
   return s.token_bits[pos];
+}
+
+const float* KvCache::rotation_signs(int layer) const {
+  if (signs_.empty()) return nullptr;
+  return signs_.data() + static_cast<size_t>(layer) * layout_.n_kv_heads * layout_.head_dim;
 }
 
 const uint16_t* KvCache::staged_k(int seq, int layer) const { return seq_ref(seq).staged_k[layer].data(); }

@@ -32,8 +32,8 @@ struct KvCacheOptions {
 // A stored token's K and V of one layer, as attention reads them.
 struct KvTokenView {
   int bits;
-  const uint8_t* k;  // layout.row_bytes(bits) bytes
-  const uint8_t* v;
+  const uint8_t* k;  // layout.k_row_bytes(bits) bytes
+  const uint8_t* v;  // layout.v_row_bytes(bits) bytes
 };
 
 struct KvStats {
@@ -83,6 +83,8 @@ class KvCache {
   const uint16_t* staged_v(int seq, int layer) const;
 
   KvStats stats(int seq) const;
+  // The rotation signs of one layer (n_kv_heads x head_dim), nullptr when the layout does not rotate.
+  const float* rotation_signs(int layer) const;
 
  private:
   struct Page {
@@ -99,7 +101,7 @@ class KvCache {
     int n_arena = 0;
     int n_tokens = 0;
     // Staging: per layer fp16 rows for positions [n_arena, n_tokens), and for decided tokens their
-    // quantized record (stride token_bytes(16), the largest record).
+    // quantized record (stride max_token_bytes(), the largest record).
     std::vector<std::vector<uint16_t>> staged_k, staged_v;
     std::vector<std::vector<uint8_t>> staged_q;
     std::vector<size_t> pages_allocated;
@@ -114,6 +116,9 @@ class KvCache {
   KvCacheOptions options_;
   int page_shift_ = 0;  // log2(options_.page_bytes)
   std::vector<Sequence> seqs_;
+  std::vector<float> signs_;
+  size_t rec_stride_ = 0;               // staged record stride: the largest record
+  size_t k_bytes_[17] = {}, tok_bytes_[17] = {};  // by width class  // [layer][kvh][i] when layout_.rotate
 };
 
 }  // namespace kvd

@@ -7,6 +7,7 @@
 #include <cstring>
 #include <vector>
 
+#include "kv/kv_rotate.h"
 #include "util/error.h"
 #include "util/fp16.h"
 
@@ -25,32 +26,70 @@ uint16_t fp16_up(float x) {
   return h;
 }
 
-void quantize_group(const float* x, int n, int bits, uint8_t* dst) {
+constexpr float kClipGrid[] = {1.0f, 0.95f, 0.9f, 0.85f, 0.8f, 0.75f, 0.7f, 0.65f, 0.6f, 0.55f, 0.5f};
+
+// fp16 minimum and scale coding [lo, hi] with qmax steps.
+void range_params(float lo, float hi, int qmax, uint16_t* min_h, uint16_t* scale_h) {
+  *min_h = fp16_down(lo);
+  const float min_f = fp16_to_float(*min_h);
+  *scale_h = fp16_up((hi - min_f) / static_cast<float>(qmax));
+  float scale_f = fp16_to_float(*scale_h);
+  // (hi - min) / qmax can round below the true quotient in float; make sure the top code reaches hi.
+  while (scale_f > 0 && min_f + scale_f * static_cast<float>(qmax) < hi) {
+    ++*scale_h;
+    scale_f = fp16_to_float(*scale_h);
+  }
+}
+
+int code_of(float x, float min_f, float inv, int qmax) {
+  return std::clamp(static_cast<int>(std::nearbyint((x - min_f) * inv)), 0, qmax);
+}
+
+void quantize_group(const float* x, int n, int bits, bool clip, uint8_t* dst) {
   float lo = x[0], hi = x[0];
   for (int i = 1; i < n; ++i) {
     lo = std::min(lo, x[i]);
     hi = std::max(hi, x[i]);
   }
   const int qmax = (1 << bits) - 1;
-  const uint16_t min_h = fp16_down(lo);
-  const float min_f = fp16_to_float(min_h);
-  uint16_t scale_h = fp16_up((hi - min_f) / static_cast<float>(qmax));
-  float scale_f = fp16_to_float(scale_h);
-  // (hi - min) / qmax can round below the true quotient in float; make sure the top code reaches hi.
-  while (scale_f > 0 && min_f + scale_f * static_cast<float>(qmax) < hi) {
-    ++scale_h;
-    scale_f = fp16_to_float(scale_h);
+  uint16_t min_h, scale_h;
+  range_params(lo, hi, qmax, &min_h, &scale_h);
+  if (clip) {
+    const float mid = 0.5f * (lo + hi), half = 0.5f * (hi - lo);
+    double best = INFINITY;
+    for (float r : kClipGrid) {
+      uint16_t mh, sh;
+      range_params(mid - r * half, mid + r * half, qmax, &mh, &sh);
+      const float mf = fp16_to_float(mh), sf = fp16_to_float(sh);
+      const float inv = sf > 0 ? 1.0f / sf : 0.0f;
+      double err = 0;
+      for (int i = 0; i < n; ++i) {
+        const float y = static_cast<float>(code_of(x[i], mf, inv, qmax)) * sf + mf;
+        err += static_cast<double>(y - x[i]) * (y - x[i]);
+      }
+      if (err < best) {
+        best = err;
+        min_h = mh;
+        scale_h = sh;
+      }
+    }
   }
   std::memcpy(dst, &scale_h, 2);
   std::memcpy(dst + 2, &min_h, 2);
-  uint8_t* codes = dst + 4;
-  std::memset(codes, 0, static_cast<size_t>(n) * bits / 8);
+  const float min_f = fp16_to_float(min_h), scale_f = fp16_to_float(scale_h);
+  const int lo_bits = kv_lo_bits(bits), hi_bits = kv_hi_bits(bits);
+  uint8_t* lo_plane = dst + 4;
+  uint8_t* hi_plane = lo_plane + static_cast<size_t>(n) * lo_bits / 8;
+  std::memset(lo_plane, 0, static_cast<size_t>(n) * bits / 8);
   const float inv = scale_f > 0 ? 1.0f / scale_f : 0.0f;
-  const int per_byte = 8 / bits;
+  const int lo_per = 8 / lo_bits, lo_mask = (1 << lo_bits) - 1;
   for (int i = 0; i < n; ++i) {
-    int q = static_cast<int>(std::nearbyint((x[i] - min_f) * inv));
-    q = std::clamp(q, 0, qmax);
-    codes[i / per_byte] |= static_cast<uint8_t>(q << ((i % per_byte) * bits));
+    const int q = code_of(x[i], min_f, inv, qmax);
+    lo_plane[i / lo_per] |= static_cast<uint8_t>((q & lo_mask) << ((i % lo_per) * lo_bits));
+    if (hi_bits) {
+      const int hi_per = 8 / hi_bits;
+      hi_plane[i / hi_per] |= static_cast<uint8_t>((q >> lo_bits) << ((i % hi_per) * hi_bits));
+    }
   }
 }
 
@@ -59,19 +98,24 @@ void dequantize_group(const uint8_t* src, int n, int bits, float* y) {
   std::memcpy(&scale_h, src, 2);
   std::memcpy(&min_h, src + 2, 2);
   const float scale = fp16_to_float(scale_h), mn = fp16_to_float(min_h);
-  const uint8_t* codes = src + 4;
-  const int per_byte = 8 / bits, mask = (1 << bits) - 1;
+  const int lo_bits = kv_lo_bits(bits), hi_bits = kv_hi_bits(bits);
+  const uint8_t* lo_plane = src + 4;
+  const uint8_t* hi_plane = lo_plane + static_cast<size_t>(n) * lo_bits / 8;
+  const int lo_per = 8 / lo_bits, lo_mask = (1 << lo_bits) - 1;
   for (int i = 0; i < n; ++i) {
-    const int q = (codes[i / per_byte] >> ((i % per_byte) * bits)) & mask;
+    int q = (lo_plane[i / lo_per] >> ((i % lo_per) * lo_bits)) & lo_mask;
+    if (hi_bits) {
+      const int hi_per = 8 / hi_bits;
+      q |= ((hi_plane[i / hi_per] >> ((i % hi_per) * hi_bits)) & ((1 << hi_bits) - 1)) << lo_bits;
+    }
     y[i] = static_cast<float>(q) * scale + mn;
   }
 }
 
 }  // namespace
 
-void kv_quantize_row(const KvLayout& layout, int bits, const float* src, uint8_t* dst) {
-  KVD_ASSERT(kv_bits_valid(bits));
-  const int n = layout.kv_dim();
+void kv_encode(const float* src, int n, int bits, int group, bool clip, uint8_t* dst) {
+  KVD_ASSERT(kv_width_valid(bits));
   if (bits == 16) {
     for (int i = 0; i < n; ++i) {
       const uint16_t h = float_to_fp16(src[i]);
@@ -79,8 +123,27 @@ void kv_quantize_row(const KvLayout& layout, int bits, const float* src, uint8_t
     }
     return;
   }
-  const size_t gb = layout.group_bytes(bits);
-  for (int g = 0; g < layout.groups_per_row(); ++g) quantize_group(src + g * layout.group, layout.group, bits, dst + g * gb);
+  KVD_ASSERT(group > 0 && n % group == 0);
+  const size_t gb = KvLayout::group_bytes_of(bits, group);
+  for (int g = 0; g < n / group; ++g) quantize_group(src + g * group, group, bits, clip, dst + g * gb);
+}
+
+void kv_decode(const uint8_t* src, int n, int bits, int group, float* dst) {
+  if (bits == 16) {
+    for (int i = 0; i < n; ++i) {
+      uint16_t h;
+      std::memcpy(&h, src + 2 * i, 2);
+      dst[i] = fp16_to_float(h);
+    }
+    return;
+  }
+  const size_t gb = KvLayout::group_bytes_of(bits, group);
+  for (int g = 0; g < n / group; ++g) dequantize_group(src + g * gb, group, bits, dst + g * group);
+}
+
+void kv_quantize_row(const KvLayout& layout, int bits, const float* src, uint8_t* dst) {
+  KVD_ASSERT(kv_width_valid(bits));
+  kv_encode(src, layout.kv_dim(), bits, layout.group, false, dst);
 }
 
 void kv_quantize_row_fp16(const KvLayout& layout, int bits, const uint16_t* src, uint8_t* dst) {
@@ -97,21 +160,50 @@ void kv_quantize_row_fp16(const KvLayout& layout, int bits, const uint16_t* src,
 void kv_dequantize_head(const KvLayout& layout, int bits, const uint8_t* src, int head, float* dst) {
   const int hd = layout.head_dim;
   if (bits == 16) {
-    for (int i = 0; i < hd; ++i) {
-      uint16_t h;
-      std::memcpy(&h, src + 2 * (static_cast<size_t>(head) * hd + i), 2);
-      dst[i] = fp16_to_float(h);
-    }
+    kv_decode(src + 2 * static_cast<size_t>(head) * hd, hd, 16, layout.group, dst);
     return;
   }
-  const size_t gb = layout.group_bytes(bits);
-  const int g0 = head * hd / layout.group;
-  for (int g = 0; g < hd / layout.group; ++g)
-    dequantize_group(src + (g0 + g) * gb, layout.group, bits, dst + g * layout.group);
+  const size_t head_bytes = static_cast<size_t>(hd / layout.group) * layout.group_bytes(bits);
+  kv_decode(src + head * head_bytes, hd, bits, layout.group, dst);
 }
 
 void kv_dequantize_row(const KvLayout& layout, int bits, const uint8_t* src, float* dst) {
   for (int h = 0; h < layout.n_kv_heads; ++h) kv_dequantize_head(layout, bits, src, h, dst + h * layout.head_dim);
+}
+
+void kv_store_row(const KvLayout& layout, int cls, bool is_v, const uint16_t* src, const float* signs, uint8_t* dst) {
+  const KvSetting s = layout.setting(cls);
+  const int bits = is_v ? s.vbits : s.kbits, group = is_v ? s.vgroup : s.kgroup;
+  const int n = layout.kv_dim(), hd = layout.head_dim;
+  if (bits == 16) {
+    std::memcpy(dst, src, 2 * static_cast<size_t>(n));
+    return;
+  }
+  float tmp[4096];
+  std::vector<float> big;
+  float* x = tmp;
+  if (n > 4096) {
+    big.resize(static_cast<size_t>(n));
+    x = big.data();
+  }
+  for (int i = 0; i < n; ++i) x[i] = fp16_to_float(src[i]);
+  if (layout.rotate)
+    for (int h = 0; h < layout.n_kv_heads; ++h) kv_rotate(x + h * hd, signs + h * hd, hd);
+  kv_encode(x, n, bits, group, layout.clip, dst);
+}
+
+void kv_load_head(const KvLayout& layout, int cls, bool is_v, const uint8_t* row, int head, const float* signs,
+                  float* dst) {
+  const KvSetting s = layout.setting(cls);
+  const int bits = is_v ? s.vbits : s.kbits, group = is_v ? s.vgroup : s.kgroup;
+  const int hd = layout.head_dim;
+  if (bits == 16) {
+    kv_decode(row + 2 * static_cast<size_t>(head) * hd, hd, 16, group, dst);
+    return;
+  }
+  const size_t head_bytes = static_cast<size_t>(hd / group) * KvLayout::group_bytes_of(bits, group);
+  kv_decode(row + head * head_bytes, hd, bits, group, dst);
+  if (layout.rotate) kv_unrotate(dst, signs + head * hd, hd);
 }
 
 }  // namespace kvd
