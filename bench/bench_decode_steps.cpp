@@ -70,7 +70,19 @@ int run(const Options& o) {
   std::vector<std::unique_ptr<KvPolicy>> policies;
   std::vector<KvPlan> plans;
   for (const auto& spec : o.policies) {
-    plans.push_back(make_kv_plan(c.n_layers, c.n_kv_heads, c.head_dim, o.quant, spec));
+    // "SPEC;rotate=0" (or ;clip=0/1): quantizer options for this policy alone (e.g. the original cache beside v2).
+    KvQuantOptions q = o.quant;
+    std::string base = spec;
+    for (size_t at; (at = base.rfind(';')) != std::string::npos; base.resize(at)) {
+      const std::string opt = base.substr(at + 1);
+      if (opt == "rotate=0" || opt == "rotate=1")
+        q.rotate = opt.back() - '0';
+      else if (opt == "clip=0" || opt == "clip=1")
+        q.clip = opt.back() - '0';
+      else
+        throw Error("--kv-policy " + spec + ": unknown option '" + opt + "' (rotate=0|1, clip=0|1)");
+    }
+    plans.push_back(make_kv_plan(c.n_layers, c.n_kv_heads, c.head_dim, q, base));
     policies.push_back(make_policy(plans.back().policy_spec));
   }
   std::mt19937 rng(7);

@@ -79,7 +79,7 @@ std::string kv_summary(const KvCache& cache, int seq) {
   const KvLayout& l = cache.layout();
   for (int c : kKvClasses) {
     const double share = s.tokens ? 100.0 * static_cast<double>(s.tokens_at_bits[c]) / s.tokens : 0.0;
-    if (share == 0 && c != 16 && s.tokens_at_bits[c] == 0 && l.has_ladder && l.ladder[0] == l.ladder[3]) continue;
+    if (s.tokens_at_bits[c] == 0) continue;
     std::snprintf(buf, sizeof buf, " %d=%s (%.2f bits): %.1f%%", c, format_kv_setting(l.setting(c)).c_str(),
                   l.effective_bits(c), share);
     out += buf;

@@ -26,9 +26,11 @@ KvPlan make_kv_plan(int n_layers, int n_kv_heads, int head_dim, const KvQuantOpt
   if (policy.rfind(prefix, 0) == 0) {
     const std::string arg = policy.substr(prefix.size());
     const KvSetting s = parse_kv_setting(arg, q.group);
+    // Classes 2, 4, 8 hold the setting (the policy chooses 4); 16 stays fp16 (staged tokens, the KL reference).
     for (auto& c : l.ladder) c = s;
+    l.ladder[static_cast<size_t>(kv_class_index(16))] = KvSetting{16, 16, q.group, q.group};
     l.has_ladder = true;
-    p.policy_spec = "static:4";
+    p.policy_spec = s.kbits == 16 && s.vbits == 16 ? "static:16" : "static:4";
   } else {
     parse_kv_ladder(q.ladder, q.group, l);
   }

@@ -1,7 +1,8 @@
 // How a run's KV layout is assembled from the user's options and its policy: one place, used by every
 // command, benchmark and test that builds a cache.
 //   static:B (B = 2, 4, 8, 16) and static:SETTING (e.g. static:K5V4g64): every token at that one setting
-//     (B = KBVB at the default group), whatever the ladder says;
+//     (B = KBVB at the default group), whatever the ladder says: classes 2, 4 and 8 hold it and the policy
+//     chooses 4; class 16 stays fp16 (staged tokens read as class 16, and KL references run at it);
 //   any other policy: its width classes 2, 4, 8, 16 map through the ladder.
 #pragma once
 #include <string>
@@ -21,7 +22,7 @@ struct KvQuantOptions {
 
 struct KvPlan {
   KvLayout layout;
-  std::string policy_spec;  // what make_policy gets (static:SETTING becomes static:4)
+  std::string policy_spec;  // what make_policy gets (static:SETTING becomes static:4, or static:16 for F16)
   std::string display;      // the policy as the user named it
 };
 

@@ -133,6 +133,9 @@ std::string kv_quantizer_id(const KvLayout& layout) {
 }
 
 void validate_kv_layout(const KvLayout& layout) {
+  // Staged tokens read at fp16 carry class 16 (kv/kv_cache.h), so class 16 must store fp16.
+  if (!(layout.setting(16) == KvSetting{16, 16, layout.setting(16).kgroup, layout.setting(16).vgroup}))
+    throw Error("KV class 16 must be F16 (got " + format_kv_setting(layout.setting(16)) + ")");
   for (int c : kKvClasses) {
     const KvSetting s = layout.setting(c);
     for (auto [bits, g, what] : {std::tuple{s.kbits, s.kgroup, "K"}, std::tuple{s.vbits, s.vgroup, "V"}}) {
