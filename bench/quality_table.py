@@ -16,8 +16,13 @@ from benchlib import emit_table
 
 
 def run(kvdial, model, text, policy, residual, ctx, chunks, threads):
-    cmd = [kvdial, "perplexity", "-m", model, "-f", text, "-c", str(ctx), "--kv-policy", policy,
+    # "SPEC;rotate=0" (or ;clip=0/1, ;ladder=L): quantizer options for this row alone.
+    spec, *opts = policy.split(";")
+    cmd = [kvdial, "perplexity", "-m", model, "-f", text, "-c", str(ctx), "--kv-policy", spec,
            "--kv-residual", str(residual), "--kl-divergence", "-t", str(threads)]
+    for o in opts:
+        k, v = o.split("=", 1)
+        cmd += ["--kv-" + k, v]
     if chunks:
         cmd += ["--chunks", str(chunks)]
     p = subprocess.run(cmd, capture_output=True, text=True)
@@ -26,7 +31,7 @@ def run(kvdial, model, text, policy, residual, ctx, chunks, threads):
     out = p.stdout
     ppl = re.search(r"PPL = ([0-9.]+) \+/- ([0-9.]+)", out)
     kl = re.search(r"KL divergence vs 16-bit cache: mean ([0-9.e-]+); same top-1 ([0-9.]+)", out)
-    bits = re.search(r"avg width ([0-9.]+) bits", out)
+    bits = re.search(r"stored ([0-9.]+) bits/elem", out)
     ch = re.search(r"chunks (\d+) x (\d+) tokens, (\d+) scored, ([0-9.]+) s", out)
     return dict(policy=policy, residual=residual, ctx=ctx, ppl=float(ppl.group(1)), ppl_err=float(ppl.group(2)),
                 kl=float(kl.group(1)), top1=float(kl.group(2)), width=float(bits.group(1)),
@@ -60,10 +65,10 @@ def main():
             results.append(r)
     order = {j[:3]: i for i, j in enumerate(jobs)}
     results.sort(key=lambda r: order[(r["policy"], r["residual"], r["ctx"])])
-    lines = ["| n_ctx | chunks | kv | residual | avg width | PPL | ± | mean KL vs 16-bit | same top-1 |",
+    lines = ["| n_ctx | chunks | kv | residual | stored bits/elem | PPL | ± | mean KL vs 16-bit | same top-1 |",
              "| ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in results:
-        lines.append(f"| {r['ctx']} | {r['chunks']} | {r['policy']} | {r['residual']} | {r['width']:.2f} | "
+        lines.append(f"| {r['ctx']} | {r['chunks']} | {r['policy']} | {r['residual']} | {r['width']:.3f} | "
                      f"{r['ppl']:.4f} | {r['ppl_err']:.4f} | {r['kl']:.6f} | {r['top1']:.4f} |")
     emit_table(lines, a.out)
 
