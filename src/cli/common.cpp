@@ -3,6 +3,9 @@
 #include <cstdio>
 
 #include "util/error.h"
+#ifdef KVDIAL_HAVE_CUDA
+#include "cuda/gpu_session.h"
+#endif
 
 namespace kvd::cli {
 
@@ -16,6 +19,8 @@ void add_engine_options(CLI::App* app, EngineOptions& o, bool with_ctx) {
                   "cpu (fast), cpu-q8 (cpu with 8-bit activations in decode matmuls, as llama.cpp: faster, "
                   "less exact) or ref (plain reference loops)")
       ->check(CLI::IsMember({"cpu", "cpu-q8", "ref"}));
+  app->add_option("--device", o.device, "cpu, or cuda: the whole forward pass on the GPU (alias -dev)")
+      ->check(CLI::IsMember({"cpu", "cuda"}));
   app->add_option("--kv-policy", o.kv_policy,
                   "static:B (B=2,4,8,16), rule[:T1,T2,T3], pattern:W1/W2/.. or learned:FILE");
   app->add_flag("--no-mmap", o.no_mmap,
@@ -29,9 +34,27 @@ void add_engine_options(CLI::App* app, EngineOptions& o, bool with_ctx) {
 Engine make_engine(const EngineOptions& o, int ctx_override, std::shared_ptr<Model> model) {
   Engine e;
   e.policy = make_policy(o.kv_policy);  // check the cheap things before mapping the model
+  if (o.device == "cuda" && e.policy->needs_features())
+    throw Error("--device cuda: policy '" + o.kv_policy +
+                "' decides from attention statistics after the forward pass, which only the CPU computes; "
+                "use static:B or pattern:W1/W2/..");
+#ifndef KVDIAL_HAVE_CUDA
+  if (o.device == "cuda") throw Error("--device cuda: this kvdial was built without CUDA (no nvcc at configure time)");
+#endif
   e.model = model ? std::move(model) : std::shared_ptr<Model>(Model::load(o.model_path, !o.no_mmap));
-  e.backend = make_backend(o.backend, o.threads);
   const ModelConfig& c = e.model->config();
+#ifdef KVDIAL_HAVE_CUDA
+  if (o.device == "cuda") {
+    cuda::GpuOptions g;
+    g.max_tokens = ctx_override > 0 ? ctx_override : o.ctx;
+    g.n_batch = o.batch;
+    g.kv_group = o.kv_group;
+    g.kv_residual = o.kv_residual;
+    e.session = cuda::make_gpu_session(*e.model, g);
+    return e;
+  }
+#endif
+  e.backend = make_backend(o.backend, o.threads);
   KvLayout layout{c.n_layers, c.n_kv_heads, c.head_dim, o.kv_group};
   KvCacheOptions kopt;
   kopt.max_tokens = ctx_override > 0 ? ctx_override : o.ctx;
@@ -54,8 +77,7 @@ std::string human_bytes(double b) {
   return buf;
 }
 
-std::string kv_summary(const KvCache& cache, int seq) {
-  const KvStats s = cache.stats(seq);
+std::string kv_summary(const KvStats& s) {
   char buf[256];
   auto share = [&](int b) {
     return s.tokens ? 100.0 * static_cast<double>(s.tokens_at_bits[b]) / s.tokens : 0.0;
