@@ -250,7 +250,8 @@ void KvProbe::append(const float* k, const float* v, const uint8_t* bits, int n)
       std::memcpy(&h[i * row + q_dim + kv_dim], v + src, kv_dim * 4);
     }
     KVD_CUDA(cudaMemcpyAsync(m.qkv, h.data(), h.size() * 4, cudaMemcpyHostToDevice, m.stream));
-    launch_rope_append(m.kv.dev(), l, m.qkv, m.n_heads, m.layout.head_dim, false, m.rope, m.params, n, m.stream);
+    // rope_dim 0: no rotation at all (an identity rotation would still turn -0 into +0).
+    launch_rope_append(m.kv.dev(), l, m.qkv, m.n_heads, 0, false, m.rope, m.params, n, m.stream);
     KVD_CUDA_LAUNCH("rope_append");
     KVD_CUDA(cudaStreamSynchronize(m.stream));
   }

@@ -31,6 +31,18 @@ __device__ void store_row(const float* x, int bits, int group, int kv_dim, uint8
       lo = fminf(lo, __shfl_xor_sync(0xffffffffu, lo, o));
       hi = fmaxf(hi, __shfl_xor_sync(0xffffffffu, hi, o));
     }
+    // The CPU's std::min keeps the first of equal values, which decides the sign of a zero minimum
+    // (and so the stored min's bytes): take the first element equal to it.
+    if (lo == 0.0f) {
+      int first = group;
+      for (int j = lane; j < group; j += 32)
+        if (xg[j] == 0.0f) {
+          first = j;
+          break;
+        }
+      for (int o = 16; o > 0; o >>= 1) first = min(first, __shfl_xor_sync(0xffffffffu, first, o));
+      lo = xg[first];
+    }
     uint16_t scale_h, min_h;
     group_scale_min(lo, hi, bits, &scale_h, &min_h);
     const float scale_f = h2f(scale_h), min_f = h2f(min_h);
@@ -87,6 +99,63 @@ __global__ void rope_append_kernel(KvDev kv, int layer, float* qkv, int n_heads,
   store_row(sm + kv_dim, c.v_bits, c.group, kv_dim, dst + c.k_row_bytes);
 }
 
+__device__ inline float half_at(const uint8_t* p) { return __half2float(__ushort_as_half(load_u16(p))); }
+
+// E consecutive fp16 values at p: 16-byte loads when aligned.
+template <int E>
+__device__ inline void load_half_elems(const uint8_t* p, float (&out)[E]) {
+  if (E % 8 == 0 && (reinterpret_cast<uintptr_t>(p) & 15) == 0) {
+#pragma unroll
+    for (int v = 0; v < E / 8; ++v) {
+      const uint4 w = *reinterpret_cast<const uint4*>(p + 16 * v);
+      const __half2* h2 = reinterpret_cast<const __half2*>(&w);
+#pragma unroll
+      for (int k = 0; k < 4; ++k) {
+        const float2 f = __half22float2(h2[k]);
+        out[8 * v + 2 * k] = f.x;
+        out[8 * v + 2 * k + 1] = f.y;
+      }
+    }
+  } else {
+#pragma unroll
+    for (int e = 0; e < E; ++e) out[e] = half_at(p + 2 * e);
+  }
+}
+
+// Elements idx0 .. idx0 + E - 1 of a stored row. When they share a group (group % E == 0, as with the
+// default group 32 and 8 elements a lane) its scale and min are read once.
+template <int E>
+__device__ inline void load_elems(const uint8_t* row, int bits, int group, int idx0, float (&out)[E]) {
+  if (bits == 16) {
+    load_half_elems<E>(row + 2 * idx0, out);
+  } else if (group % E == 0) {
+    const int g = idx0 / group, j0 = idx0 - g * group;
+    const uint8_t* p = row + g * (4 + group * bits / 8);
+    const float scale = half_at(p), mn = half_at(p + 2);
+    const uint8_t* c = p + 4 + ((j0 * bits) >> 3);
+    const int nbytes = E * bits / 8;
+    if ((reinterpret_cast<uintptr_t>(c) & 3) == 0 && nbytes % 4 == 0 && 32 % bits == 0) {
+      // The lane's codes in 32-bit words (no code straddles a word at 2, 4 or 8 bits).
+      uint32_t w[E * 8 / 32] = {};
+#pragma unroll
+      for (int k = 0; k < E * 8 / 32; ++k)
+        if (k < nbytes / 4) w[k] = reinterpret_cast<const uint32_t*>(c)[k];
+      const uint32_t mask = (1u << bits) - 1;
+#pragma unroll
+      for (int e = 0; e < E; ++e) {
+        const int bit = e * bits;
+        out[e] = static_cast<float>((w[bit >> 5] >> (bit & 31)) & mask) * scale + mn;
+      }
+    } else {
+#pragma unroll
+      for (int e = 0; e < E; ++e) out[e] = static_cast<float>(code_at(p + 4, j0 + e, bits)) * scale + mn;
+    }
+  } else {
+#pragma unroll
+    for (int e = 0; e < E; ++e) out[e] = row_elem(row, bits, group, idx0 + e);
+  }
+}
+
 // Block (chunk, query head, query): keys [chunk*kAttnChunk, ...] up to the query's position. 4 warps,
 // each taking 4 keys at a time (8 lanes a key, HD/8 elements a lane), online softmax; the block's
 // partial state (unnormalized output, max, sum) goes to part for the merge.
@@ -123,18 +192,12 @@ __global__ void __launch_bounds__(128) attn_partial_kernel(KvDev kv, int layer, 
         const uint32_t off = kv.tok_off[t];
         const uint8_t* rec =
             kv.pages[off >> kv.page_shift] + (static_cast<size_t>(layer) << kv.page_shift) + (off & mask);
-#pragma unroll
-        for (int e = 0; e < E; ++e) {
-          kx[e] = row_elem(rec, c.k_bits, c.group, idx0 + e);
-          vx[e] = row_elem(rec + c.k_row_bytes, c.v_bits, c.group, idx0 + e);
-        }
+        load_elems<E>(rec, c.k_bits, c.group, idx0, kx);
+        load_elems<E>(rec + c.k_row_bytes, c.v_bits, c.group, idx0, vx);
       } else {
         const size_t slot = (static_cast<size_t>(layer) * kv.ring + t % kv.ring) * kv.kv_dim + idx0;
-#pragma unroll
-        for (int e = 0; e < E; ++e) {
-          kx[e] = h2f(kv.ring_k[slot + e]);
-          vx[e] = h2f(kv.ring_v[slot + e]);
-        }
+        load_half_elems<E>(reinterpret_cast<const uint8_t*>(kv.ring_k + slot), kx);
+        load_half_elems<E>(reinterpret_cast<const uint8_t*>(kv.ring_v + slot), vx);
       }
     }
     float s = 0;

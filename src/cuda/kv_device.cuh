@@ -37,7 +37,7 @@ struct StepParams {
   int n;     // tokens in the batch
 };
 
-constexpr int kAttnChunk = 128;  // keys per attention block (split-K)
+constexpr int kAttnChunk = 64;  // keys per attention block (split-K)
 
 // qkv: n rows of [q (n_heads*hd) | k (kv_dim) | v (kv_dim)] fp32, bias already added. Rotates q and k in
 // place (rope_cs: [pos][rope_dim/2] (cos, sin) pairs), writes k and v at fp16 into the ring and
