@@ -25,7 +25,8 @@ namespace kvd::cuda {
 namespace {
 
 void blas_check(cublasStatus_t st, const char* what) {
-  if (st != CUBLAS_STATUS_SUCCESS) throw Error(std::string("cublas: ") + what + " failed (status " + std::to_string(st) + ")");
+  if (st != CUBLAS_STATUS_SUCCESS)
+    throw Error(std::string("cublas: ") + what + " failed (status " + std::to_string(st) + ")");
 }
 
 std::string mib(double b) {
@@ -61,13 +62,17 @@ class Engine final : public GpuSession {
   const KvLayout& kv_layout() const override { return kv_->layout(); }
   void decide(int pos, int bits) override {
     if (pos < 0 || pos >= kv_->n_tokens() || kv_->cls_at(pos) != kv_->class_of(bits))
-      throw Error("cuda: KV widths are fixed when tokens are appended (decide after the forward pass is CPU-only)");
+      throw Error(
+          "cuda: KV widths are fixed when tokens are appended (decide after the forward pass is CPU-only)");
   }
   void flush_window() override {}
   void clear() override { kv_->clear(); }
   void truncate(int n) override { kv_->truncate(n); }
   KvStats kv_stats() const override { return kv_->stats(); }
-  std::string device_name() const override { return "cuda (" + device_ + ", weights " + (use_q_ ? "q4_1" : "f16") + (opt_.graphs ? ", graphs" : "") + ")"; }
+  std::string device_name() const override {
+    return "cuda (" + device_ + ", weights " + (use_q_ ? "q4_1" : "f16") + (opt_.graphs ? ", graphs" : "") +
+           ")";
+  }
   std::string memory_summary() const override;
   size_t engine_peak_bytes() const override { return mem_.peak(); }
   size_t device_peak_used_bytes() const override { return mem_.used_peak(); }
@@ -79,7 +84,8 @@ class Engine final : public GpuSession {
   }
   float* upload_vec(const std::vector<float>& v);
   Mat upload_mat(const std::vector<const WeightView*>& parts);
-  void gemv(GemvMode mode, const Mat& m, int rows, const float* x, const float* norm, const float* bias, float* y);
+  void gemv(GemvMode mode, const Mat& m, int rows, const float* x, const float* norm, const float* bias,
+            float* y);
   void gemm(const Mat& m, const __half* x, int n, float* y, float beta);
   void enqueue_decode(int chunks);
   void decode_step(int32_t token, int pos, float* out);
@@ -177,8 +183,8 @@ Engine::Engine(const Model& model, const GpuOptions& opt) : model_(model), opt_(
 
   // KV cache.
   const KvLayout layout{c_.n_layers, c_.n_kv_heads, c_.head_dim, opt_.kv_group};
-  kv_ = std::make_unique<GpuKv>(mem_, layout, opt_.max_tokens, opt_.kv_residual, opt_.kv_residual + opt_.n_batch,
-                                64 * 1024);
+  kv_ = std::make_unique<GpuKv>(mem_, layout, opt_.max_tokens, opt_.kv_residual,
+                                opt_.kv_residual + opt_.n_batch, 64 * 1024);
   max_chunks_ = (opt_.max_tokens + kAttnChunk - 1) / kAttnChunk;
 
   // Activations for n_batch tokens.
@@ -191,7 +197,8 @@ Engine::Engine(const Model& model, const GpuOptions& opt) : model_(model), opt_(
   xh_ = dalloc<__half>(B * std::max({c_.dim, q_dim_, c_.ffn_dim}), MemKind::Work, "activations");
   atth_ = dalloc<__half>(B * q_dim_, MemKind::Work, "activations");
   logits_d_ = dalloc<float>(B * c_.vocab, MemKind::Work, "logits");
-  part_ = dalloc<float>(B * c_.n_heads * max_chunks_ * (c_.head_dim + 2), MemKind::Work, "attention partials");
+  part_ =
+      dalloc<float>(B * c_.n_heads * max_chunks_ * (c_.head_dim + 2), MemKind::Work, "attention partials");
   params_ = dalloc<StepParams>(1, MemKind::Work, "step parameters");
   dparams_ = dalloc<DecodeParams>(1, MemKind::Work, "step parameters");
   dtokens_ = dalloc<int32_t>(B, MemKind::Work, "tokens");
@@ -258,9 +265,10 @@ void Engine::gemv(GemvMode mode, const Mat& m, int rows, const float* x, const f
 // y (n x rows, row-major fp32) = x (n x cols, fp16) W^T + beta * y.
 void Engine::gemm(const Mat& m, const __half* x, int n, float* y, float beta) {
   const float alpha = 1.0f;
-  blas_check(cublasGemmEx(blas_, CUBLAS_OP_T, CUBLAS_OP_N, m.rows, n, m.cols, &alpha, m.f16, CUDA_R_16F, m.cols, x,
-                          CUDA_R_16F, m.cols, &beta, y, CUDA_R_32F, m.rows, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
-             "cublasGemmEx");
+  blas_check(
+      cublasGemmEx(blas_, CUBLAS_OP_T, CUBLAS_OP_N, m.rows, n, m.cols, &alpha, m.f16, CUDA_R_16F, m.cols, x,
+                   CUDA_R_16F, m.cols, &beta, y, CUDA_R_32F, m.rows, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+      "cublasGemmEx");
 }
 
 void Engine::enqueue_decode(int chunks) {
@@ -279,8 +287,8 @@ void Engine::enqueue_decode(int chunks) {
     gemv(GemvMode::Add, L.down, L.down.rows, h_, nullptr, nullptr, x_);
   }
   gemv(GemvMode::Store, out_, c_.vocab, x_, out_norm_, nullptr, logits_d_);
-  KVD_CUDA(cudaMemcpyAsync(hlogits_, logits_d_, static_cast<size_t>(c_.vocab) * sizeof(float), cudaMemcpyDeviceToHost,
-                           stream_));
+  KVD_CUDA(cudaMemcpyAsync(hlogits_, logits_d_, static_cast<size_t>(c_.vocab) * sizeof(float),
+                           cudaMemcpyDeviceToHost, stream_));
 }
 
 void Engine::decode_step(int32_t token, int pos, float* out) {
@@ -333,7 +341,8 @@ void Engine::prompt_batch(const int32_t* tokens, int n, int pos0, int from, floa
   }
   const int n_out = n - from;
   if (n_out > 0) {
-    launch_rmsnorm_half(x_ + static_cast<size_t>(from) * c_.dim, out_norm_, n_out, c_.dim, c_.rms_eps, xh_, stream_);
+    launch_rmsnorm_half(x_ + static_cast<size_t>(from) * c_.dim, out_norm_, n_out, c_.dim, c_.rms_eps, xh_,
+                        stream_);
     gemm(out_, xh_, n_out, logits_d_, 0.0f);
     KVD_CUDA(cudaMemcpyAsync(out, logits_d_, static_cast<size_t>(n_out) * c_.vocab * sizeof(float),
                              cudaMemcpyDeviceToHost, stream_));
@@ -346,12 +355,15 @@ const std::vector<float>& Engine::forward(const int32_t* tokens, int n, int logi
                                           std::vector<TokenForwardStats>* stats, const uint8_t* bits) {
   const int vocab = c_.vocab;
   KVD_ASSERT(logits_from >= 0 && logits_from <= n);
-  if (stats) throw Error("cuda: per-token attention statistics are not computed on the GPU (policies that read "
-                         "features run on the CPU)");
+  if (stats)
+    throw Error(
+        "cuda: per-token attention statistics are not computed on the GPU (policies that read "
+        "features run on the CPU)");
   if (!bits) throw Error("cuda: KV widths must be given in advance (static and pattern policies)");
   for (int i = 0; i < n; ++i)
     if (tokens[i] < 0 || tokens[i] >= vocab)
-      throw Error("token id " + std::to_string(tokens[i]) + " is outside the vocabulary (" + std::to_string(vocab) + ")");
+      throw Error("token id " + std::to_string(tokens[i]) + " is outside the vocabulary (" +
+                  std::to_string(vocab) + ")");
   logits_.resize(static_cast<size_t>(n - logits_from) * vocab);
   for (int b = 0; b < n; b += opt_.n_batch) {
     const int nb = std::min(opt_.n_batch, n - b);

@@ -1,9 +1,9 @@
 // GPU KV cache, host side: device memory accounting, pages and token tables, and the test probe.
-#include "cuda/gpu_kv.cuh"
-#include "cuda/gpu_kv.h"
-
 #include <algorithm>
 #include <cstring>
+
+#include "cuda/gpu_kv.cuh"
+#include "cuda/gpu_kv.h"
 
 namespace kvd::cuda {
 
@@ -58,13 +58,15 @@ void DeviceMemory::free(void* p) {
 
 // ---- GpuKv ----
 
-GpuKv::GpuKv(DeviceMemory& mem, const KvLayout& layout, int max_tokens, int residual, int ring, size_t page_bytes)
+GpuKv::GpuKv(DeviceMemory& mem, const KvLayout& layout, int max_tokens, int residual, int ring,
+             size_t page_bytes)
     : mem_(mem), layout_(layout), max_tokens_(max_tokens), residual_(residual) {
   if (layout.group <= 0 || layout.head_dim % layout.group != 0 || layout.group % 4 != 0)
     throw Error("--kv-group " + std::to_string(layout.group) + " must divide the head dimension (" +
                 std::to_string(layout.head_dim) + ") and be a multiple of 4");
   if (layout.head_dim != 64 && layout.head_dim != 128)
-    throw Error("cuda: head dimension " + std::to_string(layout.head_dim) + " is not supported (64, 128 are)");
+    throw Error("cuda: head dimension " + std::to_string(layout.head_dim) +
+                " is not supported (64, 128 are)");
   size_t page = 4096;
   while (page < std::max(page_bytes, layout.token_bytes(16))) page *= 2;
   page_bytes_ = page;
@@ -92,12 +94,15 @@ GpuKv::GpuKv(DeviceMemory& mem, const KvLayout& layout, int max_tokens, int resi
   d.ring_v = static_cast<uint16_t*>(mem.alloc(ring_bytes, MemKind::Kv, "the KV fp16 ring"));
   const size_t max_pages = static_cast<size_t>(max_tokens) * layout.token_bytes(16) / page + 2;
   d.pages = static_cast<uint8_t**>(mem.alloc(max_pages * sizeof(uint8_t*), MemKind::Kv, "the KV page table"));
-  d.tok_off = static_cast<uint32_t*>(mem.alloc(static_cast<size_t>(max_tokens) * 4, MemKind::Kv, "KV token table"));
-  d.tok_cls = static_cast<uint8_t*>(mem.alloc(static_cast<size_t>(max_tokens), MemKind::Kv, "KV token table"));
+  d.tok_off =
+      static_cast<uint32_t*>(mem.alloc(static_cast<size_t>(max_tokens) * 4, MemKind::Kv, "KV token table"));
+  d.tok_cls =
+      static_cast<uint8_t*>(mem.alloc(static_cast<size_t>(max_tokens), MemKind::Kv, "KV token table"));
   KVD_CUDA(cudaMemset(d.tok_off, 0, static_cast<size_t>(max_tokens) * 4));
   KVD_CUDA(cudaMemset(d.tok_cls, 0, static_cast<size_t>(max_tokens)));
   if (static_cast<uint64_t>(max_pages) * page >= (uint64_t{1} << 32))
-    throw Error("cuda: context of " + std::to_string(max_tokens) + " tokens exceeds the 4 GiB page space per layer");
+    throw Error("cuda: context of " + std::to_string(max_tokens) +
+                " tokens exceeds the 4 GiB page space per layer");
 }
 
 GpuKv::~GpuKv() = default;  // memory belongs to mem_
@@ -133,7 +138,8 @@ int GpuKv::begin(const uint8_t* bits, int n, bool upload, cudaStream_t s) {
   }
   n_tokens_ += n;
   if (upload && n > 0) {
-    KVD_CUDA(cudaMemcpyAsync(dev_.tok_cls + first, cls_.data() + first, static_cast<size_t>(n), cudaMemcpyHostToDevice, s));
+    KVD_CUDA(cudaMemcpyAsync(dev_.tok_cls + first, cls_.data() + first, static_cast<size_t>(n),
+                             cudaMemcpyHostToDevice, s));
     KVD_CUDA(cudaMemcpyAsync(dev_.tok_off + first, off_.data() + first, static_cast<size_t>(n) * 4,
                              cudaMemcpyHostToDevice, s));
   }
@@ -178,7 +184,8 @@ std::vector<uint8_t> GpuKv::record(int layer, int pos) const {
   const int bits = bits_of_class_[cls_[static_cast<size_t>(pos)]];
   std::vector<uint8_t> out(layout_.token_bytes(bits));
   const uint32_t off = off_[static_cast<size_t>(pos)];
-  const uint8_t* src = pages_[off / page_bytes_] + static_cast<size_t>(layer) * page_bytes_ + off % page_bytes_;
+  const uint8_t* src =
+      pages_[off / page_bytes_] + static_cast<size_t>(layer) * page_bytes_ + off % page_bytes_;
   KVD_CUDA(cudaMemcpy(out.data(), src, out.size(), cudaMemcpyDeviceToHost));
   return out;
 }
@@ -189,7 +196,9 @@ bool gpu_available(std::string* why) {
   int n = 0;
   const cudaError_t e = cudaGetDeviceCount(&n);
   if (e != cudaSuccess || n == 0) {
-    if (why) *why = e != cudaSuccess ? std::string("no usable CUDA device: ") + cudaGetErrorString(e) : "no CUDA device";
+    if (why)
+      *why = e != cudaSuccess ? std::string("no usable CUDA device: ") + cudaGetErrorString(e)
+                              : "no CUDA device";
     cudaGetLastError();
     return false;
   }
@@ -211,13 +220,18 @@ struct KvProbe::Impl {
   int max_chunks;
   int pos0 = 0, last_n = 0;
   Impl(const KvLayout& l, int nh, int max_tokens, int residual, int mb)
-      : layout(l), n_heads(nh), max_batch(mb), kv(mem, l, max_tokens, residual, residual + mb, 64 * 1024),
+      : layout(l),
+        n_heads(nh),
+        max_batch(mb),
+        kv(mem, l, max_tokens, residual, residual + mb, 64 * 1024),
         max_chunks((max_tokens + kAttnChunk - 1) / kAttnChunk) {
     KVD_CUDA(cudaStreamCreate(&stream));
     const size_t row = static_cast<size_t>(nh) * l.head_dim + 2 * l.kv_dim();
     qkv = static_cast<float*>(mem.alloc(mb * row * 4, MemKind::Work, "probe qkv"));
-    q = static_cast<float*>(mem.alloc(static_cast<size_t>(mb) * nh * l.head_dim * 4, MemKind::Work, "probe q"));
-    out = static_cast<float*>(mem.alloc(static_cast<size_t>(mb) * nh * l.head_dim * 4, MemKind::Work, "probe out"));
+    q = static_cast<float*>(
+        mem.alloc(static_cast<size_t>(mb) * nh * l.head_dim * 4, MemKind::Work, "probe q"));
+    out = static_cast<float*>(
+        mem.alloc(static_cast<size_t>(mb) * nh * l.head_dim * 4, MemKind::Work, "probe out"));
     part = static_cast<float*>(mem.alloc(static_cast<size_t>(mb) * nh * max_chunks * (l.head_dim + 2) * 4,
                                          MemKind::Work, "probe part"));
     const size_t nrope = static_cast<size_t>(max_tokens) * (l.head_dim / 2);
@@ -262,7 +276,8 @@ void KvProbe::attend(int layer, const float* q, int n, float* out) {
   KVD_ASSERT(n == m.last_n);
   const size_t qn = static_cast<size_t>(n) * m.n_heads * m.layout.head_dim;
   KVD_CUDA(cudaMemcpyAsync(m.q, q, qn * 4, cudaMemcpyHostToDevice, m.stream));
-  launch_attention(m.kv.dev(), layer, m.q, m.n_heads * m.layout.head_dim, m.n_heads, m.params, n, m.max_chunks, m.part, m.out, nullptr, m.stream);
+  launch_attention(m.kv.dev(), layer, m.q, m.n_heads * m.layout.head_dim, m.n_heads, m.params, n,
+                   m.max_chunks, m.part, m.out, nullptr, m.stream);
   KVD_CUDA_LAUNCH("attention");
   KVD_CUDA(cudaMemcpyAsync(out, m.out, qn * 4, cudaMemcpyDeviceToHost, m.stream));
   KVD_CUDA(cudaStreamSynchronize(m.stream));
@@ -281,7 +296,8 @@ std::vector<uint8_t> quantize_rows(const KvLayout& layout, int bits, const std::
   std::vector<float> x(static_cast<size_t>(kv_dim) * 256);
   for (int b = 0; b < n; b += 256) {
     const int nb = std::min(256, n - b);
-    for (size_t j = 0; j < static_cast<size_t>(nb) * kv_dim; ++j) x[j] = h2f(rows[static_cast<size_t>(b) * kv_dim + j]);
+    for (size_t j = 0; j < static_cast<size_t>(nb) * kv_dim; ++j)
+      x[j] = h2f(rows[static_cast<size_t>(b) * kv_dim + j]);
     const std::vector<uint8_t> widths(static_cast<size_t>(nb), static_cast<uint8_t>(bits));
     probe.append(x.data(), x.data(), widths.data(), nb);
     for (int i = 0; i < nb; ++i) {

@@ -56,7 +56,8 @@ __device__ void store_row(const float* x, int bits, int group, int kv_dim, uint8
     }
     for (int b = lane; b < code_bytes; b += 32) {
       unsigned byte = 0;
-      for (int e = 0; e < per_byte; ++e) byte |= static_cast<unsigned>(quantize_code(xg[b * per_byte + e], min_f, inv, qmax)) << (e * bits);
+      for (int e = 0; e < per_byte; ++e)
+        byte |= static_cast<unsigned>(quantize_code(xg[b * per_byte + e], min_f, inv, qmax)) << (e * bits);
       p[4 + b] = static_cast<uint8_t>(byte);
     }
   }
@@ -160,8 +161,9 @@ __device__ inline void load_elems(const uint8_t* row, int bits, int group, int i
 // each taking 4 keys at a time (8 lanes a key, HD/8 elements a lane), online softmax; the block's
 // partial state (unnormalized output, max, sum) goes to part for the merge.
 template <int HD>
-__global__ void __launch_bounds__(128) attn_partial_kernel(KvDev kv, int layer, const float* q, int q_stride, int n_heads,
-                                                           const StepParams* params, int max_chunks, float* part) {
+__global__ void __launch_bounds__(128)
+    attn_partial_kernel(KvDev kv, int layer, const float* q, int q_stride, int n_heads,
+                        const StepParams* params, int max_chunks, float* part) {
   constexpr int E = HD / 8;
   const int chunk = blockIdx.x, h = blockIdx.y, i = blockIdx.z;
   const int pos = params->pos0 + i;
@@ -246,8 +248,8 @@ __global__ void __launch_bounds__(128) attn_partial_kernel(KvDev kv, int layer, 
   }
 }
 
-__global__ void attn_merge_kernel(int hd, int n_heads, const StepParams* params, int max_chunks, const float* part,
-                                  float* out, __half* out_h) {
+__global__ void attn_merge_kernel(int hd, int n_heads, const StepParams* params, int max_chunks,
+                                  const float* part, float* out, __half* out_h) {
   const int i = blockIdx.x, h = blockIdx.y, d = threadIdx.x;
   const int pos = params->pos0 + i;
   const int nc = pos / kAttnChunk + 1;
@@ -271,19 +273,20 @@ __global__ void attn_merge_kernel(int hd, int n_heads, const StepParams* params,
 
 void launch_rope_append(const KvDev& kv, int layer, float* qkv, int n_heads, int rope_dim, bool halves,
                         const float2* rope_cs, const StepParams* params, int n, cudaStream_t s) {
-  rope_append_kernel<<<n, 256, 2 * kv.kv_dim * sizeof(float), s>>>(kv, layer, qkv, n_heads, rope_dim, halves ? 1 : 0,
-                                                                   rope_cs, params);
+  rope_append_kernel<<<n, 256, 2 * kv.kv_dim * sizeof(float), s>>>(kv, layer, qkv, n_heads, rope_dim,
+                                                                   halves ? 1 : 0, rope_cs, params);
 }
 
-void launch_attention(const KvDev& kv, int layer, const float* q, int q_stride, int n_heads, const StepParams* params, int n,
-                      int max_chunks, float* part, float* out, __half* out_h, cudaStream_t s) {
+void launch_attention(const KvDev& kv, int layer, const float* q, int q_stride, int n_heads,
+                      const StepParams* params, int n, int max_chunks, float* part, float* out, __half* out_h,
+                      cudaStream_t s) {
   const dim3 grid(max_chunks, n_heads, n);
   if (kv.head_dim == 64)
     attn_partial_kernel<64><<<grid, 128, 0, s>>>(kv, layer, q, q_stride, n_heads, params, max_chunks, part);
   else
     attn_partial_kernel<128><<<grid, 128, 0, s>>>(kv, layer, q, q_stride, n_heads, params, max_chunks, part);
-  attn_merge_kernel<<<dim3(n, n_heads), kv.head_dim, 0, s>>>(kv.head_dim, n_heads, params, max_chunks, part, out,
-                                                             out_h);
+  attn_merge_kernel<<<dim3(n, n_heads), kv.head_dim, 0, s>>>(kv.head_dim, n_heads, params, max_chunks, part,
+                                                             out, out_h);
 }
 
 }  // namespace kvd::cuda

@@ -49,7 +49,8 @@ void launch_rope_append(const KvDev& kv, int layer, float* qkv, int n_heads, int
 // fp16 when out_h is non-null).
 // part: scratch of n * n_heads * max_chunks * (hd + 2) floats. max_chunks bounds the keys: the
 // longest query of the batch must have pos < max_chunks * kAttnChunk.
-void launch_attention(const KvDev& kv, int layer, const float* q, int q_stride, int n_heads, const StepParams* params, int n,
-                      int max_chunks, float* part, float* out, __half* out_h, cudaStream_t s);
+void launch_attention(const KvDev& kv, int layer, const float* q, int q_stride, int n_heads,
+                      const StepParams* params, int n, int max_chunks, float* part, float* out, __half* out_h,
+                      cudaStream_t s);
 
 }  // namespace kvd::cuda

@@ -17,11 +17,12 @@ __device__ float block_sum(float v, float* red) {
   return s;
 }
 
-__global__ void embed_kernel(const __half* emb, int dim, const int32_t* tokens, float* x, const DecodeParams* meta,
-                             KvDev kv) {
+__global__ void embed_kernel(const __half* emb, int dim, const int32_t* tokens, float* x,
+                             const DecodeParams* meta, KvDev kv) {
   const int i = blockIdx.x;
   const __half* row = emb + static_cast<size_t>(tokens[i]) * dim;
-  for (int j = threadIdx.x; j < dim; j += blockDim.x) x[static_cast<size_t>(i) * dim + j] = __half2float(row[j]);
+  for (int j = threadIdx.x; j < dim; j += blockDim.x)
+    x[static_cast<size_t>(i) * dim + j] = __half2float(row[j]);
   if (meta && i == 0 && threadIdx.x == 0) {
     kv.tok_cls[meta->step.pos0] = static_cast<uint8_t>(meta->cls);
     kv.tok_off[meta->step.pos0] = meta->off;
@@ -84,9 +85,9 @@ __device__ inline float row_dot_f16(const __half* w, int cols, const float* xs, 
 __device__ inline float silu(float g) { return g / (1.0f + expf(-g)); }
 
 template <GemvMode M>
-__global__ void __launch_bounds__(kGemvWarps * 32) gemv_f16_kernel(const __half* w, int rows, int cols, const float* x,
-                                                                 const float* norm_w, float eps, const float* bias,
-                                                                 float* y) {
+__global__ void __launch_bounds__(kGemvWarps * 32)
+    gemv_f16_kernel(const __half* w, int rows, int cols, const float* x, const float* norm_w, float eps,
+                    const float* bias, float* y) {
   extern __shared__ float xs[];
   load_x(x, norm_w, eps, cols, xs);
   const int lane = threadIdx.x & 31, r = blockIdx.x * kGemvWarps + (threadIdx.x >> 5);
@@ -130,9 +131,9 @@ __device__ inline float row_dot_q4_1(const uint8_t* w, int cols, const float* xs
 }
 
 template <GemvMode M>
-__global__ void __launch_bounds__(kGemvWarps * 32) gemv_q4_1_kernel(const uint8_t* w, int rows, int cols,
-                                                                  const float* x, const float* norm_w, float eps,
-                                                                  const float* bias, float* y) {
+__global__ void __launch_bounds__(kGemvWarps * 32)
+    gemv_q4_1_kernel(const uint8_t* w, int rows, int cols, const float* x, const float* norm_w, float eps,
+                     const float* bias, float* y) {
   extern __shared__ float xs[];
   load_x(x, norm_w, eps, cols, xs);
   const int lane = threadIdx.x & 31, r = blockIdx.x * kGemvWarps + (threadIdx.x >> 5);
@@ -163,57 +164,64 @@ __global__ void add_bias_kernel(float* y, const float* b, int cols) {
 
 template <typename K>
 void set_smem(K kernel, size_t bytes) {
-  if (bytes > 48 * 1024) cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
+  if (bytes > 48 * 1024)
+    cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
 }
 
 }  // namespace
 
-void launch_embed(const __half* emb, int dim, const int32_t* tokens, int n, float* x, const DecodeParams* meta,
-                  KvDev kv, cudaStream_t s) {
+void launch_embed(const __half* emb, int dim, const int32_t* tokens, int n, float* x,
+                  const DecodeParams* meta, KvDev kv, cudaStream_t s) {
   embed_kernel<<<n, 256, 0, s>>>(emb, dim, tokens, x, meta, kv);
 }
 
-void launch_rmsnorm_half(const float* x, const float* w, int n, int dim, float eps, __half* y, cudaStream_t s) {
+void launch_rmsnorm_half(const float* x, const float* w, int n, int dim, float eps, __half* y,
+                         cudaStream_t s) {
   rmsnorm_half_kernel<<<n, 256, 0, s>>>(x, w, dim, eps, y);
 }
 
-void launch_gemv(GemvMode mode, const __half* w, int rows, int cols, const float* x, const float* norm_w, float eps,
-                 const float* bias, float* y, cudaStream_t s) {
+void launch_gemv(GemvMode mode, const __half* w, int rows, int cols, const float* x, const float* norm_w,
+                 float eps, const float* bias, float* y, cudaStream_t s) {
   const int blocks = (rows + kGemvWarps - 1) / kGemvWarps;
   const size_t smem = static_cast<size_t>(cols) * sizeof(float);
   switch (mode) {
     case GemvMode::Store:
       set_smem(gemv_f16_kernel<GemvMode::Store>, smem);
-      gemv_f16_kernel<GemvMode::Store><<<blocks, kGemvWarps * 32, smem, s>>>(w, rows, cols, x, norm_w, eps, bias, y);
+      gemv_f16_kernel<GemvMode::Store>
+          <<<blocks, kGemvWarps * 32, smem, s>>>(w, rows, cols, x, norm_w, eps, bias, y);
       break;
     case GemvMode::Add:
       set_smem(gemv_f16_kernel<GemvMode::Add>, smem);
-      gemv_f16_kernel<GemvMode::Add><<<blocks, kGemvWarps * 32, smem, s>>>(w, rows, cols, x, norm_w, eps, bias, y);
+      gemv_f16_kernel<GemvMode::Add>
+          <<<blocks, kGemvWarps * 32, smem, s>>>(w, rows, cols, x, norm_w, eps, bias, y);
       break;
     case GemvMode::SwiGlu:
       set_smem(gemv_f16_kernel<GemvMode::SwiGlu>, smem);
-      gemv_f16_kernel<GemvMode::SwiGlu><<<blocks, kGemvWarps * 32, smem, s>>>(w, rows, cols, x, norm_w, eps, bias, y);
+      gemv_f16_kernel<GemvMode::SwiGlu>
+          <<<blocks, kGemvWarps * 32, smem, s>>>(w, rows, cols, x, norm_w, eps, bias, y);
       break;
   }
 }
 
-void launch_gemv_q4_1(GemvMode mode, const uint8_t* w, int rows, int cols, const float* x, const float* norm_w,
-                      float eps, const float* bias, float* y, cudaStream_t s) {
+void launch_gemv_q4_1(GemvMode mode, const uint8_t* w, int rows, int cols, const float* x,
+                      const float* norm_w, float eps, const float* bias, float* y, cudaStream_t s) {
   const int blocks = (rows + kGemvWarps - 1) / kGemvWarps;
   const size_t smem = static_cast<size_t>(cols) * sizeof(float);
   switch (mode) {
     case GemvMode::Store:
       set_smem(gemv_q4_1_kernel<GemvMode::Store>, smem);
-      gemv_q4_1_kernel<GemvMode::Store><<<blocks, kGemvWarps * 32, smem, s>>>(w, rows, cols, x, norm_w, eps, bias, y);
+      gemv_q4_1_kernel<GemvMode::Store>
+          <<<blocks, kGemvWarps * 32, smem, s>>>(w, rows, cols, x, norm_w, eps, bias, y);
       break;
     case GemvMode::Add:
       set_smem(gemv_q4_1_kernel<GemvMode::Add>, smem);
-      gemv_q4_1_kernel<GemvMode::Add><<<blocks, kGemvWarps * 32, smem, s>>>(w, rows, cols, x, norm_w, eps, bias, y);
+      gemv_q4_1_kernel<GemvMode::Add>
+          <<<blocks, kGemvWarps * 32, smem, s>>>(w, rows, cols, x, norm_w, eps, bias, y);
       break;
     case GemvMode::SwiGlu:
       set_smem(gemv_q4_1_kernel<GemvMode::SwiGlu>, smem);
-      gemv_q4_1_kernel<GemvMode::SwiGlu><<<blocks, kGemvWarps * 32, smem, s>>>(w, rows, cols, x, norm_w, eps, bias,
-                                                                               y);
+      gemv_q4_1_kernel<GemvMode::SwiGlu>
+          <<<blocks, kGemvWarps * 32, smem, s>>>(w, rows, cols, x, norm_w, eps, bias, y);
       break;
   }
 }

@@ -26,10 +26,10 @@
 namespace kvd {
 namespace {
 
-#define KVD_REQUIRE_GPU()                                         \
-  do {                                                            \
-    std::string why;                                              \
-    if (!cuda::gpu_available(&why)) GTEST_SKIP() << why;          \
+#define KVD_REQUIRE_GPU()                                \
+  do {                                                   \
+    std::string why;                                     \
+    if (!cuda::gpu_available(&why)) GTEST_SKIP() << why; \
   } while (0)
 
 // Rows that exercise the quantizer's corners: wide and narrow ranges, constant groups, large values,
@@ -62,7 +62,8 @@ TEST(CudaKv, QuantizeOnAppendIsBitExact) {
       const std::vector<uint8_t> gpu = cuda::quantize_rows(lay, bits, rows);
       std::vector<uint8_t> cpu(lay.row_bytes(bits) * 300);
       for (int r = 0; r < 300; ++r)
-        kv_quantize_row_fp16(lay, bits, rows.data() + static_cast<size_t>(r) * lay.kv_dim(), cpu.data() + r * lay.row_bytes(bits));
+        kv_quantize_row_fp16(lay, bits, rows.data() + static_cast<size_t>(r) * lay.kv_dim(),
+                             cpu.data() + r * lay.row_bytes(bits));
       ASSERT_EQ(gpu.size(), cpu.size());
       size_t differ = 0, first = cpu.size();
       for (size_t i = 0; i < cpu.size(); ++i)
@@ -71,8 +72,9 @@ TEST(CudaKv, QuantizeOnAppendIsBitExact) {
           first = std::min(first, i);
         }
       EXPECT_EQ(differ, 0u) << "group " << group << " bits " << bits << ": first differing byte " << first
-                            << " (row " << first / lay.row_bytes(bits) << ", kind " << first / lay.row_bytes(bits) % 6
-                            << ", byte " << first % lay.row_bytes(bits) << ")";
+                            << " (row " << first / lay.row_bytes(bits) << ", kind "
+                            << first / lay.row_bytes(bits) % 6 << ", byte " << first % lay.row_bytes(bits)
+                            << ")";
     }
   }
 }
@@ -83,8 +85,9 @@ struct Shape {
 
 // Feeds the same K/V to the CPU cache and the GPU probe in batches, compares the stored records bit for
 // bit and the attention of every query of every batch with the reference.
-void check_cache_and_attention(const Shape& sh, const std::vector<int>& batches, const std::vector<uint8_t>& widths,
-                               int residual, uint32_t seed, float* worst_rel) {
+void check_cache_and_attention(const Shape& sh, const std::vector<int>& batches,
+                               const std::vector<uint8_t>& widths, int residual, uint32_t seed,
+                               float* worst_rel) {
   const KvLayout lay{sh.n_layers, sh.n_kv_heads, sh.head_dim, 32};
   int total = 0;
   for (int b : batches) total += b;
@@ -138,7 +141,8 @@ void check_cache_and_attention(const Shape& sh, const std::vector<int>& batches,
       const KvTokenView tv = cpu.token(0, l, t, total + residual + 1);
       const std::vector<uint8_t> rec = gpu.record(l, t);
       ASSERT_EQ(rec.size(), lay.token_bytes(tv.bits));
-      ASSERT_EQ(0, std::memcmp(rec.data(), tv.k, lay.row_bytes(tv.bits))) << "K of token " << t << " layer " << l;
+      ASSERT_EQ(0, std::memcmp(rec.data(), tv.k, lay.row_bytes(tv.bits)))
+          << "K of token " << t << " layer " << l;
       ASSERT_EQ(0, std::memcmp(rec.data() + lay.row_bytes(tv.bits), tv.v, lay.row_bytes(tv.bits)))
           << "V of token " << t << " layer " << l;
     }
@@ -184,8 +188,8 @@ TEST(CudaKv, AttentionWithResidualWindowAndHeadDim128) {
 TEST(CudaKv, LongContextAcrossManyChunks) {
   KVD_REQUIRE_GPU();
   float worst = 0;
-  check_cache_and_attention({1, 9, 3, 64}, {256, 256, 256, 256, 255, 1, 1}, widths_of("mixed", 1281, 8), 0, 13,
-                            &worst);
+  check_cache_and_attention({1, 9, 3, 64}, {256, 256, 256, 256, 255, 1, 1}, widths_of("mixed", 1281, 8), 0,
+                            13, &worst);
   std::printf("attention, 1281 keys: max relative difference %.3g\n", worst);
 }
 
@@ -253,8 +257,10 @@ TEST_F(CudaModel, LogitsMatchCpuOnFixturePrompts) {
         worst_hf = std::max(worst_hf, std::abs(b[tl[0].get<int>()] - tl[1].get<float>()));
     }
   }
-  std::printf("GPU vs CPU over %d positions: max |logit diff| prompt path %.4f, decode path %.4f; decode vs HF %.4f\n",
-              positions, worst_prompt, worst_step, worst_hf);
+  std::printf(
+      "GPU vs CPU over %d positions: max |logit diff| prompt path %.4f, decode path %.4f; decode vs HF "
+      "%.4f\n",
+      positions, worst_prompt, worst_step, worst_hf);
   EXPECT_LE(worst_prompt, kGpuCpuTolerance);
   EXPECT_LE(worst_step, kGpuCpuTolerance);
 }
@@ -268,7 +274,8 @@ TEST_F(CudaModel, QuantizedCacheAgreesWithCpu) {
   const ModelConfig& c = model_->config();
   const int vocab = c.vocab;
   const auto ids = model_->tokenizer().encode(
-      "The little robot rolled into the kitchen, looked at the empty cup, and decided to make some tea for the "
+      "The little robot rolled into the kitchen, looked at the empty cup, and decided to make some tea for "
+      "the "
       "family before they woke up, because it had learned that",
       false, true);
   const int n = static_cast<int>(ids.size());
@@ -289,7 +296,8 @@ TEST_F(CudaModel, QuantizedCacheAgreesWithCpu) {
       const std::vector<float> a = gpu->forward(ids.data() + i, 1, 0, nullptr, bits.data() + i);
       const std::vector<float>& b = cpu.forward(ids.data() + i, 1, 0, nullptr, bits.data() + i);
       cache.flush_window(0);
-      agree += std::max_element(a.begin(), a.end()) - a.begin() == std::max_element(b.begin(), b.end()) - b.begin();
+      agree += std::max_element(a.begin(), a.end()) - a.begin() ==
+               std::max_element(b.begin(), b.end()) - b.begin();
     }
     EXPECT_EQ(gpu->kv_stats().bytes_stored, cache.stats(0).bytes_stored) << pol;
     std::printf("%s: argmax agrees at %d / %d positions\n", pol.c_str(), agree, n);
