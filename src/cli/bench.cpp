@@ -80,6 +80,7 @@ int run_bench(const BenchArgs& a) {
     for (int p : prompts)
       for (int g : gens) max_ctx = std::max(max_ctx, d + std::max(p, g) + 1);
   std::vector<Row> rows;
+  std::vector<std::string> memory;  // per policy, for engines with device memory
   std::shared_ptr<Model> model;
   for (const std::string& pol : policies) {
     EngineOptions eo = a.eng;
@@ -96,7 +97,7 @@ int run_bench(const BenchArgs& a) {
     };
     for (int depth : depths) {
       // Fill the cache to the depth once; every repetition rewinds to it.
-      e.cache->clear(0);
+      e.session->clear();
       PolicyRunner filler(*e.session, *e.policy);
       if (depth > 0) {
         if (a.progress) std::fprintf(stderr, "bench: %s: filling %d tokens of context\n", pol.c_str(), depth);
@@ -107,7 +108,7 @@ int run_bench(const BenchArgs& a) {
         r.policy = e.policy_name;
         r.test = name + (depth > 0 ? " @ d" + std::to_string(depth) : "");
         for (int rep = 0; rep < a.reps; ++rep) {
-          e.cache->truncate(0, depth);
+          e.session->truncate(depth);
           PolicyRunner runner(*e.session, *e.policy);
           const std::vector<int32_t> toks = random_tokens(n);
           const auto t0 = Clock::now();
@@ -118,7 +119,7 @@ int run_bench(const BenchArgs& a) {
           }
           const double s = std::chrono::duration<double>(Clock::now() - t0).count();
           r.samples.push_back(n / s);
-          const KvStats st = e.cache->stats(0);
+          const KvStats st = e.session->kv_stats();
           r.kv_bytes = static_cast<double>(st.bytes_stored);
           r.kv_bits = st.effective_bits;
           r.avg_width = st.avg_bits();
@@ -138,6 +139,7 @@ int run_bench(const BenchArgs& a) {
       for (int g : gens)
         if (g > 0) run_test("tg" + std::to_string(g), g, false);
     }
+    if (!e.session->memory_summary().empty()) memory.push_back(e.policy->describe() + ": " + e.session->memory_summary());
   }
 
   const Model& m = *model;
@@ -147,6 +149,7 @@ int run_bench(const BenchArgs& a) {
   const std::string model_name = m.config().arch + " " + (m.config().name.empty() ? "?" : m.config().name);
   const int threads =
       a.eng.backend == "ref" ? 1 : (a.eng.threads > 0 ? a.eng.threads : default_thread_count());
+  const std::string backend = a.eng.device == "cuda" ? "cuda" : a.eng.backend;
   std::ostringstream out;
   if (a.output == "json") {
     nlohmann::json j = nlohmann::json::array();
@@ -154,7 +157,7 @@ int run_bench(const BenchArgs& a) {
       j.push_back({{"model", model_name},
                    {"size_bytes", m.file_bytes()},
                    {"n_params", m.n_params()},
-                   {"backend", a.eng.backend},
+                   {"backend", backend},
                    {"simd", cpu::simd_target()},
                    {"threads", threads},
                    {"kv_policy", r.policy},
@@ -174,7 +177,7 @@ int run_bench(const BenchArgs& a) {
            "kv_bytes,"
            "kv_bits_per_elem,peak_rss_bytes\n";
     for (const Row& r : rows)
-      out << '"' << model_name << "\"," << m.file_bytes() << ',' << m.n_params() << ',' << a.eng.backend
+      out << '"' << model_name << "\"," << m.file_bytes() << ',' << m.n_params() << ',' << backend
           << ',' << threads << ',' << r.policy << ',' << a.eng.kv_group << ',' << a.eng.kv_residual << ','
           << r.test << ',' << r.mean << ',' << r.stddev << ',' << r.kv_bytes << ',' << r.kv_bits << ','
           << peak_rss_bytes() << "\n";
@@ -186,13 +189,14 @@ int run_bench(const BenchArgs& a) {
       std::snprintf(ts, sizeof ts, "%.2f ± %.2f", r.mean, r.stddev);
       std::snprintf(kvb, sizeof kvb, "%.2f", r.kv_bytes / (1024.0 * 1024.0));
       std::snprintf(bits, sizeof bits, "%.2f", r.kv_bits);
-      out << "| " << model_name << " | " << size << " | " << params << " | " << a.eng.backend << " | "
+      out << "| " << model_name << " | " << size << " | " << params << " | " << backend << " | "
           << threads << " | " << r.policy
           << (a.eng.kv_residual ? " r" + std::to_string(a.eng.kv_residual) : "") << " | " << r.test << " | "
           << ts << " | " << kvb << " | " << bits << " |\n";
     }
     out << "\npeak RSS " << human_bytes(static_cast<double>(peak_rss_bytes())) << "; model load "
         << m.load_seconds() << " s; SIMD " << cpu::simd_target() << "\n";
+    for (const std::string& line : memory) out << "\n" << line << "\n";
   }
   std::fputs(out.str().c_str(), stdout);
   if (!a.out_file.empty()) {

@@ -4,6 +4,9 @@
 
 #include "kv/kv_setting.h"
 #include "util/error.h"
+#ifdef KVDIAL_HAVE_CUDA
+#include "cuda/gpu_session.h"
+#endif
 
 namespace kvd::cli {
 
@@ -17,6 +20,8 @@ void add_engine_options(CLI::App* app, EngineOptions& o, bool with_ctx) {
                   "cpu (fast), cpu-q8 (cpu with 8-bit activations in decode matmuls, as llama.cpp: faster, "
                   "less exact) or ref (plain reference loops)")
       ->check(CLI::IsMember({"cpu", "cpu-q8", "ref"}));
+  app->add_option("--device", o.device, "cpu, or cuda: the whole forward pass on the GPU (alias -dev)")
+      ->check(CLI::IsMember({"cpu", "cuda"}));
   app->add_option("--kv-policy", o.kv_policy,
                   "static:B (B=2,4,8,16) or static:SETTING (e.g. static:K5V4g64), rule[:T1,T2,T3], "
                   "pattern:W1/W2/.. or learned:FILE");
@@ -39,11 +44,41 @@ Engine make_engine(const EngineOptions& o, int ctx_override, std::shared_ptr<Mod
   Engine e;
   // Check the cheap things before mapping the model.
   make_kv_plan(1, 1, 64, KvQuantOptions{o.kv_group, o.kv_ladder, 0, o.kv_clip}, o.kv_policy);
+#ifndef KVDIAL_HAVE_CUDA
+  if (o.device == "cuda") throw Error("--device cuda: this kvdial was built without CUDA (no nvcc at configure time)");
+#endif
   e.model = model ? std::move(model) : std::shared_ptr<Model>(Model::load(o.model_path, !o.no_mmap));
   const ModelConfig& c = e.model->config();
   const KvPlan plan = make_kv_plan(c.n_layers, c.n_kv_heads, c.head_dim, o.kv_quant(), o.kv_policy);
   e.policy = make_policy(plan.policy_spec);
   e.policy_name = plan.display;
+  if (o.device == "cuda" && e.policy->needs_features())
+    throw Error("--device cuda: policy '" + o.kv_policy +
+                "' decides from attention statistics after the forward pass, which only the CPU computes; "
+                "use static:B or pattern:W1/W2/..");
+#ifdef KVDIAL_HAVE_CUDA
+  if (o.device == "cuda") {
+    // The GPU cache stores the original format: K = V width in {2, 4, 8, 16}, one group, no rotation.
+    const KvLayout& l = plan.layout;
+    int group = o.kv_group;
+    for (int cls : kKvClasses) {
+      const KvSetting s = l.setting(cls);
+      if (s.kbits != s.vbits || !kv_bits_valid(s.kbits) || (s.kbits != 16 && s.kgroup != s.vgroup) ||
+          (s.kbits != 16 && s.kgroup != o.kv_group))
+        throw Error("--device cuda: the GPU cache stores K = V at 2, 4, 8 or 16 bits in groups of --kv-group; '" +
+                    format_kv_setting(s) + "' is not (use static:B or pattern policies with --kv-rotate 0)");
+    }
+    if (l.rotate || l.clip)
+      throw Error("--device cuda: the GPU cache has no rotation or clipping yet: add --kv-rotate 0");
+    cuda::GpuOptions g;
+    g.max_tokens = ctx_override > 0 ? ctx_override : o.ctx;
+    g.n_batch = o.batch;
+    g.kv_group = group;
+    g.kv_residual = o.kv_residual;
+    e.session = cuda::make_gpu_session(*e.model, g);
+    return e;
+  }
+#endif
   e.backend = make_backend(o.backend, o.threads);
   const KvLayout& layout = plan.layout;
   KvCacheOptions kopt;
@@ -67,8 +102,7 @@ std::string human_bytes(double b) {
   return buf;
 }
 
-std::string kv_summary(const KvCache& cache, int seq) {
-  const KvStats s = cache.stats(seq);
+std::string kv_summary(const KvStats& s, const KvLayout& l) {
   char buf[512];
   std::snprintf(buf, sizeof buf,
                 "KV cache: %lld tokens, %.3f bits/elem stored (avg class %.2f), %s stored (%zu B), %s allocated;",
@@ -76,7 +110,6 @@ std::string kv_summary(const KvCache& cache, int seq) {
                 human_bytes(static_cast<double>(s.bytes_stored)).c_str(), s.bytes_stored,
                 human_bytes(static_cast<double>(s.bytes_allocated)).c_str());
   std::string out = buf;
-  const KvLayout& l = cache.layout();
   for (int c : kKvClasses) {
     const double share = s.tokens ? 100.0 * static_cast<double>(s.tokens_at_bits[c]) / s.tokens : 0.0;
     if (s.tokens_at_bits[c] == 0) continue;

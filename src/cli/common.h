@@ -22,6 +22,7 @@ struct EngineOptions {
   // 18.7 MiB lower: a batch's activations and fp16 KV staging scale with it.
   int batch = 256;
   std::string backend = "cpu";
+  std::string device = "cpu";  // cpu, or cuda: the whole forward pass on the GPU (cuda/gpu_session.h)
   bool no_mmap = false;  // read the model into memory instead of mapping it
   std::string kv_policy = "static:16";
   int kv_group = 32;
@@ -34,20 +35,21 @@ struct EngineOptions {
 
 void add_engine_options(CLI::App* app, EngineOptions& o, bool with_ctx = true);
 
-// Everything one run needs, built from the options.
+// Everything one run needs, built from the options. With --device cuda, backend and cache stay empty:
+// the GPU session owns its memory.
 struct Engine {
   std::shared_ptr<Model> model;
   std::unique_ptr<Backend> backend;
   std::unique_ptr<KvCache> cache;
   std::unique_ptr<KvPolicy> policy;
-  std::unique_ptr<Session> session;
+  std::unique_ptr<SessionBase> session;
   std::string policy_name;  // the policy as the user named it (static:K5V4g64 runs as static:4 over that setting)
 };
 // Loads the model unless one is given (benchmarks share one mapping across policies).
 Engine make_engine(const EngineOptions& o, int ctx_override = 0, std::shared_ptr<Model> model = nullptr);
 
 // "KV cache: 1234 tokens, 5.00 bits/elem (avg width 4.00), 12.3 MiB; 2: 0%, 4: 100%, 8: 0%, 16: 0%"
-std::string kv_summary(const KvCache& cache, int seq = 0);
+std::string kv_summary(const KvStats& stats, const KvLayout& layout);
 std::string human_bytes(double bytes);
 
 }  // namespace kvd::cli

@@ -1,6 +1,7 @@
 // The kvdial command: generate, perplexity, tokenize (and more subcommands as they arrive).
 // Flags follow llama.cpp's spelling where one exists. Errors print one line and exit non-zero.
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <fstream>
@@ -53,10 +54,10 @@ int run_generate(const GenerateArgs& a) {
   if (static_cast<int>(ids.size()) + a.n_predict > a.eng.ctx)
     throw Error("prompt (" + std::to_string(ids.size()) + " tokens) + -n " + std::to_string(a.n_predict) +
                 " exceed the context size " + std::to_string(a.eng.ctx) + " (raise -c)");
-  std::fprintf(stderr, "model: %s (%s, %d layers, %s), loaded in %.3f s; backend %s, %d threads; kv-policy %s\n",
+  std::fprintf(stderr, "model: %s (%s, %d layers, %s), loaded in %.3f s; %s; kv-policy %s\n",
                e.model->path().c_str(), e.model->config().arch.c_str(), e.model->config().n_layers,
                human_bytes(static_cast<double>(e.model->file_bytes())).c_str(), e.model->load_seconds(),
-               e.backend->name().c_str(), e.backend->threads(), e.policy_name.c_str());
+               e.session->device_name().c_str(), e.policy_name.c_str());
   std::fwrite(prompt.data(), 1, prompt.size(), stdout);
   std::fflush(stdout);
 
@@ -86,7 +87,8 @@ int run_generate(const GenerateArgs& a) {
                static_cast<double>(ids.size()) / prompt_s);
   std::fprintf(stderr, "generation: %d tokens in %.3f s (%.1f tokens/s)\n", generated, gen_s,
                generated > 1 ? (generated - 1) / gen_s : 0.0);
-  std::fprintf(stderr, "%s\n", kv_summary(*e.cache).c_str());
+  std::fprintf(stderr, "%s\n", kv_summary(e.session->kv_stats(), e.session->kv_layout()).c_str());
+  if (!e.session->memory_summary().empty()) std::fprintf(stderr, "%s\n", e.session->memory_summary().c_str());
   std::fprintf(stderr, "peak RSS: %s (model file %s)\n", human_bytes(static_cast<double>(peak_rss_bytes())).c_str(),
                human_bytes(static_cast<double>(e.model->file_bytes())).c_str());
   return 0;
@@ -104,9 +106,9 @@ int run_perplexity(const PerplexityArgs& a) {
   const std::string text = read_file(a.file);
   const auto t_tok = Clock::now();
   const std::vector<int32_t> ids = e.model->tokenizer().encode(text, true, false);
-  std::fprintf(stderr, "tokenized %s: %zu tokens in %.2f s; n_ctx %d, backend %s, %d threads, kv-policy %s\n",
-               a.file.c_str(), ids.size(), seconds_since(t_tok), a.eng.ctx, e.backend->name().c_str(),
-               e.backend->threads(), e.policy_name.c_str());
+  std::fprintf(stderr, "tokenized %s: %zu tokens in %.2f s; n_ctx %d, %s, kv-policy %s\n", a.file.c_str(),
+               ids.size(), seconds_since(t_tok), a.eng.ctx, e.session->device_name().c_str(),
+               e.policy_name.c_str());
   PerplexityOptions po;
   po.n_ctx = a.eng.ctx;
   po.max_chunks = a.chunks;
@@ -123,10 +125,11 @@ int run_perplexity(const PerplexityArgs& a) {
               static_cast<long long>(r.n_scored), r.seconds,
               static_cast<double>(r.n_chunks) * po.n_ctx * (a.kl || e.policy->needs_features() ? 2 : 1) / r.seconds);
   if (a.kl) std::printf("KL divergence vs 16-bit cache: mean %.6f; same top-1 %.4f\n", r.kl_mean(), r.top1_agree);
-  const KvLayout& lay = e.cache->layout();
+  const KvLayout& lay = e.session->kv_layout();
   std::printf("kv-policy %s: avg class %.3f; stored %.3f bits/elem with scales (%s, residual %d)\n",
               e.policy_name.c_str(), r.avg_bits, r.stored_bits, kv_quantizer_id(lay).c_str(), a.eng.kv_residual);
   std::printf("peak RSS: %s\n", human_bytes(static_cast<double>(peak_rss_bytes())).c_str());
+  if (!e.session->memory_summary().empty()) std::printf("%s\n", e.session->memory_summary().c_str());
   return 0;
 }
 
@@ -200,8 +203,14 @@ int main(int argc, char** argv) {
   CLI::App* st = app.add_subcommand("stats", "summary of a collected CSV");
   add_stats_options(st, stats);
 
+  // llama.cpp spells the device option -dev; CLI11 takes only one-letter short options.
+  std::vector<std::string> args(argv + 1, argv + argc);
+  for (std::string& s : args)
+    if (s == "-dev") s = "--device";
+    else if (s.rfind("-dev=", 0) == 0) s = "--device=" + s.substr(5);
+  std::reverse(args.begin(), args.end());  // CLI11's vector form takes the arguments last first
   try {
-    app.parse(argc, argv);
+    app.parse(args);
     if (bn->parsed()) return run_bench(bench);
     if (co->parsed()) return run_collect(collect);
     if (st->parsed()) return run_stats(stats);

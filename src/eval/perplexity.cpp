@@ -46,7 +46,7 @@ double kl_divergence(const float* p_logits, const float* q_logits, int vocab) {
   return std::max(0.0, kl);
 }
 
-PerplexityResult perplexity(Session& session, KvPolicy& policy, const std::vector<int32_t>& tokens,
+PerplexityResult perplexity(SessionBase& session, KvPolicy& policy, const std::vector<int32_t>& tokens,
                             const PerplexityOptions& opt, const PerplexityProgress& progress) {
   const auto t0 = std::chrono::steady_clock::now();
   const int vocab = session.model().config().vocab;
@@ -60,19 +60,17 @@ PerplexityResult perplexity(Session& session, KvPolicy& policy, const std::vecto
     throw Error("the text has " + std::to_string(r.n_tokens) + " tokens, fewer than one chunk of " +
                 std::to_string(n_ctx) + " (lower -c)");
   r.n_chunks = n_chunks;
-  KvCache& cache = session.cache();
-  const int seq = session.seq();
   std::vector<uint8_t> bits(static_cast<size_t>(n_ctx));
   std::vector<TokenForwardStats> fwd;
   std::vector<float> ref_logits;
   double bits_sum = 0, stored_sum = 0, agree = 0;
-  const KvLayout& layout = cache.layout();
+  const KvLayout& layout = session.kv_layout();
   const bool dynamic = policy.needs_features();
   for (int c = 0; c < n_chunks; ++c) {
     const int32_t* chunk = tokens.data() + static_cast<size_t>(c) * n_ctx;
     // A 16-bit pass gives the reference logits for KL, and the features dynamic policies decide from.
     if (dynamic || opt.kl_against_fp16) {
-      cache.clear(seq);
+      session.clear();
       std::fill(bits.begin(), bits.end(), 16);
       const int from = dynamic ? 0 : first;
       const std::vector<float>& l16 =
@@ -91,7 +89,7 @@ PerplexityResult perplexity(Session& session, KvPolicy& policy, const std::vecto
     if (!dynamic)
       for (int i = 0; i < n_ctx; ++i)
         bits[static_cast<size_t>(i)] = static_cast<uint8_t>(width_in_advance(policy, i, chunk[i]));
-    cache.clear(seq);
+    session.clear();
     const std::vector<float>& logits = session.forward(chunk, n_ctx, first, nullptr, bits.data());
     for (int i = first; i < n_ctx - 1; ++i) {
       const float* li = logits.data() + static_cast<size_t>(i - first) * vocab;
@@ -115,7 +113,7 @@ PerplexityResult perplexity(Session& session, KvPolicy& policy, const std::vecto
     r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     if (progress) progress(c + 1, n_chunks, r);
   }
-  cache.clear(seq);
+  session.clear();
   return r;
 }
 

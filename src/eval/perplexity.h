@@ -37,7 +37,7 @@ struct PerplexityResult {
 // Progress callback: chunk index (1-based), number of chunks, running result.
 using PerplexityProgress = std::function<void(int, int, const PerplexityResult&)>;
 
-PerplexityResult perplexity(Session& session, KvPolicy& policy, const std::vector<int32_t>& tokens,
+PerplexityResult perplexity(SessionBase& session, KvPolicy& policy, const std::vector<int32_t>& tokens,
                             const PerplexityOptions& options, const PerplexityProgress& progress = {});
 
 // log-softmax based pieces shared with other evaluations.

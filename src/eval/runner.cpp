@@ -5,7 +5,7 @@
 
 namespace kvd {
 
-PolicyRunner::PolicyRunner(Session& session, KvPolicy& policy) : session_(session), policy_(policy) {}
+PolicyRunner::PolicyRunner(SessionBase& session, KvPolicy& policy) : session_(session), policy_(policy) {}
 
 const float* PolicyRunner::run(const int32_t* tokens, int n, bool all_logits) {
   const int vocab = session_.model().config().vocab;
@@ -25,11 +25,11 @@ const float* PolicyRunner::run(const int32_t* tokens, int n, bool all_logits) {
       const TokenFeatures f =
           make_features(session_.model().tokenizer(), tokens[i], pos0 + i,
                         logits.data() + static_cast<size_t>(i) * vocab, vocab, fwd_stats_[i]);
-      if (policy_.needs_features()) session_.cache().decide(session_.seq(), pos0 + i, policy_.choose(f));
+      if (policy_.needs_features()) session_.decide(pos0 + i, policy_.choose(f));
       if (keep_features_) features_.push_back(f);
     }
   }
-  session_.cache().flush_window(session_.seq());
+  session_.flush_window();
   const size_t last = features || all_logits ? static_cast<size_t>(n - 1) : 0;
   return logits.data() + last * vocab;
 }

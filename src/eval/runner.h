@@ -12,7 +12,7 @@ namespace kvd {
 
 class PolicyRunner {
  public:
-  PolicyRunner(Session& session, KvPolicy& policy);
+  PolicyRunner(SessionBase& session, KvPolicy& policy);
 
   // Runs a prompt and returns the logits of its last token (vocab floats). Policies that read features
   // see them per token: the prompt runs in batches of feature_batch tokens with logits for every token
@@ -28,7 +28,7 @@ class PolicyRunner {
  private:
   const float* run(const int32_t* tokens, int n, bool all_logits);
 
-  Session& session_;
+  SessionBase& session_;
   KvPolicy& policy_;
   bool keep_features_ = false;
   std::vector<TokenFeatures> features_;

@@ -25,7 +25,9 @@ namespace kvd {
 struct KvSetting {
   int kbits = 16, vbits = 16;
   int kgroup = 32, vgroup = 32;
-  bool operator==(const KvSetting&) const = default;
+  bool operator==(const KvSetting& o) const {  // spelled out: the CUDA files compile as C++17
+    return kbits == o.kbits && vbits == o.vbits && kgroup == o.kgroup && vgroup == o.vgroup;
+  }
 };
 
 // Low and high plane widths of a b-bit code (see above).

@@ -17,6 +17,10 @@ Session::Session(const Model& model, Backend& backend, KvCache& cache, int seq, 
     throw Error("KV cache shape does not match the model");
 }
 
+std::string Session::device_name() const {
+  return backend_.name() + " (" + std::to_string(backend_.threads()) + " threads)";
+}
+
 const std::vector<float>& Session::forward(const int32_t* tokens, int n, int logits_from,
                                            std::vector<TokenForwardStats>* stats, const uint8_t* bits) {
   const int vocab = model_.config().vocab;

@@ -9,19 +9,11 @@
 #include "kv/kv_cache.h"
 #include "model/backend.h"
 #include "model/model.h"
+#include "model/session_base.h"
 
 namespace kvd {
 
-// What the forward pass measures for each token it runs (the policies' saliency inputs that come from
-// inside the model; entropy and the like come from the logits, in policy/features).
-struct TokenForwardStats {
-  float attn_var = 0;  // mean over layers and heads of the variance of the attention weights
-  float attn_max = 0;  // mean over layers and heads of the largest attention weight
-  float k_norm = 0;    // mean over layers of the L2 norm of the token's key (after RoPE)
-  float v_norm = 0;    // mean over layers of the L2 norm of the token's value
-};
-
-class Session {
+class Session : public SessionBase {
  public:
   Session(const Model& model, Backend& backend, KvCache& cache, int seq = 0, int n_batch = 256);
 
@@ -31,15 +23,22 @@ class Session {
   // widths in advance; otherwise they stay undecided in the cache until KvCache::decide.
   const std::vector<float>& forward(const int32_t* tokens, int n, int logits_from,
                                     std::vector<TokenForwardStats>* stats = nullptr,
-                                    const uint8_t* bits = nullptr);
+                                    const uint8_t* bits = nullptr) override;
 
   // Attention each position received so far (summed over layers, heads and later queries), when
   // track_received() was turned on before the tokens ran.
   void track_received(bool on) { track_received_ = on; }
   const std::vector<float>& received() const { return received_; }
 
-  int n_tokens() const { return cache_.n_tokens(seq_); }
-  const Model& model() const { return model_; }
+  int n_tokens() const override { return cache_.n_tokens(seq_); }
+  const Model& model() const override { return model_; }
+  const KvLayout& kv_layout() const override { return cache_.layout(); }
+  void decide(int pos, int bits) override { cache_.decide(seq_, pos, bits); }
+  void flush_window() override { cache_.flush_window(seq_); }
+  void clear() override { cache_.clear(seq_); }
+  void truncate(int n) override { cache_.truncate(seq_, n); }
+  KvStats kv_stats() const override { return cache_.stats(seq_); }
+  std::string device_name() const override;
   Backend& backend() { return backend_; }
   KvCache& cache() { return cache_; }
   int seq() const { return seq_; }

@@ -1,0 +1,311 @@
+// GPU KV cache, host side: device memory accounting, pages and token tables, and the test probe.
+#include <algorithm>
+#include <cstring>
+
+#include "cuda/gpu_kv.cuh"
+#include "cuda/gpu_kv.h"
+
+namespace kvd::cuda {
+
+// ---- DeviceMemory ----
+
+DeviceMemory::DeviceMemory() {
+  size_t free = 0, total = 0;
+  KVD_CUDA(cudaMemGetInfo(&free, &total));
+  total_ = total;
+  min_free_ = free;
+  used_before_ = total - free;
+}
+
+DeviceMemory::~DeviceMemory() {
+  for (auto& [p, b] : blocks_) cudaFree(p);
+}
+
+void DeviceMemory::sample() {
+  size_t free = 0, total = 0;
+  if (cudaMemGetInfo(&free, &total) == cudaSuccess) min_free_ = std::min(min_free_, free);
+}
+
+void* DeviceMemory::alloc(size_t bytes, MemKind kind, const char* what) {
+  void* p = nullptr;
+  const cudaError_t e = cudaMalloc(&p, std::max<size_t>(bytes, 1));
+  if (e != cudaSuccess) {
+    cudaGetLastError();
+    size_t free = 0, total = 0;
+    cudaMemGetInfo(&free, &total);
+    throw Error("cuda: cannot allocate " + std::to_string(bytes) + " bytes for " + what + " (" +
+                std::to_string(free >> 20) + " MiB free of " + std::to_string(total >> 20) +
+                " MiB): " + cudaGetErrorString(e));
+  }
+  blocks_[p] = {bytes, kind};
+  now_ += bytes;
+  peak_ = std::max(peak_, now_);
+  const int k = static_cast<int>(kind);
+  by_kind_[k] += bytes;
+  peak_by_kind_[k] = std::max(peak_by_kind_[k], by_kind_[k]);
+  sample();
+  return p;
+}
+
+void DeviceMemory::free(void* p) {
+  auto it = blocks_.find(p);
+  if (it == blocks_.end()) return;
+  now_ -= it->second.bytes;
+  by_kind_[static_cast<int>(it->second.kind)] -= it->second.bytes;
+  blocks_.erase(it);
+  cudaFree(p);
+}
+
+// ---- GpuKv ----
+
+GpuKv::GpuKv(DeviceMemory& mem, const KvLayout& layout, int max_tokens, int residual, int ring,
+             size_t page_bytes)
+    : mem_(mem), layout_(layout), max_tokens_(max_tokens), residual_(residual) {
+  if (layout.group <= 0 || layout.head_dim % layout.group != 0 || layout.group % 4 != 0)
+    throw Error("--kv-group " + std::to_string(layout.group) + " must divide the head dimension (" +
+                std::to_string(layout.head_dim) + ") and be a multiple of 4");
+  if (layout.head_dim != 64 && layout.head_dim != 128)
+    throw Error("cuda: head dimension " + std::to_string(layout.head_dim) +
+                " is not supported (64, 128 are)");
+  size_t page = 4096;
+  while (page < std::max(page_bytes, layout.token_bytes(16))) page *= 2;
+  page_bytes_ = page;
+  KvDev& d = dev_;
+  d.n_layers = layout.n_layers;
+  d.n_kv_heads = layout.n_kv_heads;
+  d.head_dim = layout.head_dim;
+  d.kv_dim = layout.kv_dim();
+  d.residual = residual;
+  d.ring = ring;
+  d.page_shift = 0;
+  while ((size_t{1} << d.page_shift) < page) ++d.page_shift;
+  const int widths[] = {2, 4, 8, 16};
+  d.n_classes = 4;
+  for (int c = 0; c < 4; ++c) {
+    KvClass& k = d.cls[c];
+    k.k_bits = k.v_bits = widths[c];
+    k.group = layout.group;
+    k.k_row_bytes = kv_row_bytes(k.k_bits, k.group, d.kv_dim);
+    k.v_row_bytes = kv_row_bytes(k.v_bits, k.group, d.kv_dim);
+    bits_of_class_[c] = widths[c];
+  }
+  const size_t ring_bytes = static_cast<size_t>(layout.n_layers) * ring * d.kv_dim * sizeof(uint16_t);
+  d.ring_k = static_cast<uint16_t*>(mem.alloc(ring_bytes, MemKind::Kv, "the KV fp16 ring"));
+  d.ring_v = static_cast<uint16_t*>(mem.alloc(ring_bytes, MemKind::Kv, "the KV fp16 ring"));
+  const size_t max_pages = static_cast<size_t>(max_tokens) * layout.token_bytes(16) / page + 2;
+  d.pages = static_cast<uint8_t**>(mem.alloc(max_pages * sizeof(uint8_t*), MemKind::Kv, "the KV page table"));
+  d.tok_off =
+      static_cast<uint32_t*>(mem.alloc(static_cast<size_t>(max_tokens) * 4, MemKind::Kv, "KV token table"));
+  d.tok_cls =
+      static_cast<uint8_t*>(mem.alloc(static_cast<size_t>(max_tokens), MemKind::Kv, "KV token table"));
+  KVD_CUDA(cudaMemset(d.tok_off, 0, static_cast<size_t>(max_tokens) * 4));
+  KVD_CUDA(cudaMemset(d.tok_cls, 0, static_cast<size_t>(max_tokens)));
+  if (static_cast<uint64_t>(max_pages) * page >= (uint64_t{1} << 32))
+    throw Error("cuda: context of " + std::to_string(max_tokens) +
+                " tokens exceeds the 4 GiB page space per layer");
+}
+
+GpuKv::~GpuKv() = default;  // memory belongs to mem_
+
+int GpuKv::class_of(int bits) const {
+  for (int c = 0; c < dev_.n_classes; ++c)
+    if (bits_of_class_[c] == bits) return c;
+  throw Error("KV bit-width " + std::to_string(bits) + " is not one of 2, 4, 8, 16");
+}
+
+int GpuKv::begin(const uint8_t* bits, int n, bool upload, cudaStream_t s) {
+  if (n < 0 || n_tokens_ + n > max_tokens_)
+    throw Error("context full: " + std::to_string(n_tokens_) + " + " + std::to_string(n) +
+                " tokens exceed the context size " + std::to_string(max_tokens_) + " (raise -c)");
+  const int first = n_tokens_;
+  cls_.resize(static_cast<size_t>(first + n));
+  off_.resize(static_cast<size_t>(first + n));
+  for (int i = 0; i < n; ++i) {
+    const int c = class_of(bits[i]);
+    const size_t rec = layout_.token_bytes(bits[i]);
+    uint64_t off = end_;
+    if (off % page_bytes_ + rec > page_bytes_) off = (off / page_bytes_ + 1) * page_bytes_;
+    const size_t page_index = off / page_bytes_;
+    while (pages_.size() <= page_index) {
+      uint8_t* p = static_cast<uint8_t*>(
+          mem_.alloc(page_bytes_ * static_cast<size_t>(layout_.n_layers), MemKind::Kv, "a KV page"));
+      KVD_CUDA(cudaMemcpy(dev_.pages + pages_.size(), &p, sizeof p, cudaMemcpyHostToDevice));
+      pages_.push_back(p);
+    }
+    cls_[static_cast<size_t>(first + i)] = static_cast<uint8_t>(c);
+    off_[static_cast<size_t>(first + i)] = static_cast<uint32_t>(off);
+    end_ = off + rec;
+  }
+  n_tokens_ += n;
+  if (upload && n > 0) {
+    KVD_CUDA(cudaMemcpyAsync(dev_.tok_cls + first, cls_.data() + first, static_cast<size_t>(n),
+                             cudaMemcpyHostToDevice, s));
+    KVD_CUDA(cudaMemcpyAsync(dev_.tok_off + first, off_.data() + first, static_cast<size_t>(n) * 4,
+                             cudaMemcpyHostToDevice, s));
+  }
+  return first;
+}
+
+void GpuKv::clear() {
+  n_tokens_ = 0;
+  end_ = 0;
+  cls_.clear();
+  off_.clear();
+}
+
+void GpuKv::truncate(int n) {
+  if (n >= n_tokens_) return;
+  n = std::max(n, 0);
+  end_ = n > 0 ? off_[static_cast<size_t>(n)] : 0;
+  n_tokens_ = n;
+  cls_.resize(static_cast<size_t>(n));
+  off_.resize(static_cast<size_t>(n));
+}
+
+KvStats GpuKv::stats() const {
+  KvStats st;
+  st.tokens = n_tokens_;
+  size_t stored = 0;
+  for (int pos = 0; pos < n_tokens_; ++pos) {
+    const int bits = bits_of_class_[cls_[static_cast<size_t>(pos)]];
+    st.tokens_at_bits[bits]++;
+    stored += layout_.token_bytes(bits) * layout_.n_layers;
+  }
+  st.bytes_stored = stored;
+  st.bytes_allocated = pages_.size() * page_bytes_ * layout_.n_layers +
+                       2 * static_cast<size_t>(layout_.n_layers) * dev_.ring * dev_.kv_dim * sizeof(uint16_t);
+  const double elems = 2.0 * layout_.kv_dim() * layout_.n_layers * static_cast<double>(n_tokens_);
+  st.effective_bits = elems > 0 ? 8.0 * static_cast<double>(stored) / elems : 0;
+  return st;
+}
+
+std::vector<uint8_t> GpuKv::record(int layer, int pos) const {
+  KVD_ASSERT(pos >= 0 && pos < n_tokens_ && layer >= 0 && layer < layout_.n_layers);
+  const int bits = bits_of_class_[cls_[static_cast<size_t>(pos)]];
+  std::vector<uint8_t> out(layout_.token_bytes(bits));
+  const uint32_t off = off_[static_cast<size_t>(pos)];
+  const uint8_t* src =
+      pages_[off / page_bytes_] + static_cast<size_t>(layer) * page_bytes_ + off % page_bytes_;
+  KVD_CUDA(cudaMemcpy(out.data(), src, out.size(), cudaMemcpyDeviceToHost));
+  return out;
+}
+
+// ---- availability and the probe ----
+
+bool gpu_available(std::string* why) {
+  int n = 0;
+  const cudaError_t e = cudaGetDeviceCount(&n);
+  if (e != cudaSuccess || n == 0) {
+    if (why)
+      *why = e != cudaSuccess ? std::string("no usable CUDA device: ") + cudaGetErrorString(e)
+                              : "no CUDA device";
+    cudaGetLastError();
+    return false;
+  }
+  return true;
+}
+
+struct KvProbe::Impl {
+  DeviceMemory mem;
+  KvLayout layout;
+  int n_heads, max_batch;
+  GpuKv kv;
+  cudaStream_t stream = nullptr;
+  float* qkv = nullptr;
+  float* q = nullptr;
+  float* out = nullptr;
+  float* part = nullptr;
+  float2* rope = nullptr;  // identity rotation
+  StepParams* params = nullptr;
+  int max_chunks;
+  int pos0 = 0, last_n = 0;
+  Impl(const KvLayout& l, int nh, int max_tokens, int residual, int mb)
+      : layout(l),
+        n_heads(nh),
+        max_batch(mb),
+        kv(mem, l, max_tokens, residual, residual + mb, 64 * 1024),
+        max_chunks((max_tokens + kAttnChunk - 1) / kAttnChunk) {
+    KVD_CUDA(cudaStreamCreate(&stream));
+    const size_t row = static_cast<size_t>(nh) * l.head_dim + 2 * l.kv_dim();
+    qkv = static_cast<float*>(mem.alloc(mb * row * 4, MemKind::Work, "probe qkv"));
+    q = static_cast<float*>(
+        mem.alloc(static_cast<size_t>(mb) * nh * l.head_dim * 4, MemKind::Work, "probe q"));
+    out = static_cast<float*>(
+        mem.alloc(static_cast<size_t>(mb) * nh * l.head_dim * 4, MemKind::Work, "probe out"));
+    part = static_cast<float*>(mem.alloc(static_cast<size_t>(mb) * nh * max_chunks * (l.head_dim + 2) * 4,
+                                         MemKind::Work, "probe part"));
+    const size_t nrope = static_cast<size_t>(max_tokens) * (l.head_dim / 2);
+    rope = static_cast<float2*>(mem.alloc(nrope * sizeof(float2), MemKind::Work, "probe rope"));
+    std::vector<float2> id(nrope, make_float2(1.0f, 0.0f));
+    KVD_CUDA(cudaMemcpy(rope, id.data(), nrope * sizeof(float2), cudaMemcpyHostToDevice));
+    params = static_cast<StepParams*>(mem.alloc(sizeof(StepParams), MemKind::Work, "probe params"));
+  }
+  ~Impl() { cudaStreamDestroy(stream); }
+};
+
+KvProbe::KvProbe(const KvLayout& layout, int n_heads, int max_tokens, int residual, int max_batch)
+    : impl_(std::make_unique<Impl>(layout, n_heads, max_tokens, residual, max_batch)) {}
+KvProbe::~KvProbe() = default;
+
+void KvProbe::append(const float* k, const float* v, const uint8_t* bits, int n) {
+  Impl& m = *impl_;
+  KVD_ASSERT(n > 0 && n <= m.max_batch);
+  const int kv_dim = m.layout.kv_dim(), q_dim = m.n_heads * m.layout.head_dim;
+  const size_t row = static_cast<size_t>(q_dim) + 2 * kv_dim;
+  m.pos0 = m.kv.begin(bits, n, true, m.stream);
+  m.last_n = n;
+  const StepParams p{m.pos0, n};
+  KVD_CUDA(cudaMemcpyAsync(m.params, &p, sizeof p, cudaMemcpyHostToDevice, m.stream));
+  std::vector<float> h(static_cast<size_t>(n) * row, 0.0f);
+  for (int l = 0; l < m.layout.n_layers; ++l) {
+    for (int i = 0; i < n; ++i) {
+      const size_t src = (static_cast<size_t>(i) * m.layout.n_layers + l) * kv_dim;
+      std::memcpy(&h[i * row + q_dim], k + src, kv_dim * 4);
+      std::memcpy(&h[i * row + q_dim + kv_dim], v + src, kv_dim * 4);
+    }
+    KVD_CUDA(cudaMemcpyAsync(m.qkv, h.data(), h.size() * 4, cudaMemcpyHostToDevice, m.stream));
+    // rope_dim 0: no rotation at all (an identity rotation would still turn -0 into +0).
+    launch_rope_append(m.kv.dev(), l, m.qkv, m.n_heads, 0, false, m.rope, m.params, n, m.stream);
+    KVD_CUDA_LAUNCH("rope_append");
+    KVD_CUDA(cudaStreamSynchronize(m.stream));
+  }
+}
+
+void KvProbe::attend(int layer, const float* q, int n, float* out) {
+  Impl& m = *impl_;
+  KVD_ASSERT(n == m.last_n);
+  const size_t qn = static_cast<size_t>(n) * m.n_heads * m.layout.head_dim;
+  KVD_CUDA(cudaMemcpyAsync(m.q, q, qn * 4, cudaMemcpyHostToDevice, m.stream));
+  launch_attention(m.kv.dev(), layer, m.q, m.n_heads * m.layout.head_dim, m.n_heads, m.params, n,
+                   m.max_chunks, m.part, m.out, nullptr, m.stream);
+  KVD_CUDA_LAUNCH("attention");
+  KVD_CUDA(cudaMemcpyAsync(out, m.out, qn * 4, cudaMemcpyDeviceToHost, m.stream));
+  KVD_CUDA(cudaStreamSynchronize(m.stream));
+}
+
+std::vector<uint8_t> KvProbe::record(int layer, int pos) const { return impl_->kv.record(layer, pos); }
+KvStats KvProbe::stats() const { return impl_->kv.stats(); }
+
+std::vector<uint8_t> quantize_rows(const KvLayout& layout, int bits, const std::vector<uint16_t>& rows) {
+  const int kv_dim = layout.kv_dim();
+  const int n = static_cast<int>(rows.size() / kv_dim);
+  KvLayout one = layout;
+  one.n_layers = 1;
+  KvProbe probe(one, layout.n_kv_heads, std::max(n, 1), 0, 256);
+  std::vector<uint8_t> out;
+  std::vector<float> x(static_cast<size_t>(kv_dim) * 256);
+  for (int b = 0; b < n; b += 256) {
+    const int nb = std::min(256, n - b);
+    for (size_t j = 0; j < static_cast<size_t>(nb) * kv_dim; ++j)
+      x[j] = h2f(rows[static_cast<size_t>(b) * kv_dim + j]);
+    const std::vector<uint8_t> widths(static_cast<size_t>(nb), static_cast<uint8_t>(bits));
+    probe.append(x.data(), x.data(), widths.data(), nb);
+    for (int i = 0; i < nb; ++i) {
+      const std::vector<uint8_t> rec = probe.record(0, b + i);
+      out.insert(out.end(), rec.begin(), rec.begin() + static_cast<std::ptrdiff_t>(layout.row_bytes(bits)));
+    }
+  }
+  return out;
+}
+
+}  // namespace kvd::cuda

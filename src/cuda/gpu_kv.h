@@ -1,0 +1,40 @@
+// Host-only entry points to the GPU KV cache for tests and tools (no CUDA headers: usable from plain
+// C++ translation units linked with kvdial_cuda).
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "kv/kv_cache.h"
+#include "kv/kv_layout.h"
+
+namespace kvd::cuda {
+
+// True when a CUDA device can be used; else why not (in *why).
+bool gpu_available(std::string* why = nullptr);
+
+// A GPU KV cache of one sequence driven from the host: tokens appended through the engine's append
+// kernel (with RoPE the identity) and attention through the engine's attention kernels.
+class KvProbe {
+ public:
+  KvProbe(const KvLayout& layout, int n_heads, int max_tokens, int residual, int max_batch = 256);
+  ~KvProbe();
+  // Appends n tokens at the given widths; k and v are [n][n_layers][kv_dim] floats.
+  void append(const float* k, const float* v, const uint8_t* bits, int n);
+  // Attention of the n queries of the last append (positions pos0 .. pos0 + n - 1, q: n x n_heads*hd).
+  void attend(int layer, const float* q, int n, float* out);
+  // K row then V row of a token of one layer, as stored.
+  std::vector<uint8_t> record(int layer, int pos) const;
+  KvStats stats() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+// Quantizes n rows of kv_dim fp16 values at a width with the append kernel; returns the n rows'
+// bytes (layout.row_bytes(bits) each), for comparing with kv_quantize_row_fp16.
+std::vector<uint8_t> quantize_rows(const KvLayout& layout, int bits, const std::vector<uint16_t>& rows);
+
+}  // namespace kvd::cuda

@@ -1,0 +1,292 @@
+// Kernels of the GPU KV cache: RoPE + quantize-on-append (the CPU quantizer's bytes, bit for bit) and
+// split-K decode attention over pages of any width mix, with its merge.
+#include <cmath>
+
+#include "cuda/kv_device.cuh"
+
+namespace kvd::cuda {
+namespace {
+
+// One row (kv_dim values, fp16-exact floats in shared memory) stored at a width by the whole block.
+__device__ void store_row(const float* x, int bits, int group, int kv_dim, uint8_t* dst) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warps = blockDim.x >> 5;
+  if (bits == 16) {
+    for (int j = threadIdx.x; j < kv_dim; j += blockDim.x) {
+      const uint16_t h = f2h(x[j]);
+      dst[2 * j] = static_cast<uint8_t>(h & 0xff);
+      dst[2 * j + 1] = static_cast<uint8_t>(h >> 8);
+    }
+    return;
+  }
+  const int n_groups = kv_dim / group, code_bytes = group * bits / 8, gb = 4 + code_bytes;
+  const int qmax = (1 << bits) - 1, per_byte = 8 / bits;
+  for (int g = warp; g < n_groups; g += n_warps) {
+    const float* xg = x + g * group;
+    float lo = INFINITY, hi = -INFINITY;
+    for (int j = lane; j < group; j += 32) {
+      lo = fminf(lo, xg[j]);
+      hi = fmaxf(hi, xg[j]);
+    }
+    for (int o = 16; o > 0; o >>= 1) {
+      lo = fminf(lo, __shfl_xor_sync(0xffffffffu, lo, o));
+      hi = fmaxf(hi, __shfl_xor_sync(0xffffffffu, hi, o));
+    }
+    // The CPU's std::min keeps the first of equal values, which decides the sign of a zero minimum
+    // (and so the stored min's bytes): take the first element equal to it.
+    if (lo == 0.0f) {
+      int first = group;
+      for (int j = lane; j < group; j += 32)
+        if (xg[j] == 0.0f) {
+          first = j;
+          break;
+        }
+      for (int o = 16; o > 0; o >>= 1) first = min(first, __shfl_xor_sync(0xffffffffu, first, o));
+      lo = xg[first];
+    }
+    uint16_t scale_h, min_h;
+    group_scale_min(lo, hi, bits, &scale_h, &min_h);
+    const float scale_f = h2f(scale_h), min_f = h2f(min_h);
+    const float inv = scale_f > 0 ? __fdiv_rn(1.0f, scale_f) : 0.0f;
+    uint8_t* p = dst + g * gb;
+    if (lane == 0) {
+      p[0] = static_cast<uint8_t>(scale_h & 0xff);
+      p[1] = static_cast<uint8_t>(scale_h >> 8);
+      p[2] = static_cast<uint8_t>(min_h & 0xff);
+      p[3] = static_cast<uint8_t>(min_h >> 8);
+    }
+    for (int b = lane; b < code_bytes; b += 32) {
+      unsigned byte = 0;
+      for (int e = 0; e < per_byte; ++e)
+        byte |= static_cast<unsigned>(quantize_code(xg[b * per_byte + e], min_f, inv, qmax)) << (e * bits);
+      p[4 + b] = static_cast<uint8_t>(byte);
+    }
+  }
+}
+
+__global__ void rope_append_kernel(KvDev kv, int layer, float* qkv, int n_heads, int rope_dim, int halves,
+                                   const float2* rope_cs, const StepParams* params) {
+  extern __shared__ float sm[];  // k then v, fp16-exact
+  const int i = blockIdx.x, pos = params->pos0 + i;
+  const int hd = kv.head_dim, kv_dim = kv.kv_dim, q_dim = n_heads * hd;
+  float* row = qkv + static_cast<size_t>(i) * (q_dim + 2 * kv_dim);
+  const int half = rope_dim / 2;
+  const float2* cs = rope_cs + static_cast<size_t>(pos) * half;
+  const int nq = n_heads * half, nk = kv.n_kv_heads * half;
+  for (int p = threadIdx.x; p < nq + nk; p += blockDim.x) {
+    const bool is_q = p < nq;
+    const int pp = is_q ? p : p - nq, h = pp / half, f = pp - h * half;
+    float* base = row + (is_q ? 0 : q_dim) + h * hd;
+    const int ia = halves ? f : 2 * f, ib = halves ? f + half : 2 * f + 1;
+    const float a = base[ia], b = base[ib];
+    const float2 t = cs[f];
+    base[ia] = __fsub_rn(__fmul_rn(a, t.x), __fmul_rn(b, t.y));
+    base[ib] = __fadd_rn(__fmul_rn(a, t.y), __fmul_rn(b, t.x));
+  }
+  __syncthreads();
+  const size_t slot = (static_cast<size_t>(layer) * kv.ring + pos % kv.ring) * kv_dim;
+  for (int j = threadIdx.x; j < kv_dim; j += blockDim.x) {
+    const uint16_t hk = f2h(row[q_dim + j]), hv = f2h(row[q_dim + kv_dim + j]);
+    kv.ring_k[slot + j] = hk;
+    kv.ring_v[slot + j] = hv;
+    sm[j] = h2f(hk);
+    sm[kv_dim + j] = h2f(hv);
+  }
+  __syncthreads();
+  const KvClass c = kv.cls[kv.tok_cls[pos]];
+  const uint32_t off = kv.tok_off[pos];
+  uint8_t* dst = kv.pages[off >> kv.page_shift] + (static_cast<size_t>(layer) << kv.page_shift) +
+                 (off & ((1u << kv.page_shift) - 1));
+  store_row(sm, c.k_bits, c.group, kv_dim, dst);
+  store_row(sm + kv_dim, c.v_bits, c.group, kv_dim, dst + c.k_row_bytes);
+}
+
+__device__ inline float half_at(const uint8_t* p) { return __half2float(__ushort_as_half(load_u16(p))); }
+
+// E consecutive fp16 values at p: 16-byte loads when aligned.
+template <int E>
+__device__ inline void load_half_elems(const uint8_t* p, float (&out)[E]) {
+  if (E % 8 == 0 && (reinterpret_cast<uintptr_t>(p) & 15) == 0) {
+#pragma unroll
+    for (int v = 0; v < E / 8; ++v) {
+      const uint4 w = *reinterpret_cast<const uint4*>(p + 16 * v);
+      const __half2* h2 = reinterpret_cast<const __half2*>(&w);
+#pragma unroll
+      for (int k = 0; k < 4; ++k) {
+        const float2 f = __half22float2(h2[k]);
+        out[8 * v + 2 * k] = f.x;
+        out[8 * v + 2 * k + 1] = f.y;
+      }
+    }
+  } else {
+#pragma unroll
+    for (int e = 0; e < E; ++e) out[e] = half_at(p + 2 * e);
+  }
+}
+
+// Elements idx0 .. idx0 + E - 1 of a stored row. When they share a group (group % E == 0, as with the
+// default group 32 and 8 elements a lane) its scale and min are read once.
+template <int E>
+__device__ inline void load_elems(const uint8_t* row, int bits, int group, int idx0, float (&out)[E]) {
+  if (bits == 16) {
+    load_half_elems<E>(row + 2 * idx0, out);
+  } else if (group % E == 0) {
+    const int g = idx0 / group, j0 = idx0 - g * group;
+    const uint8_t* p = row + g * (4 + group * bits / 8);
+    const float scale = half_at(p), mn = half_at(p + 2);
+    const uint8_t* c = p + 4 + ((j0 * bits) >> 3);
+    const int nbytes = E * bits / 8;
+    if ((reinterpret_cast<uintptr_t>(c) & 3) == 0 && nbytes % 4 == 0 && 32 % bits == 0) {
+      // The lane's codes in 32-bit words (no code straddles a word at 2, 4 or 8 bits).
+      uint32_t w[E * 8 / 32] = {};
+#pragma unroll
+      for (int k = 0; k < E * 8 / 32; ++k)
+        if (k < nbytes / 4) w[k] = reinterpret_cast<const uint32_t*>(c)[k];
+      const uint32_t mask = (1u << bits) - 1;
+#pragma unroll
+      for (int e = 0; e < E; ++e) {
+        const int bit = e * bits;
+        out[e] = static_cast<float>((w[bit >> 5] >> (bit & 31)) & mask) * scale + mn;
+      }
+    } else {
+#pragma unroll
+      for (int e = 0; e < E; ++e) out[e] = static_cast<float>(code_at(p + 4, j0 + e, bits)) * scale + mn;
+    }
+  } else {
+#pragma unroll
+    for (int e = 0; e < E; ++e) out[e] = row_elem(row, bits, group, idx0 + e);
+  }
+}
+
+// Block (chunk, query head, query): keys [chunk*kAttnChunk, ...] up to the query's position. 4 warps,
+// each taking 4 keys at a time (8 lanes a key, HD/8 elements a lane), online softmax; the block's
+// partial state (unnormalized output, max, sum) goes to part for the merge.
+template <int HD>
+__global__ void __launch_bounds__(128)
+    attn_partial_kernel(KvDev kv, int layer, const float* q, int q_stride, int n_heads,
+                        const StepParams* params, int max_chunks, float* part) {
+  constexpr int E = HD / 8;
+  const int chunk = blockIdx.x, h = blockIdx.y, i = blockIdx.z;
+  const int pos = params->pos0 + i;
+  const int t0 = chunk * kAttnChunk;
+  if (t0 > pos) return;
+  const int t1 = min(t0 + kAttnChunk, pos + 1);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, sub = lane >> 3, sl = lane & 7;
+  const int kvh = h / (n_heads / kv.n_kv_heads);
+  const int e0 = sl * E, idx0 = kvh * HD + e0;
+  const float scale = 1.0f / sqrtf(static_cast<float>(HD));
+  float qr[E], acc[E];
+  const float* qh = q + static_cast<size_t>(i) * q_stride + h * HD + e0;
+#pragma unroll
+  for (int e = 0; e < E; ++e) {
+    qr[e] = qh[e];
+    acc[e] = 0;
+  }
+  float m = -INFINITY, l = 0;
+  const int quant_below = pos - kv.residual;  // keys t < quant_below are read from the pages
+  const uint32_t mask = (1u << kv.page_shift) - 1;
+  for (int base = t0 + warp * 4; base < t1; base += 16) {
+    const int t = base + sub;
+    const bool valid = t < t1;
+    float kx[E], vx[E];
+    if (valid) {
+      if (t < quant_below) {
+        const KvClass c = kv.cls[kv.tok_cls[t]];
+        const uint32_t off = kv.tok_off[t];
+        const uint8_t* rec =
+            kv.pages[off >> kv.page_shift] + (static_cast<size_t>(layer) << kv.page_shift) + (off & mask);
+        load_elems<E>(rec, c.k_bits, c.group, idx0, kx);
+        load_elems<E>(rec + c.k_row_bytes, c.v_bits, c.group, idx0, vx);
+      } else {
+        const size_t slot = (static_cast<size_t>(layer) * kv.ring + t % kv.ring) * kv.kv_dim + idx0;
+        load_half_elems<E>(reinterpret_cast<const uint8_t*>(kv.ring_k + slot), kx);
+        load_half_elems<E>(reinterpret_cast<const uint8_t*>(kv.ring_v + slot), vx);
+      }
+    }
+    float s = 0;
+    if (valid) {
+#pragma unroll
+      for (int e = 0; e < E; ++e) s += qr[e] * kx[e];
+    }
+    s += __shfl_xor_sync(0xffffffffu, s, 1);
+    s += __shfl_xor_sync(0xffffffffu, s, 2);
+    s += __shfl_xor_sync(0xffffffffu, s, 4);
+    if (valid) {
+      s *= scale;
+      const float mn = fmaxf(m, s);
+      const float corr = expf(m - mn), p = expf(s - mn);
+      l = l * corr + p;
+#pragma unroll
+      for (int e = 0; e < E; ++e) acc[e] = acc[e] * corr + p * vx[e];
+      m = mn;
+    }
+  }
+  __shared__ float s_ml[16][2];
+  __shared__ float s_acc[16][HD];
+  const int sg = warp * 4 + sub;
+  if (sl == 0) {
+    s_ml[sg][0] = m;
+    s_ml[sg][1] = l;
+  }
+#pragma unroll
+  for (int e = 0; e < E; ++e) s_acc[sg][e0 + e] = acc[e];
+  __syncthreads();
+  float* out = part + ((static_cast<size_t>(i) * n_heads + h) * max_chunks + chunk) * (HD + 2);
+  float M = -INFINITY;
+  for (int g = 0; g < 16; ++g) M = fmaxf(M, s_ml[g][0]);
+  for (int d = threadIdx.x; d < HD; d += blockDim.x) {
+    float o = 0;
+    for (int g = 0; g < 16; ++g)
+      if (s_ml[g][1] > 0) o += s_acc[g][d] * expf(s_ml[g][0] - M);
+    out[d] = o;
+  }
+  if (threadIdx.x == 0) {
+    float L = 0;
+    for (int g = 0; g < 16; ++g)
+      if (s_ml[g][1] > 0) L += s_ml[g][1] * expf(s_ml[g][0] - M);
+    out[HD] = M;
+    out[HD + 1] = L;
+  }
+}
+
+__global__ void attn_merge_kernel(int hd, int n_heads, const StepParams* params, int max_chunks,
+                                  const float* part, float* out, __half* out_h) {
+  const int i = blockIdx.x, h = blockIdx.y, d = threadIdx.x;
+  const int pos = params->pos0 + i;
+  const int nc = pos / kAttnChunk + 1;
+  const float* p = part + (static_cast<size_t>(i) * n_heads + h) * max_chunks * (hd + 2);
+  float M = -INFINITY;
+  for (int c = 0; c < nc; ++c) M = fmaxf(M, p[c * (hd + 2) + hd]);
+  float L = 0, o = 0;
+  for (int c = 0; c < nc; ++c) {
+    const float* pc = p + c * (hd + 2);
+    const float w = expf(pc[hd] - M);
+    L += pc[hd + 1] * w;
+    o += pc[d] * w;
+  }
+  const float r = o / L;
+  const size_t at = (static_cast<size_t>(i) * n_heads + h) * hd + d;
+  out[at] = r;
+  if (out_h) out_h[at] = __float2half_rn(r);
+}
+
+}  // namespace
+
+void launch_rope_append(const KvDev& kv, int layer, float* qkv, int n_heads, int rope_dim, bool halves,
+                        const float2* rope_cs, const StepParams* params, int n, cudaStream_t s) {
+  rope_append_kernel<<<n, 256, 2 * kv.kv_dim * sizeof(float), s>>>(kv, layer, qkv, n_heads, rope_dim,
+                                                                   halves ? 1 : 0, rope_cs, params);
+}
+
+void launch_attention(const KvDev& kv, int layer, const float* q, int q_stride, int n_heads,
+                      const StepParams* params, int n, int max_chunks, float* part, float* out, __half* out_h,
+                      cudaStream_t s) {
+  const dim3 grid(max_chunks, n_heads, n);
+  if (kv.head_dim == 64)
+    attn_partial_kernel<64><<<grid, 128, 0, s>>>(kv, layer, q, q_stride, n_heads, params, max_chunks, part);
+  else
+    attn_partial_kernel<128><<<grid, 128, 0, s>>>(kv, layer, q, q_stride, n_heads, params, max_chunks, part);
+  attn_merge_kernel<<<dim3(n, n_heads), kv.head_dim, 0, s>>>(kv.head_dim, n_heads, params, max_chunks, part,
+                                                             out, out_h);
+}
+
+}  // namespace kvd::cuda
