@@ -1,6 +1,6 @@
 // kvdial collect: the policy run (features, kv_bits, latency, accuracy), the label run (a stage-only
 // 16-bit cache in which one token at a time is re-stored at 2/4/8 bits and a window re-run), the
-// streaming CSV with resume, the JSON sidecar; and the CSV statistics of kvdial stats.
+// streaming CSV with resume, the JSON sidecar.
 #include "eval/collect.h"
 
 #include <unistd.h>
@@ -29,118 +29,6 @@
 #include "util/fp16.h"
 
 namespace kvd {
-
-// ---------------------------------------------------------------------------------------------------
-// SHA-256 (FIPS 180-4)
-
-namespace {
-
-struct Sha256 {
-  uint32_t h[8] = {0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a,
-                   0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19};
-  uint8_t buf[64];
-  size_t used = 0;
-  uint64_t total = 0;
-
-  static uint32_t rotr(uint32_t x, int n) { return (x >> n) | (x << (32 - n)); }
-
-  void block(const uint8_t* p) {
-    static const uint32_t k[64] = {
-        0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
-        0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174,
-        0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da,
-        0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7, 0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967,
-        0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85,
-        0xa2bfe8a1, 0xa81a664b, 0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070,
-        0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
-        0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2};
-    uint32_t w[64];
-    for (int i = 0; i < 16; ++i)
-      w[i] = static_cast<uint32_t>(p[4 * i]) << 24 | static_cast<uint32_t>(p[4 * i + 1]) << 16 |
-             static_cast<uint32_t>(p[4 * i + 2]) << 8 | p[4 * i + 3];
-    for (int i = 16; i < 64; ++i) {
-      const uint32_t s0 = rotr(w[i - 15], 7) ^ rotr(w[i - 15], 18) ^ (w[i - 15] >> 3);
-      const uint32_t s1 = rotr(w[i - 2], 17) ^ rotr(w[i - 2], 19) ^ (w[i - 2] >> 10);
-      w[i] = w[i - 16] + s0 + w[i - 7] + s1;
-    }
-    uint32_t a = h[0], b = h[1], c = h[2], d = h[3], e = h[4], f = h[5], g = h[6], hh = h[7];
-    for (int i = 0; i < 64; ++i) {
-      const uint32_t S1 = rotr(e, 6) ^ rotr(e, 11) ^ rotr(e, 25);
-      const uint32_t ch = (e & f) ^ (~e & g);
-      const uint32_t t1 = hh + S1 + ch + k[i] + w[i];
-      const uint32_t S0 = rotr(a, 2) ^ rotr(a, 13) ^ rotr(a, 22);
-      const uint32_t maj = (a & b) ^ (a & c) ^ (b & c);
-      const uint32_t t2 = S0 + maj;
-      hh = g;
-      g = f;
-      f = e;
-      e = d + t1;
-      d = c;
-      c = b;
-      b = a;
-      a = t1 + t2;
-    }
-    h[0] += a;
-    h[1] += b;
-    h[2] += c;
-    h[3] += d;
-    h[4] += e;
-    h[5] += f;
-    h[6] += g;
-    h[7] += hh;
-  }
-
-  void update(const uint8_t* p, size_t n) {
-    total += n;
-    if (used) {
-      const size_t take = std::min(n, 64 - used);
-      std::memcpy(buf + used, p, take);
-      used += take;
-      p += take;
-      n -= take;
-      if (used < 64) return;
-      block(buf);
-      used = 0;
-    }
-    for (; n >= 64; n -= 64, p += 64) block(p);
-    std::memcpy(buf, p, n);
-    used = n;
-  }
-
-  std::string hex() {
-    const uint64_t bits = total * 8;
-    const uint8_t one = 0x80, zero = 0;
-    update(&one, 1);
-    while (used != 56) update(&zero, 1);
-    uint8_t len[8];
-    for (int i = 0; i < 8; ++i) len[i] = static_cast<uint8_t>(bits >> (56 - 8 * i));
-    update(len, 8);
-    char out[65];
-    for (int i = 0; i < 8; ++i) std::snprintf(out + 8 * i, 9, "%08x", h[i]);
-    return std::string(out, 64);
-  }
-};
-
-}  // namespace
-
-std::string sha256_hex(const void* data, size_t n) {
-  Sha256 s;
-  s.update(static_cast<const uint8_t*>(data), n);
-  return s.hex();
-}
-
-std::string sha256_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw Error(path + ": cannot open file");
-  Sha256 s;
-  std::vector<char> buf(1 << 20);
-  while (in) {
-    in.read(buf.data(), static_cast<std::streamsize>(buf.size()));
-    s.update(reinterpret_cast<const uint8_t*>(buf.data()), static_cast<size_t>(in.gcount()));
-  }
-  if (in.bad()) throw Error(path + ": read error");
-  return s.hex();
-}
 
 // ---------------------------------------------------------------------------------------------------
 // Collection
@@ -310,24 +198,6 @@ class Progress {
   double drawn_ = -1;
 };
 
-std::string join(const std::vector<std::string>& v) {
-  std::string s;
-  for (size_t i = 0; i < v.size(); ++i) s += (i ? "," : "") + v[i];
-  return s;
-}
-
-std::vector<std::string> split_commas(const std::string& line) {
-  std::vector<std::string> out;
-  size_t i = 0;
-  while (true) {
-    const size_t j = line.find(',', i);
-    out.push_back(line.substr(i, j == std::string::npos ? std::string::npos : j - i));
-    if (j == std::string::npos) break;
-    i = j + 1;
-  }
-  return out;
-}
-
 void write_json_atomic(const std::string& path, const nlohmann::json& j) {
   const std::string tmp = path + ".tmp";
   {
@@ -339,37 +209,6 @@ void write_json_atomic(const std::string& path, const nlohmann::json& j) {
   std::error_code ec;
   std::filesystem::rename(tmp, path, ec);
   if (ec) throw Error(path + ": cannot write (" + ec.message() + ")");
-}
-
-// Reads an interrupted CSV: checks its header, drops a trailing partial line, returns the rows kept.
-int64_t existing_rows(const std::string& path, const std::string& header, size_t n_cols) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw Error(path + ": cannot open file to resume");
-  std::string line;
-  int64_t rows = 0, line_no = 0;
-  std::streamoff good_end = 0;
-  while (true) {
-    const std::streamoff start = in.tellg();
-    if (!std::getline(in, line)) break;
-    const bool complete = !in.eof();  // getline stopped at a newline
-    ++line_no;
-    if (!complete) break;  // a partial last row: dropped below
-    if (line_no == 1) {
-      if (line != header)
-        throw Error(path + ":1: header differs from this run's columns; cannot resume (expected '" + header +
-                    "')");
-    } else {
-      if (split_commas(line).size() != n_cols)
-        throw Error(path + ":" + std::to_string(line_no) + ": expected " + std::to_string(n_cols) +
-                    " columns; cannot resume");
-      ++rows;
-    }
-    good_end = start + static_cast<std::streamoff>(line.size()) + 1;
-  }
-  in.close();
-  if (line_no == 0 || good_end == 0) throw Error(path + ": no header line; cannot resume");
-  std::filesystem::resize_file(path, static_cast<uintmax_t>(good_end));
-  return rows;
 }
 
 }  // namespace
@@ -423,7 +262,7 @@ CollectSummary collect(const Model& model, Backend& backend, KvPolicy& policy, c
 
   // Sidecar: the parameters that decide the rows (compared on resume), then the record of the run.
   const std::vector<std::string> columns = collect_columns(o.labels);
-  const std::string header = join(columns);
+  const std::string header = join_csv(columns);
   const std::string sidecar_path = o.out_path + ".json";
   nlohmann::json params = {
       {"model_sha256", o.model_sha256.empty() ? sha256_file(model.path()) : o.model_sha256},
@@ -462,7 +301,7 @@ CollectSummary collect(const Model& model, Backend& backend, KvPolicy& policy, c
                     (old.contains(it.key()) ? old[it.key()].dump() : std::string("absent")) + " there, " +
                     it.value().dump() + " now); start a new file or pass the same parameters");
     }
-    sum.rows_before = existing_rows(o.out_path, header, columns.size());
+    sum.rows_before = csv_resume_rows(o.out_path, header, columns.size());
     if (sum.rows_before > planned)
       throw Error(o.out_path + ": holds " + std::to_string(sum.rows_before) + " rows, more than the " +
                   std::to_string(planned) + " planned; cannot resume");
@@ -645,241 +484,6 @@ CollectSummary collect(const Model& model, Backend& backend, KvPolicy& policy, c
   side["finished"] = utc_now();
   write_sidecar(done == planned, done);
   return sum;
-}
-
-// ---------------------------------------------------------------------------------------------------
-// CSV statistics
-
-int CsvTable::column(const std::string& name) const {
-  const auto it = std::find(columns.begin(), columns.end(), name);
-  return it == columns.end() ? -1 : static_cast<int>(it - columns.begin());
-}
-
-CsvTable read_csv_table(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw Error(path + ": cannot open file");
-  CsvTable t;
-  t.path = path;
-  std::string line;
-  int line_no = 0;
-  int split_col = -1;
-  while (std::getline(in, line)) {
-    ++line_no;
-    if (!line.empty() && line.back() == '\r') line.pop_back();
-    if (line_no == 1) {
-      t.columns = split_commas(line);
-      for (size_t i = 0; i < t.columns.size(); ++i) {
-        if (t.columns[i].empty())
-          throw Error(path + ":1: header column " + std::to_string(i + 1) + " has no name");
-        if (std::find(t.columns.begin(), t.columns.begin() + static_cast<std::ptrdiff_t>(i), t.columns[i]) !=
-            t.columns.begin() + static_cast<std::ptrdiff_t>(i))
-          throw Error(path + ":1: header column '" + t.columns[i] + "' appears twice");
-      }
-      for (const char* need : {"entropy", "rarity", "attn_var", "kv_bits", "latency", "accuracy"})
-        if (t.column(need) < 0) throw Error(path + ":1: header lacks the column '" + std::string(need) + "'");
-      split_col = t.column("split");
-      t.values.assign(t.columns.size(), {});
-      continue;
-    }
-    if (line.empty()) continue;
-    const std::vector<std::string> cells = split_commas(line);
-    if (cells.size() != t.columns.size())
-      throw Error(path + ":" + std::to_string(line_no) + ": " + std::to_string(cells.size()) +
-                  " columns, the header has " + std::to_string(t.columns.size()));
-    for (size_t c = 0; c < cells.size(); ++c) {
-      if (static_cast<int>(c) == split_col) {
-        t.split.push_back(cells[c]);
-        t.values[c].push_back(0);
-        continue;
-      }
-      const char* s = cells[c].c_str();
-      char* end = nullptr;
-      const double v = std::strtod(s, &end);
-      if (cells[c].empty() || end != s + cells[c].size() || !std::isfinite(v))
-        throw Error(path + ":" + std::to_string(line_no) + ": column '" + t.columns[c] + "': '" + cells[c] +
-                    "' is not a finite number");
-      t.values[c].push_back(v);
-    }
-  }
-  if (line_no == 0) throw Error(path + ": empty file (no header)");
-  if (t.rows() == 0) throw Error(path + ": no data rows after the header");
-  return t;
-}
-
-namespace {
-
-double mean_of(const std::vector<double>& v) {
-  double s = 0;
-  for (double x : v) s += x;
-  return v.empty() ? 0 : s / static_cast<double>(v.size());
-}
-
-double std_of(const std::vector<double>& v) {  // sample standard deviation (ddof 1), as pandas
-  if (v.size() < 2) return std::numeric_limits<double>::quiet_NaN();
-  const double m = mean_of(v);
-  double s = 0;
-  for (double x : v) s += (x - m) * (x - m);
-  return std::sqrt(s / static_cast<double>(v.size() - 1));
-}
-
-std::vector<double> ranks(const std::vector<double>& v) {
-  std::vector<size_t> idx(v.size());
-  std::iota(idx.begin(), idx.end(), 0);
-  std::stable_sort(idx.begin(), idx.end(), [&](size_t a, size_t b) { return v[a] < v[b]; });
-  std::vector<double> r(v.size());
-  for (size_t i = 0; i < idx.size();) {
-    size_t j = i;
-    while (j + 1 < idx.size() && v[idx[j + 1]] == v[idx[i]]) ++j;
-    const double avg = 0.5 * static_cast<double>(i + j) + 1;
-    for (size_t k = i; k <= j; ++k) r[idx[k]] = avg;
-    i = j + 1;
-  }
-  return r;
-}
-
-std::string cell(double v, int width, int prec = 6) {
-  char buf[64];
-  if (std::isnan(v))
-    std::snprintf(buf, sizeof buf, "%*s", width, "NaN");
-  else if (v != 0 && (std::abs(v) < 1e-3 || std::abs(v) >= 1e6))
-    std::snprintf(buf, sizeof buf, "%*.*e", width, prec - 2, v);
-  else
-    std::snprintf(buf, sizeof buf, "%*.*f", width, prec, v);
-  return buf;
-}
-
-std::string pad(const std::string& s, size_t width) {
-  return s.size() >= width ? s : s + std::string(width - s.size(), ' ');
-}
-
-// Identifier columns: summarised, but left out of the correlations (their values are labels, not sizes).
-bool is_id_column(const std::string& c) {
-  return c == "example" || c == "ind" || c == "token" || c == "argmax";
-}
-
-}  // namespace
-
-double pearson(const std::vector<double>& a, const std::vector<double>& b) {
-  const double ma = mean_of(a), mb = mean_of(b);
-  double sab = 0, saa = 0, sbb = 0;
-  for (size_t i = 0; i < a.size(); ++i) {
-    sab += (a[i] - ma) * (b[i] - mb);
-    saa += (a[i] - ma) * (a[i] - ma);
-    sbb += (b[i] - mb) * (b[i] - mb);
-  }
-  if (saa <= 0 || sbb <= 0) return std::numeric_limits<double>::quiet_NaN();
-  return sab / std::sqrt(saa * sbb);
-}
-
-double spearman(const std::vector<double>& a, const std::vector<double>& b) {
-  return pearson(ranks(a), ranks(b));
-}
-
-std::string csv_stats_report(const CsvTable& t) {
-  std::ostringstream out;
-  std::vector<int> num;  // numeric columns
-  for (size_t c = 0; c < t.columns.size(); ++c)
-    if (t.columns[c] != "split") num.push_back(static_cast<int>(c));
-  size_t name_w = 8;
-  for (int c : num) name_w = std::max(name_w, t.columns[c].size() + 1);
-  out << t.path << ": " << t.rows() << " rows, " << t.columns.size() << " columns\n";
-
-  out << "\n=== Overall Summary (mean) ===\n";
-  for (int c : num) out << pad(t.columns[c], name_w) << cell(mean_of(t.values[c]), 14) << "\n";
-
-  out << "\n=== Distribution Stats (std, min, max) ===\n"
-      << pad("", name_w) << "           std            min            max\n";
-  for (int c : num) {
-    const auto& v = t.values[c];
-    out << pad(t.columns[c], name_w) << cell(std_of(v), 14) << " "
-        << cell(*std::min_element(v.begin(), v.end()), 14) << " "
-        << cell(*std::max_element(v.begin(), v.end()), 14) << "\n";
-  }
-
-  std::vector<int> corr;
-  for (int c : num)
-    if (!is_id_column(t.columns[c])) corr.push_back(c);
-  out << "\n=== Feature Correlations (Pearson; id columns example, ind, token, argmax left out) ===\n";
-  out << pad("", name_w);
-  for (int c : corr)
-    out << std::string(t.columns[c].size() < 9 ? 10 - t.columns[c].size() : 1, ' ') << t.columns[c];
-  out << "\n";
-  for (int r : corr) {
-    out << pad(t.columns[r], name_w);
-    for (int c : corr) {
-      const size_t w = std::max<size_t>(10, t.columns[c].size() + 1);
-      char buf[32];
-      const double v = r == c ? 1.0 : pearson(t.values[r], t.values[c]);
-      if (std::isnan(v))
-        std::snprintf(buf, sizeof buf, "%*s", static_cast<int>(w), "NaN");
-      else
-        std::snprintf(buf, sizeof buf, "%*.4f", static_cast<int>(w), v);
-      out << buf;
-    }
-    out << "\n";
-  }
-
-  auto distribution = [&](const char* name) {
-    const int c = t.column(name);
-    if (c < 0) return;
-    std::map<double, int64_t> counts;
-    for (double v : t.values[c]) counts[v]++;
-    out << "\n=== " << name << " distribution ===\n";
-    for (const auto& [v, n] : counts) {
-      char buf[96];
-      std::snprintf(buf, sizeof buf, "%6g: %7lld  (%5.1f%%)\n", v, static_cast<long long>(n),
-                    100.0 * static_cast<double>(n) / static_cast<double>(t.rows()));
-      out << buf;
-    }
-    out << "  mean " << cell(mean_of(t.values[c]), 0, 4) << " bits\n";
-  };
-  distribution("kv_bits");
-  distribution("oracle_bits");
-
-  if (!t.split.empty()) {
-    std::map<std::string, int64_t> rows;
-    std::map<std::string, std::vector<double>> examples;
-    const int ex = t.column("example");
-    for (size_t i = 0; i < t.split.size(); ++i) {
-      rows[t.split[i]]++;
-      if (ex >= 0) examples[t.split[i]].push_back(t.values[ex][i]);
-    }
-    out << "\n=== split ===\n";
-    for (const auto& [s, n] : rows) {
-      auto& e = examples[s];
-      std::sort(e.begin(), e.end());
-      const auto distinct = std::unique(e.begin(), e.end()) - e.begin();
-      out << pad(s, 8) << n << " rows" << (ex >= 0 ? ", " + std::to_string(distinct) + " examples" : "")
-          << "\n";
-    }
-  }
-
-  const int ob = t.column("oracle_bits");
-  if (ob >= 0) {
-    out << "\n=== Correlation of oracle_bits with kv_bits and each feature ===\n";
-    out << pad("", name_w) << "   Pearson   Spearman\n";
-    for (int c : corr) {
-      if (c == ob) continue;
-      char buf[64];
-      const double p = pearson(t.values[ob], t.values[c]), s = spearman(t.values[ob], t.values[c]);
-      std::snprintf(buf, sizeof buf, "%10.4f %10.4f\n", p, s);
-      out << pad(t.columns[c], name_w) << buf;
-    }
-  }
-  // The proxy against the damage it stands for, when both are present.
-  bool head = false;
-  for (const char* b : {"2", "4", "8"}) {
-    const int d = t.column(std::string("dmg") + b), p = t.column(std::string("proxy") + b);
-    if (d < 0 || p < 0) continue;
-    if (!head) out << "\n=== proxy vs measured damage (Spearman rank correlation) ===\n";
-    head = true;
-    char buf[96];
-    std::snprintf(buf, sizeof buf, "proxy%s ~ dmg%s: %.4f   (recv ~ dmg%s: %.4f)\n", b, b,
-                  spearman(t.values[p], t.values[d]), b,
-                  t.column("recv") >= 0 ? spearman(t.values[t.column("recv")], t.values[d]) : NAN);
-    out << buf;
-  }
-  return out.str();
 }
 
 }  // namespace kvd

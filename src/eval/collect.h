@@ -1,16 +1,20 @@
 // Controller training data (kvdial collect): HellaSwag text run token by token under a KV policy, one
 // CSV row per token with the seed's six columns, the other features, and sensitivity labels measured
-// by re-running a window of positions with one token's KV stored at 2, 4 or 8 bits. Also the CSV
-// reader and summary behind kvdial stats, and the SHA-256 the JSON sidecar records. docs/collect.md.
+// by re-running a window of positions with one token's KV stored at 2, 4 or 8 bits. The CSV reader
+// (eval/csv.h), the statistics of kvdial stats (eval/csv_stats.h) and the SHA-256 (util/sha256.h) are
+// included from here too. docs/collect.md.
 #pragma once
 #include <cstdint>
 #include <cstdio>
 #include <string>
 #include <vector>
 
+#include "eval/csv.h"        // CsvTable, read_csv_table (kvdial train includes either header)
+#include "eval/csv_stats.h"  // csv_stats_report, pearson, spearman
 #include "model/backend.h"
 #include "model/model.h"
 #include "policy/policy.h"
+#include "util/sha256.h"  // sha256_hex, sha256_file (the sidecar's digests)
 
 namespace kvd {
 
@@ -51,30 +55,5 @@ std::vector<std::string> collect_columns(bool labels);
 // for bad data, a CSV that exists (without resume/force), or a resume whose parameters differ.
 CollectSummary collect(const Model& model, Backend& backend, KvPolicy& policy, const CollectOptions& options,
                        std::FILE* log = stderr);
-
-// SHA-256 of bytes / of a file, as 64 lowercase hex digits.
-std::string sha256_hex(const void* data, size_t n);
-std::string sha256_file(const std::string& path);
-
-// A CSV read for kvdial stats: a header, then rows of numbers; the `split` column holds text.
-struct CsvTable {
-  std::string path;
-  std::vector<std::string> columns;
-  std::vector<std::vector<double>> values;  // [column][row]; categorical columns hold 0
-  std::vector<std::string> split;           // the `split` column, when present
-  size_t rows() const { return values.empty() ? 0 : values[0].size(); }
-  int column(const std::string& name) const;  // index, or -1
-};
-
-// Throws kvd::Error "FILE:LINE: ..." for a row of the wrong width or a value that is not a number,
-// "FILE:1: ..." for a header without the seed's six columns, "FILE: ..." for an empty file.
-CsvTable read_csv_table(const std::string& path);
-// What kvdial stats prints: per-column mean; std, min, max; the correlation matrix; the distribution
-// of kv_bits and oracle_bits; the correlation of oracle_bits with kv_bits and each feature.
-std::string csv_stats_report(const CsvTable& t);
-
-// Pearson and Spearman (average ranks for ties) correlation; NaN when a side is constant.
-double pearson(const std::vector<double>& a, const std::vector<double>& b);
-double spearman(const std::vector<double>& a, const std::vector<double>& b);
 
 }  // namespace kvd
