@@ -1,47 +1,47 @@
-// kvdial collect: the policy run (features, kv_bits, latency, accuracy), the label run (a stage-only
-// 16-bit cache in which one token at a time is re-stored at 2/4/8 bits and a window re-run), the
-// streaming CSV with resume, the JSON sidecar.
+// kvdial collect: plans the examples (HellaSwag lines or chunks of plain text), runs each one's policy
+// run (features, kv_bits, latency, accuracy) and label run (eval/labels.h), on --jobs threads that each
+// own a backend, a policy and caches over the shared model, and writes the rows in example order to a
+// streaming CSV with resume, plus the JSON sidecar.
 #include "eval/collect.h"
 
 #include <unistd.h>
 
 #include <algorithm>
-#include <array>
+#include <atomic>
 #include <chrono>
 #include <cmath>
+#include <condition_variable>
 #include <cstring>
 #include <ctime>
+#include <exception>
 #include <filesystem>
 #include <fstream>
-#include <limits>
-#include <map>
+#include <mutex>
 #include <nlohmann/json.hpp>
 #include <numeric>
+#include <optional>
 #include <random>
-#include <sstream>
+#include <thread>
 
 #include "eval/hellaswag.h"
+#include "eval/labels.h"
 #include "eval/runner.h"
+#include "eval/text_chunks.h"
 #include "kv/kv_cache.h"
-#include "kv/kv_quant.h"
 #include "model/forward.h"
 #include "util/error.h"
-#include "util/fp16.h"
 
 namespace kvd {
-
-// ---------------------------------------------------------------------------------------------------
-// Collection
 
 namespace {
 
 using Clock = std::chrono::steady_clock;
 double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
 
-constexpr std::array<int, 3> kLabelBits = {2, 4, 8};
-
+// One example of the run: a HellaSwag line or a chunk of text.
 struct PlannedExample {
-  const HellaSwagExample* ex = nullptr;
+  int id = 0;        // the `example` column: the JSONL line, or the chunk's 1-based index
+  int64_t ind = -1;  // the `ind` column: the dataset's ind, or the chunk's first token in the file
   std::vector<int32_t> ids;
   int rows = 0;           // rows written for it: positions [0, rows)
   int64_t first_row = 0;  // global index of its first row
@@ -100,74 +100,6 @@ std::string fmt(const char* f, double v) {
   return buf;
 }
 
-// Mean over positions of KL(ref || run) of the next-token distributions; both are w x vocab logits.
-// ref_lp holds the reference log-probabilities, ref_p their probabilities.
-double mean_kl(const std::vector<double>& ref_lp, const std::vector<double>& ref_p, const float* run, int w,
-               int vocab) {
-  double sum = 0;
-  for (int j = 0; j < w; ++j) {
-    const float* q = run + static_cast<size_t>(j) * vocab;
-    const double* lp = ref_lp.data() + static_cast<size_t>(j) * vocab;
-    const double* p = ref_p.data() + static_cast<size_t>(j) * vocab;
-    const float mx = *std::max_element(q, q + vocab);
-    double z = 0, cross = 0;
-    for (int i = 0; i < vocab; ++i) {
-      z += std::exp(static_cast<double>(q[i]) - mx);
-      cross += p[i] * (lp[i] - static_cast<double>(q[i]));
-    }
-    // KL = sum p (lp - log q) with log q = q - mx - log z.
-    sum += std::max(0.0, cross + mx + std::log(z));
-  }
-  return sum / w;
-}
-
-void log_softmax(const float* logits, int w, int vocab, std::vector<double>& lp, std::vector<double>& p) {
-  lp.resize(static_cast<size_t>(w) * vocab);
-  p.resize(lp.size());
-  for (int j = 0; j < w; ++j) {
-    const float* l = logits + static_cast<size_t>(j) * vocab;
-    const float mx = *std::max_element(l, l + vocab);
-    double z = 0;
-    for (int i = 0; i < vocab; ++i) z += std::exp(static_cast<double>(l[i]) - mx);
-    const double lz = mx + std::log(z);
-    for (int i = 0; i < vocab; ++i) {
-      const size_t k = static_cast<size_t>(j) * vocab + i;
-      lp[k] = static_cast<double>(l[i]) - lz;
-      p[k] = std::exp(lp[k]);
-    }
-  }
-}
-
-// Mean over layers of |K - Q_b(K)| + |V - Q_b(V)| (L2 norms) of token pos in a stage-only cache.
-double quant_error(const KvCache& cache, int pos, int bits) {
-  const KvLayout& lay = cache.layout();
-  const int d = lay.kv_dim();
-  std::vector<uint8_t> rec(lay.row_bytes(bits));
-  std::vector<float> deq(static_cast<size_t>(d));
-  double total = 0;
-  for (int l = 0; l < lay.n_layers; ++l) {
-    for (const uint16_t* rows : {cache.staged_k(0, l), cache.staged_v(0, l)}) {
-      const uint16_t* row = rows + static_cast<size_t>(pos - cache.n_arena(0)) * d;
-      kv_quantize_row_fp16(lay, bits, row, rec.data());
-      kv_dequantize_row(lay, bits, rec.data(), deq.data());
-      double sq = 0;
-      for (int i = 0; i < d; ++i) {
-        const double e = static_cast<double>(fp16_to_float(row[i])) - deq[i];
-        sq += e * e;
-      }
-      total += std::sqrt(sq);
-    }
-  }
-  return total / lay.n_layers;
-}
-
-struct Labels {
-  std::array<double, 3> dmg{};
-  int oracle = 16;
-  double recv = 0;
-  std::array<double, 3> proxy{};
-};
-
 // Progress bar: rows done / total, rows/s, ETA; redrawn at most 4 times a second.
 class Progress {
  public:
@@ -211,6 +143,143 @@ void write_json_atomic(const std::string& path, const nlohmann::json& j) {
   if (ec) throw Error(path + ": cannot write (" + ec.message() + ")");
 }
 
+// The rows of one example, formatted, and what they cost.
+struct ExampleResult {
+  std::string csv;
+  int64_t rows = 0;
+  std::array<int64_t, 17> oracle{};
+  double policy_s = 0, label_s = 0;
+};
+
+// What one job owns: a backend (the caller's for job 0), a policy, the policy run's cache and session,
+// and the label run. The model is shared (read-only).
+struct Job {
+  std::unique_ptr<Backend> own_backend;
+  std::unique_ptr<KvPolicy> own_policy;
+  Backend* backend = nullptr;
+  KvPolicy* policy = nullptr;
+  std::unique_ptr<KvCache> cache;
+  std::unique_ptr<Session> session;
+  std::unique_ptr<LabelRun> labels;
+};
+
+// Runs one example from its first token (rows before `skip` are already in the CSV: their labels are not
+// measured, but every forward runs as in an uninterrupted run, so later rows are the same).
+ExampleResult run_example(Job& job, const PlannedExample& p, int skip, const CollectOptions& o) {
+  ExampleResult r;
+  job.cache->clear(0);
+  PolicyRunner runner(*job.session, *job.policy);
+  runner.keep_features(true);
+  if (o.labels) {
+    const auto t0 = Clock::now();
+    job.labels->begin(p.ids);
+    r.label_s += seconds_since(t0);
+  }
+  for (int t = 0; t < p.rows; ++t) {
+    // Policy run: this token's decode step, its features and the policy's width.
+    const auto t0 = Clock::now();
+    runner.step(p.ids[t]);
+    const double step_s = seconds_since(t0);
+    const TokenFeatures& f = runner.features().back();
+    const int kv_bits = job.cache->token_bits(0, t);
+    r.policy_s += step_s;
+
+    // Label run: its caches hold positions [0, t] computed with 16-bit history.
+    const bool write = t >= skip;
+    TokenLabels lab;
+    if (o.labels) {
+      const auto t1 = Clock::now();
+      lab = job.labels->label(t, write);
+      if (write) r.oracle[static_cast<size_t>(lab.oracle)]++;
+      r.label_s += seconds_since(t1);
+    }
+    if (!write) continue;
+
+    std::string& row = r.csv;
+    row += fmt("%.7g", f.entropy) + "," + fmt("%.7g", f.rarity) + "," + fmt("%.7g", f.attn_var) + "," +
+           std::to_string(kv_bits) + "," + fmt("%.4f", step_s * 1e3) + "," +
+           (f.argmax == p.ids[t + 1] ? "1" : "0") + "," + std::to_string(p.id) + "," + std::to_string(p.ind) +
+           "," + std::to_string(t) + "," + std::to_string(p.ids[t]) + "," + fmt("%.7g", f.attn_max) + "," +
+           fmt("%.7g", f.k_norm) + "," + fmt("%.7g", f.v_norm) + "," + fmt("%.7g", f.max_prob) + "," +
+           std::to_string(f.argmax) + "," + p.split;
+    if (o.labels) {
+      for (double d : lab.dmg) row += "," + fmt("%.7g", d);
+      row += "," + std::to_string(lab.oracle) + "," + fmt("%.7g", lab.recv);
+      for (double d : lab.proxy) row += "," + fmt("%.7g", d);
+    }
+    row += "\n";
+    ++r.rows;
+  }
+  return r;
+}
+
+// Examples [begin, end) of the plan, as HellaSwag lines or text chunks, with the sidecar's record of each.
+struct Plan {
+  std::vector<PlannedExample> examples;
+  int64_t planned = 0;
+  size_t examples_in_file = 0;
+};
+
+void add_example(Plan& plan, PlannedExample p, const CollectOptions& o) {
+  int64_t rows = static_cast<int64_t>(p.ids.size()) - 1;
+  if (o.tokens > 0) rows = std::min<int64_t>(rows, o.tokens - plan.planned);
+  if (rows <= 0) return;
+  p.rows = static_cast<int>(rows);
+  p.first_row = plan.planned;
+  plan.planned += rows;
+  plan.examples.push_back(std::move(p));
+}
+
+Plan make_plan(const Tokenizer& tok, const CollectOptions& o) {
+  Plan plan;
+  const std::string& src = o.text_path.empty() ? o.data_path : o.text_path;
+  if (!o.text_path.empty()) {
+    std::vector<TextChunk> chunks = text_chunks(tok, o.text_path, o.skip_tokens, o.chunk);
+    plan.examples_in_file = chunks.size();
+    for (TextChunk& c : chunks) {
+      if (o.tokens > 0 && plan.planned >= o.tokens) break;
+      PlannedExample p;
+      p.id = c.index;
+      p.ind = c.first_token;
+      p.ids = std::move(c.ids);
+      add_example(plan, std::move(p), o);
+    }
+  } else {
+    const std::vector<HellaSwagExample> data = read_hellaswag(o.data_path);
+    plan.examples_in_file = data.size();
+    for (const HellaSwagExample& ex : data) {
+      if (o.tokens > 0 && plan.planned >= o.tokens) break;
+      PlannedExample p;
+      p.id = ex.line;
+      p.ind = ex.ind;
+      p.ids = tok.encode(hellaswag_text(ex), true, false);
+      if (static_cast<int>(p.ids.size()) > o.ctx)
+        throw Error(o.data_path + ":" + std::to_string(ex.line) + ": the example has " +
+                    std::to_string(p.ids.size()) + " tokens, more than the context size " +
+                    std::to_string(o.ctx) + " (raise -c)");
+      add_example(plan, std::move(p), o);
+    }
+  }
+  if (plan.examples.empty()) throw Error(src + ": no example has two or more tokens");
+  return plan;
+}
+
+void check_options(const CollectOptions& o) {
+  if (o.data_path.empty() == o.text_path.empty())
+    throw Error(o.data_path.empty() ? "collect needs --data FILE (HellaSwag JSONL) or -f FILE (plain text)"
+                                    : "--data and -f cannot be given together");
+  if (o.out_path.empty()) throw Error("collect needs -o FILE");
+  if (o.window < 1) throw Error("--window must be at least 1");
+  if (!(o.tau >= 0)) throw Error("--tau must be >= 0");
+  if (o.tokens < 0) throw Error("--tokens must be >= 0");
+  if (o.jobs < 1) throw Error("--jobs must be at least 1");
+  if (o.skip_tokens < 0) throw Error("--skip-tokens must be >= 0");
+  if (!o.text_path.empty() && (o.chunk < 2 || o.chunk > o.ctx))
+    throw Error("--chunk must be in 2.." + std::to_string(o.ctx) + " (the context size)");
+  if (o.data_path == o.out_path || o.text_path == o.out_path)
+    throw Error(o.out_path + ": the output would overwrite the input");
+}
+
 }  // namespace
 
 std::vector<std::string> collect_columns(bool labels) {
@@ -225,40 +294,44 @@ std::vector<std::string> collect_columns(bool labels) {
 
 CollectSummary collect(const Model& model, Backend& backend, KvPolicy& policy, const CollectOptions& o,
                        std::FILE* log) {
-  if (o.window < 1) throw Error("--window must be at least 1");
-  if (!(o.tau >= 0)) throw Error("--tau must be >= 0");
-  if (o.tokens < 0) throw Error("--tokens must be >= 0");
+  check_options(o);
   const Tokenizer& tok = model.tokenizer();
   const ModelConfig& cfg = model.config();
-  const int vocab = cfg.vocab;
+  const std::string& data_path = o.text_path.empty() ? o.data_path : o.text_path;
 
   // Plan: which examples, how many rows each (the last one may be cut to reach --tokens exactly).
-  const std::vector<HellaSwagExample> data = read_hellaswag(o.data_path);
-  std::vector<PlannedExample> plan;
-  int64_t planned = 0;
-  for (const HellaSwagExample& ex : data) {
-    if (o.tokens > 0 && planned >= o.tokens) break;
-    PlannedExample p;
-    p.ex = &ex;
-    p.ids = tok.encode(hellaswag_text(ex), true, false);
-    if (static_cast<int>(p.ids.size()) > o.ctx)
-      throw Error(o.data_path + ":" + std::to_string(ex.line) + ": the example has " +
-                  std::to_string(p.ids.size()) + " tokens, more than the context size " +
-                  std::to_string(o.ctx) + " (raise -c)");
-    int64_t rows = static_cast<int64_t>(p.ids.size()) - 1;
-    if (o.tokens > 0) rows = std::min<int64_t>(rows, o.tokens - planned);
-    if (rows <= 0) continue;
-    p.rows = static_cast<int>(rows);
-    p.first_row = planned;
-    planned += rows;
-    plan.push_back(std::move(p));
-  }
-  if (plan.empty()) throw Error(o.data_path + ": no example has two or more tokens");
+  Plan plan_all = make_plan(tok, o);
+  std::vector<PlannedExample>& plan = plan_all.examples;
+  const int64_t planned = plan_all.planned;
   if (o.tokens > 0 && planned < o.tokens && log)
     std::fprintf(log, "collect: %s holds only %lld tokens with a next token (asked for %d)\n",
-                 o.data_path.c_str(), static_cast<long long>(planned), o.tokens);
+                 data_path.c_str(), static_cast<long long>(planned), o.tokens);
   const std::vector<std::string> split = split_examples(static_cast<int>(plan.size()), o.seed);
   for (size_t i = 0; i < plan.size(); ++i) plan[i].split = split[i];
+
+  // One policy per job, made from the same spec (job 0 uses the caller's).
+  const std::string policy_spec = o.policy_spec.empty() ? policy.describe() : o.policy_spec;
+  std::vector<Job> jobs(static_cast<size_t>(std::min<int64_t>(o.jobs, static_cast<int64_t>(plan.size()))));
+  for (size_t j = 0; j < jobs.size(); ++j) {
+    Job& job = jobs[j];
+    if (j == 0) {
+      job.backend = &backend;
+      job.policy = &policy;
+    } else {
+      job.own_backend = make_backend(backend.name(), backend.threads());
+      job.backend = job.own_backend.get();
+      try {
+        job.own_policy = make_policy(policy_spec);
+      } catch (const Error& e) {
+        throw Error("--jobs " + std::to_string(o.jobs) + ": cannot make the policy '" + policy_spec +
+                    "' for each job (" + e.what() + ")");
+      }
+      if (job.own_policy->describe() != policy.describe())
+        throw Error("--jobs: the policy spec '" + policy_spec + "' gives " + job.own_policy->describe() +
+                    ", not " + policy.describe());
+      job.policy = job.own_policy.get();
+    }
+  }
 
   // Sidecar: the parameters that decide the rows (compared on resume), then the record of the run.
   const std::vector<std::string> columns = collect_columns(o.labels);
@@ -266,7 +339,7 @@ CollectSummary collect(const Model& model, Backend& backend, KvPolicy& policy, c
   const std::string sidecar_path = o.out_path + ".json";
   nlohmann::json params = {
       {"model_sha256", o.model_sha256.empty() ? sha256_file(model.path()) : o.model_sha256},
-      {"data_sha256", sha256_file(o.data_path)},
+      {"data_sha256", sha256_file(data_path)},
       {"tokens", o.tokens},
       {"policy", policy.describe()},
       {"kv_group", o.kv_group},
@@ -276,7 +349,11 @@ CollectSummary collect(const Model& model, Backend& backend, KvPolicy& policy, c
       {"tau", o.tau},
       {"labels", o.labels},
       {"seed", o.seed},
-      {"columns", columns}};
+      {"columns", columns},
+      // QUANTIZER: the KV quantizer the labels and the policy run's cache use (CollectOptions::quantizer;
+      // the quantizer issue fills it from the cache's settings).
+      {"quantizer", o.quantizer}};
+  if (!o.text_path.empty()) params["text"] = {{"skip_tokens", o.skip_tokens}, {"chunk", o.chunk}};
 
   CollectSummary sum;
   sum.rows_total = planned;
@@ -301,6 +378,8 @@ CollectSummary collect(const Model& model, Backend& backend, KvPolicy& policy, c
                     (old.contains(it.key()) ? old[it.key()].dump() : std::string("absent")) + " there, " +
                     it.value().dump() + " now); start a new file or pass the same parameters");
     }
+    if (old.contains("text") && !params.contains("text"))
+      throw Error("--resume: the interrupted run read plain text (-f); this one reads --data");
     sum.rows_before = csv_resume_rows(o.out_path, header, columns.size());
     if (sum.rows_before > planned)
       throw Error(o.out_path + ": holds " + std::to_string(sum.rows_before) + " rows, more than the " +
@@ -316,21 +395,29 @@ CollectSummary collect(const Model& model, Backend& backend, KvPolicy& policy, c
   }
   side["command"] = "kvdial collect";
   side["params"] = params;
+  side["quantizer"] = o.quantizer;
   side["model"] = {{"path", model.path()}, {"sha256", params["model_sha256"]}, {"bytes", model.file_bytes()}};
-  side["data"] = {
-      {"path", o.data_path}, {"sha256", params["data_sha256"]}, {"examples_in_file", data.size()}};
+  side["data"] = {{"path", data_path},
+                  {"format", o.text_path.empty() ? "hellaswag-jsonl" : "text"},
+                  {"sha256", params["data_sha256"]},
+                  {o.text_path.empty() ? "examples_in_file" : "chunks_in_file", plan_all.examples_in_file}};
+  if (!o.text_path.empty()) {
+    side["data"]["skip_tokens"] = o.skip_tokens;
+    side["data"]["chunk"] = o.chunk;
+  }
   side["policy"] = policy.describe();
   side["window"] = o.window;
   side["tau"] = o.tau;
   side["seed"] = o.seed;
   side["labels"] = o.labels;
   side["threads"] = backend.threads();
+  side["jobs"] = jobs.size();
   side["git_commit"] = o.git_commit.empty() ? git_commit() : o.git_commit;
   if (o.git_commit.empty()) side["git_dirty"] = git_dirty();
   side["label_run"] =
       "16-bit stage-only cache, residual 0; dmgB = mean over the next W positions of KL(p16 || pB) with only "
-      "the "
-      "row's token stored at B bits; oracle_bits = smallest B in 2,4,8 with dmgB <= tau, else 16";
+      "the row's token stored at B bits, the four windows (16, 2, 4, 8 bits) run as four sequences of one "
+      "batch; oracle_bits = smallest B in 2,4,8 with dmgB <= tau, else 16";
   nlohmann::json ex_list = nlohmann::json::array(),
                  sp = {{"seed", o.seed},
                        {"method",
@@ -340,13 +427,11 @@ CollectSummary collect(const Model& model, Backend& backend, KvPolicy& policy, c
                        {"val", nlohmann::json::array()},
                        {"test", nlohmann::json::array()}};
   for (const PlannedExample& p : plan) {
-    ex_list.push_back({{"example", p.ex->line},
-                       {"ind", p.ex->ind},
-                       {"tokens", p.ids.size()},
-                       {"rows", p.rows},
-                       {"first_row", p.first_row},
-                       {"split", p.split}});
-    sp[p.split].push_back(p.ex->line);
+    nlohmann::json e = {{"example", p.id},          {o.text_path.empty() ? "ind" : "first_token", p.ind},
+                        {"tokens", p.ids.size()},   {"rows", p.rows},
+                        {"first_row", p.first_row}, {"split", p.split}};
+    ex_list.push_back(e);
+    sp[p.split].push_back(p.id);
   }
   side["examples"] = ex_list;
   side["split"] = sp;
@@ -365,114 +450,88 @@ CollectSummary collect(const Model& model, Backend& backend, KvPolicy& policy, c
     std::fflush(csv);
   }
 
-  // The two runs: the policy's own cache, and the stage-only 16-bit cache of the labels.
+  // Each job's caches: the policy's own (--kv-group, --kv-residual) and the label run's.
   const KvLayout layout{cfg.n_layers, cfg.n_kv_heads, cfg.head_dim, o.kv_group};
   KvCacheOptions popt;
   popt.max_tokens = o.ctx;
   popt.residual = o.kv_residual;
-  KvCache policy_cache(layout, popt);
-  Session policy_session(model, backend, policy_cache, 0, o.batch);
-  KvCacheOptions lopt;
-  lopt.max_tokens = o.ctx;
-  lopt.stage_only = true;
-  KvCache label_cache(layout, lopt);
+  for (Job& job : jobs) {
+    job.cache = std::make_unique<KvCache>(layout, popt);
+    job.session = std::make_unique<Session>(model, *job.backend, *job.cache, 0, o.batch);
+    if (o.labels)
+      job.labels = std::make_unique<LabelRun>(model, *job.backend, o.ctx, o.kv_group, o.window, o.tau);
+  }
 
   const bool bar = log && (o.progress || isatty(fileno(log)));
   Progress progress(bar ? log : nullptr, planned, sum.rows_before);
   const auto t_start = Clock::now();
   int64_t done = sum.rows_before;
-  const std::vector<uint8_t> sixteen(static_cast<size_t>(o.window) + 1, 16);
-  std::vector<float> ref_logits;
-  std::array<std::vector<float>, 3> run_logits;
-  std::vector<double> ref_lp, ref_p;
-  std::vector<TokenForwardStats> fwd_stats;
 
-  for (const PlannedExample& p : plan) {
-    const int skip = static_cast<int>(std::clamp<int64_t>(sum.rows_before - p.first_row, 0, p.rows));
-    if (skip >= p.rows) continue;
-    const int n = static_cast<int>(p.ids.size());
-    policy_cache.clear(0);
-    PolicyRunner runner(policy_session, policy);
-    runner.keep_features(true);
-    label_cache.clear(0);
-    Session label_session(model, backend, label_cache, 0, o.batch);  // fresh received() per example
-    if (o.labels) {
-      const auto t0 = Clock::now();
-      label_session.forward(p.ids.data(), 1, 1, nullptr, sixteen.data());
-      sum.label_seconds += seconds_since(t0);
-    }
-    for (int t = 0; t < p.rows; ++t) {
-      // Policy run: this token's decode step, its features and the policy's width.
-      const auto t0 = Clock::now();
-      runner.step(p.ids[t]);
-      const double step_s = seconds_since(t0);
-      const TokenFeatures& f = runner.features().back();
-      const int kv_bits = policy_cache.token_bits(0, t);
-      sum.policy_seconds += step_s;
+  // The examples still to run (the first may be partly written already), and the rows each skips.
+  std::vector<size_t> todo;
+  for (size_t i = 0; i < plan.size(); ++i)
+    if (sum.rows_before - plan[i].first_row < plan[i].rows) todo.push_back(i);
+  auto skip_of = [&](size_t i) {
+    return static_cast<int>(std::clamp<int64_t>(sum.rows_before - plan[i].first_row, 0, plan[i].rows));
+  };
+  auto write_result = [&](const ExampleResult& r) {
+    if (std::fputs(r.csv.c_str(), csv) < 0 || std::fflush(csv) != 0)
+      throw Error(o.out_path + ": write error");
+    done += r.rows;
+    sum.rows_written += r.rows;
+    sum.policy_seconds += r.policy_s;
+    sum.label_seconds += r.label_s;
+    for (size_t b = 0; b < r.oracle.size(); ++b) sum.oracle_counts[b] += r.oracle[b];
+    progress.update(done);
+  };
 
-      // Label run: the cache holds positions [0, t] computed with 16-bit history.
-      Labels lab;
-      const bool write = t >= skip;
-      if (o.labels) {
-        const auto t1 = Clock::now();
-        const int w = std::min(o.window, n - 1 - t);
-        const int32_t* win = p.ids.data() + t + 1;
-        label_cache.truncate(0, t + 1);
-        if (write) {
-          for (size_t bi = 0; bi < kLabelBits.size(); ++bi) {
-            label_cache.decide(0, t, kLabelBits[bi]);
-            const std::vector<float>& l = label_session.forward(win, w, 0, nullptr, sixteen.data());
-            run_logits[bi].assign(l.begin(), l.end());
-            label_cache.truncate(0, t + 1);
-          }
-          label_cache.decide(0, t, 16);
+  if (jobs.size() <= 1) {
+    for (size_t i : todo) write_result(run_example(jobs[0], plan[i], skip_of(i), o));
+  } else {
+    // Jobs take the next example in turn; this thread writes the results in example order, so the file is
+    // the same for any number of jobs.
+    std::mutex mu;
+    std::condition_variable cv;
+    std::vector<std::optional<ExampleResult>> results(todo.size());
+    std::atomic<size_t> next{0};
+    std::atomic<bool> stop{false};
+    std::exception_ptr error;
+    auto worker = [&](Job& job) {
+      while (!stop) {
+        const size_t k = next++;
+        if (k >= todo.size()) break;
+        try {
+          ExampleResult r = run_example(job, plan[todo[k]], skip_of(todo[k]), o);
+          std::lock_guard<std::mutex> lock(mu);
+          results[k] = std::move(r);
+        } catch (...) {
+          std::lock_guard<std::mutex> lock(mu);
+          if (!error) error = std::current_exception();
+          stop = true;
         }
-        // The 16-bit reference window last: it leaves position t + 1 in the cache for the next token.
-        // Same computation whether or not the row is written (rows skipped on resume), so that resumed and
-        // uninterrupted runs build identical caches.
-        label_session.track_received(true);
-        const float recv0 =
-            label_session.received().size() > static_cast<size_t>(t) ? label_session.received()[t] : 0;
-        const std::vector<float>& l16 = label_session.forward(win, w, 0, &fwd_stats, sixteen.data());
-        if (write) {
-          lab.recv =
-              (static_cast<double>(label_session.received()[t]) - recv0) / (cfg.n_layers * cfg.n_heads);
-          log_softmax(l16.data(), w, vocab, ref_lp, ref_p);
-          lab.oracle = 16;
-          for (size_t bi = 0; bi < kLabelBits.size(); ++bi) {
-            lab.dmg[bi] = mean_kl(ref_lp, ref_p, run_logits[bi].data(), w, vocab);
-            lab.proxy[bi] = lab.recv * quant_error(label_cache, t, kLabelBits[bi]);
-          }
-          for (size_t bi = 0; bi < kLabelBits.size(); ++bi)
-            if (lab.dmg[bi] <= o.tau) {
-              lab.oracle = kLabelBits[bi];
-              break;
-            }
-          sum.oracle_counts[static_cast<size_t>(lab.oracle)]++;
-        }
-        sum.label_seconds += seconds_since(t1);
+        cv.notify_all();
       }
-      if (!write) continue;
-
-      std::string row;
-      row.reserve(256);
-      row += fmt("%.7g", f.entropy) + "," + fmt("%.7g", f.rarity) + "," + fmt("%.7g", f.attn_var) + "," +
-             std::to_string(kv_bits) + "," + fmt("%.4f", step_s * 1e3) + "," +
-             (f.argmax == p.ids[t + 1] ? "1" : "0") + "," + std::to_string(p.ex->line) + "," +
-             std::to_string(p.ex->ind) + "," + std::to_string(t) + "," + std::to_string(p.ids[t]) + "," +
-             fmt("%.7g", f.attn_max) + "," + fmt("%.7g", f.k_norm) + "," + fmt("%.7g", f.v_norm) + "," +
-             fmt("%.7g", f.max_prob) + "," + std::to_string(f.argmax) + "," + p.split;
-      if (o.labels) {
-        for (double d : lab.dmg) row += "," + fmt("%.7g", d);
-        row += "," + std::to_string(lab.oracle) + "," + fmt("%.7g", lab.recv);
-        for (double d : lab.proxy) row += "," + fmt("%.7g", d);
+    };
+    std::vector<std::thread> threads;
+    for (Job& job : jobs) threads.emplace_back(worker, std::ref(job));
+    struct Joiner {
+      std::vector<std::thread>& t;
+      std::atomic<bool>& stop;
+      ~Joiner() {
+        stop = true;
+        for (auto& th : t) th.join();
       }
-      row += "\n";
-      if (std::fputs(row.c_str(), csv) < 0 || std::fflush(csv) != 0)
-        throw Error(o.out_path + ": write error");
-      ++done;
-      ++sum.rows_written;
-      progress.update(done);
+    } joiner{threads, stop};
+    for (size_t k = 0; k < todo.size(); ++k) {
+      ExampleResult r;
+      {
+        std::unique_lock<std::mutex> lock(mu);
+        cv.wait(lock, [&] { return results[k].has_value() || error != nullptr; });
+        if (error) std::rethrow_exception(error);
+        r = std::move(*results[k]);
+        results[k].reset();
+      }
+      write_result(r);
     }
   }
   progress.update(done, true);

@@ -1,6 +1,7 @@
-// Controller training data (kvdial collect): HellaSwag text run token by token under a KV policy, one
-// CSV row per token with the seed's six columns, the other features, and sensitivity labels measured
-// by re-running a window of positions with one token's KV stored at 2, 4 or 8 bits. The CSV reader
+// Controller training data (kvdial collect): HellaSwag text or chunks of plain text run token by token
+// under a KV policy, one CSV row per token with the seed's six columns, the other features, and
+// sensitivity labels measured by re-running a window of positions with one token's KV stored at 2, 4 or
+// 8 bits (eval/labels.h). The CSV reader
 // (eval/csv.h), the statistics of kvdial stats (eval/csv_stats.h) and the SHA-256 (util/sha256.h) are
 // included from here too. docs/collect.md.
 #pragma once
@@ -19,7 +20,10 @@
 namespace kvd {
 
 struct CollectOptions {
-  std::string data_path;               // HellaSwag JSONL
+  std::string data_path;               // HellaSwag JSONL (--data), or
+  std::string text_path;               // plain text (-f), cut into examples of `chunk` tokens
+  int64_t skip_tokens = 0;             // -f: tokens of the file skipped before the first chunk
+  int chunk = 256;                     // -f: tokens per example (the last one shorter)
   std::string out_path;                // CSV; the sidecar is out_path + ".json"
   int tokens = 1000;                   // rows to write (tokens that have a next token)
   int window = 8;                      // W: positions re-run after the token whose width changes
@@ -33,8 +37,16 @@ struct CollectOptions {
   int ctx = 4096;                      // most tokens of one example
   int batch = 512;                     // Session batch size
   int kv_group = 32, kv_residual = 0;  // the policy run's cache (the label run uses residual 0)
-  std::string model_sha256;            // computed when empty
-  std::string git_commit;              // `git rev-parse HEAD` when empty
+  int jobs = 1;                        // examples run in parallel, each job with its own backend (same
+                                       // name and threads), policy and caches; rows come out in example
+                                       // order whatever the number
+  std::string policy_spec;             // --kv-policy spec that makes each job's policy (empty: describe())
+  // QUANTIZER: the KV quantizer settings the labels are measured with, recorded in the sidecar (key
+  // "quantizer", also in params so that --resume refuses another). The quantizer issue fills it from the
+  // cache's settings.
+  std::string quantizer = "v1:g32";
+  std::string model_sha256;  // computed when empty
+  std::string git_commit;    // `git rev-parse HEAD` when empty
 };
 
 struct CollectSummary {
@@ -45,6 +57,7 @@ struct CollectSummary {
   double seconds = 0;         // wall time of the rows written
   double policy_seconds = 0;  // time in the policy run (features, decisions, latency column)
   double label_seconds = 0;   // time in the label run (16-bit reference and the re-run windows)
+                              // (policy and label seconds are summed over the jobs)
   std::vector<int64_t> oracle_counts = std::vector<int64_t>(17, 0);  // by width, rows this call wrote
 };
 
