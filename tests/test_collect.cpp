@@ -1,6 +1,7 @@
 // kvdial collect and stats: SHA-256 vectors, the CSV reader's errors, correlations, the column order,
-// and on the real model (skipped when absent) determinism, resume after an interrupted CSV, and
-// refusing a resume whose parameters differ. Examples are sentences written here.
+// and on the real model (skipped when absent) determinism, resume after an interrupted CSV, refusing a
+// resume whose parameters differ, --jobs 1 and 2 giving the same file, plain text in chunks, and bad input
+// refused before any row. Examples are sentences written here.
 #include <gtest/gtest.h>
 #include <unistd.h>
 
@@ -282,6 +283,117 @@ TEST_F(CollectTest, ResumeAfterInterruptionGivesTheSameRows) {
   EXPECT_EQ(test::load_json(part.out_path + ".json")["complete"], true);
   // Resuming a complete file writes nothing.
   EXPECT_EQ(run(part).rows_written, 0);
+}
+
+TEST_F(CollectTest, JobsOneAndTwoGiveTheSameCsv) {
+  // A third example, so that two jobs finish out of order at least sometimes.
+  std::ofstream(data_, std::ios::app)
+      << R"({"ind": 13, "ctx": "She opens the oven and", "endings": ["a cat.", "takes out the bread.", "x", "y"], "label": 1})"
+      << "\n";
+  CollectOptions one = options(temp_path("one.csv")), two = options(temp_path("two.csv"));
+  one.tokens = two.tokens = 0;  // every example
+  two.jobs = 2;
+  two.policy_spec = "rule";
+  const CollectSummary s1 = run(one), s2 = run(two);
+  EXPECT_EQ(s1.rows_written, s2.rows_written);
+  EXPECT_EQ(s1.oracle_counts, s2.oracle_counts);
+  const auto r1 = without_latency(read_text(one.out_path)), r2 = without_latency(read_text(two.out_path));
+  ASSERT_GT(r1.size(), 30u);
+  EXPECT_EQ(r1, r2);
+  const nlohmann::json j1 = test::load_json(one.out_path + ".json"),
+                       j2 = test::load_json(two.out_path + ".json");
+  EXPECT_EQ(j1["params"], j2["params"]);
+  EXPECT_EQ(j1["examples"], j2["examples"]);
+  EXPECT_EQ(j2["jobs"], 2);
+  EXPECT_EQ(j1["quantizer"], "ladder=2=K3V2g64,4=K5V4g64,8=K8V8g32,16=F16;rotate=1;clip=1;seed=461547792737");
+}
+
+TEST_F(CollectTest, PlainTextInChunks) {
+  const std::string text_path = temp_path("text.txt");
+  cleanup_.push_back(text_path);
+  write_file(text_path,
+             " = A small river = \n\n The river runs past the old mill and under two stone bridges before it "
+             "reaches the sea . In spring it floods the lower fields .\n");
+  CollectOptions o = options(temp_path("t.csv"));
+  o.data_path.clear();
+  o.text_path = text_path;
+  o.skip_tokens = 5;
+  o.chunk = 8;
+  o.tokens = 0;
+  const CollectSummary s = run(o);
+  const CsvTable t = read_csv_table(o.out_path);
+  EXPECT_EQ(t.columns, collect_columns(true));
+  const nlohmann::json side = test::load_json(o.out_path + ".json");
+  EXPECT_EQ(side["data"]["format"], "text");
+  EXPECT_EQ(side["params"]["text"]["chunk"], 8);
+  EXPECT_EQ(side["params"]["text"]["skip_tokens"], 5);
+  // Every chunk but the last has 8 tokens, so 7 rows; `ind` holds its first token's offset.
+  const auto& ex = side["examples"];
+  ASSERT_GE(ex.size(), 3u);
+  int64_t rows = 0;
+  for (size_t i = 0; i < ex.size(); ++i) {
+    EXPECT_EQ(ex[i]["example"], static_cast<int>(i) + 1);
+    EXPECT_EQ(ex[i]["first_token"], 5 + 8 * static_cast<int>(i));
+    if (i + 1 < ex.size()) {
+      EXPECT_EQ(ex[i]["rows"], 7);
+    }
+    rows += ex[i]["rows"].get<int64_t>();
+  }
+  EXPECT_EQ(s.rows_written, rows);
+  ASSERT_EQ(t.rows(), static_cast<size_t>(rows));
+  EXPECT_EQ(t.values[t.column("example")][0], 1);
+  EXPECT_EQ(t.values[t.column("ind")][0], 5);
+  EXPECT_EQ(t.values[t.column("position")][7], 0);  // the second chunk starts over
+  EXPECT_EQ(t.values[t.column("example")][7], 2);
+  EXPECT_EQ(t.values[t.column("ind")][7], 13);
+  // Resume checks the text parameters too.
+  o.resume = true;
+  o.chunk = 9;
+  try {
+    run(o);
+    FAIL() << "resume with another chunk was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("--resume: text differs"), std::string::npos) << e.what();
+  }
+}
+
+TEST_F(CollectTest, BadInputFailsBeforeAnyRow) {
+  auto error_of = [&](CollectOptions o) {
+    try {
+      run(o);
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("(no error)");
+  };
+  const std::string out = temp_path("bad.csv");
+  CollectOptions o = options(out);
+  o.data_path = temp_path("absent.jsonl");
+  EXPECT_EQ(error_of(o), o.data_path + ": cannot open file");
+  EXPECT_FALSE(fs::exists(out));
+  // A malformed line names the file and line, and nothing is written.
+  const std::string bad = temp_path("bad.jsonl");
+  cleanup_.push_back(bad);
+  write_file(bad, read_text(data_) + "{\"ctx\": \"x\", \"endings\": [1, 2]\n");
+  o.data_path = bad;
+  EXPECT_EQ(error_of(o).rfind(bad + ":3: ", 0), 0u) << error_of(o);
+  EXPECT_FALSE(fs::exists(out));
+  o.data_path = data_;
+  o.text_path = data_;
+  EXPECT_EQ(error_of(o), "--data and -f cannot be given together");
+  o.data_path.clear();
+  o.chunk = 1;
+  EXPECT_EQ(error_of(o), "--chunk must be in 2..4096 (the context size)");
+  o.chunk = 8;
+  o.skip_tokens = 1 << 30;
+  EXPECT_NE(error_of(o).find("not enough to skip"), std::string::npos) << error_of(o);
+  o = options(out);
+  o.jobs = 0;
+  EXPECT_EQ(error_of(o), "--jobs must be at least 1");
+  o.jobs = 2;
+  o.policy_spec = "rule:9";
+  EXPECT_NE(error_of(o).find("cannot make the policy 'rule:9'"), std::string::npos) << error_of(o);
+  EXPECT_FALSE(fs::exists(out));
 }
 
 TEST_F(CollectTest, ResumeRefusesOtherParameters) {

@@ -1,4 +1,4 @@
-// kvdial collect: controller training data over HellaSwag (see eval/collect.h and docs/collect.md).
+// kvdial collect: controller training data over HellaSwag or plain text (see eval/collect.h and docs/collect.md).
 #pragma once
 #include <string>
 

@@ -1,159 +1,49 @@
-// kvdial collect: the policy run (features, kv_bits, latency, accuracy), the label run (a stage-only
-// 16-bit cache in which one token at a time is re-stored at 2/4/8 bits and a window re-run), the
-// streaming CSV with resume, the JSON sidecar; and the CSV statistics of kvdial stats.
+// kvdial collect: plans the examples (HellaSwag lines or chunks of plain text), runs each one's policy
+// run (features, kv_bits, latency, accuracy) and label run (eval/labels.h), on --jobs threads that each
+// own a backend, a policy and caches over the shared model, and writes the rows in example order to a
+// streaming CSV with resume, plus the JSON sidecar.
 #include "eval/collect.h"
 
 #include <unistd.h>
 
 #include <algorithm>
-#include <array>
+#include <atomic>
 #include <chrono>
 #include <cmath>
+#include <condition_variable>
 #include <cstring>
 #include <ctime>
+#include <exception>
 #include <filesystem>
 #include <fstream>
-#include <limits>
-#include <map>
+#include <mutex>
 #include <nlohmann/json.hpp>
 #include <numeric>
+#include <optional>
 #include <random>
-#include <sstream>
+#include <thread>
 
 #include "eval/hellaswag.h"
+#include "eval/labels.h"
 #include "eval/runner.h"
+#include "eval/text_chunks.h"
 #include "kv/kv_cache.h"
-#include "kv/kv_quant.h"
+#include "kv/kv_config.h"
+#include "kv/kv_setting.h"
 #include "model/forward.h"
 #include "util/error.h"
-#include "util/fp16.h"
 
 namespace kvd {
-
-// ---------------------------------------------------------------------------------------------------
-// SHA-256 (FIPS 180-4)
-
-namespace {
-
-struct Sha256 {
-  uint32_t h[8] = {0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a,
-                   0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19};
-  uint8_t buf[64];
-  size_t used = 0;
-  uint64_t total = 0;
-
-  static uint32_t rotr(uint32_t x, int n) { return (x >> n) | (x << (32 - n)); }
-
-  void block(const uint8_t* p) {
-    static const uint32_t k[64] = {
-        0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
-        0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174,
-        0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da,
-        0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7, 0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967,
-        0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85,
-        0xa2bfe8a1, 0xa81a664b, 0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070,
-        0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
-        0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2};
-    uint32_t w[64];
-    for (int i = 0; i < 16; ++i)
-      w[i] = static_cast<uint32_t>(p[4 * i]) << 24 | static_cast<uint32_t>(p[4 * i + 1]) << 16 |
-             static_cast<uint32_t>(p[4 * i + 2]) << 8 | p[4 * i + 3];
-    for (int i = 16; i < 64; ++i) {
-      const uint32_t s0 = rotr(w[i - 15], 7) ^ rotr(w[i - 15], 18) ^ (w[i - 15] >> 3);
-      const uint32_t s1 = rotr(w[i - 2], 17) ^ rotr(w[i - 2], 19) ^ (w[i - 2] >> 10);
-      w[i] = w[i - 16] + s0 + w[i - 7] + s1;
-    }
-    uint32_t a = h[0], b = h[1], c = h[2], d = h[3], e = h[4], f = h[5], g = h[6], hh = h[7];
-    for (int i = 0; i < 64; ++i) {
-      const uint32_t S1 = rotr(e, 6) ^ rotr(e, 11) ^ rotr(e, 25);
-      const uint32_t ch = (e & f) ^ (~e & g);
-      const uint32_t t1 = hh + S1 + ch + k[i] + w[i];
-      const uint32_t S0 = rotr(a, 2) ^ rotr(a, 13) ^ rotr(a, 22);
-      const uint32_t maj = (a & b) ^ (a & c) ^ (b & c);
-      const uint32_t t2 = S0 + maj;
-      hh = g;
-      g = f;
-      f = e;
-      e = d + t1;
-      d = c;
-      c = b;
-      b = a;
-      a = t1 + t2;
-    }
-    h[0] += a;
-    h[1] += b;
-    h[2] += c;
-    h[3] += d;
-    h[4] += e;
-    h[5] += f;
-    h[6] += g;
-    h[7] += hh;
-  }
-
-  void update(const uint8_t* p, size_t n) {
-    total += n;
-    if (used) {
-      const size_t take = std::min(n, 64 - used);
-      std::memcpy(buf + used, p, take);
-      used += take;
-      p += take;
-      n -= take;
-      if (used < 64) return;
-      block(buf);
-      used = 0;
-    }
-    for (; n >= 64; n -= 64, p += 64) block(p);
-    std::memcpy(buf, p, n);
-    used = n;
-  }
-
-  std::string hex() {
-    const uint64_t bits = total * 8;
-    const uint8_t one = 0x80, zero = 0;
-    update(&one, 1);
-    while (used != 56) update(&zero, 1);
-    uint8_t len[8];
-    for (int i = 0; i < 8; ++i) len[i] = static_cast<uint8_t>(bits >> (56 - 8 * i));
-    update(len, 8);
-    char out[65];
-    for (int i = 0; i < 8; ++i) std::snprintf(out + 8 * i, 9, "%08x", h[i]);
-    return std::string(out, 64);
-  }
-};
-
-}  // namespace
-
-std::string sha256_hex(const void* data, size_t n) {
-  Sha256 s;
-  s.update(static_cast<const uint8_t*>(data), n);
-  return s.hex();
-}
-
-std::string sha256_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw Error(path + ": cannot open file");
-  Sha256 s;
-  std::vector<char> buf(1 << 20);
-  while (in) {
-    in.read(buf.data(), static_cast<std::streamsize>(buf.size()));
-    s.update(reinterpret_cast<const uint8_t*>(buf.data()), static_cast<size_t>(in.gcount()));
-  }
-  if (in.bad()) throw Error(path + ": read error");
-  return s.hex();
-}
-
-// ---------------------------------------------------------------------------------------------------
-// Collection
 
 namespace {
 
 using Clock = std::chrono::steady_clock;
 double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
 
-constexpr std::array<int, 3> kLabelBits = {2, 4, 8};
-
+// One example of the run: a HellaSwag line or a chunk of text.
 struct PlannedExample {
-  const HellaSwagExample* ex = nullptr;
+  int id = 0;        // the `example` column: the JSONL line, or the chunk's 1-based index
+  int64_t ind = -1;  // the `ind` column: the dataset's ind, or the chunk's first token in the file
   std::vector<int32_t> ids;
   int rows = 0;           // rows written for it: positions [0, rows)
   int64_t first_row = 0;  // global index of its first row
@@ -212,74 +102,6 @@ std::string fmt(const char* f, double v) {
   return buf;
 }
 
-// Mean over positions of KL(ref || run) of the next-token distributions; both are w x vocab logits.
-// ref_lp holds the reference log-probabilities, ref_p their probabilities.
-double mean_kl(const std::vector<double>& ref_lp, const std::vector<double>& ref_p, const float* run, int w,
-               int vocab) {
-  double sum = 0;
-  for (int j = 0; j < w; ++j) {
-    const float* q = run + static_cast<size_t>(j) * vocab;
-    const double* lp = ref_lp.data() + static_cast<size_t>(j) * vocab;
-    const double* p = ref_p.data() + static_cast<size_t>(j) * vocab;
-    const float mx = *std::max_element(q, q + vocab);
-    double z = 0, cross = 0;
-    for (int i = 0; i < vocab; ++i) {
-      z += std::exp(static_cast<double>(q[i]) - mx);
-      cross += p[i] * (lp[i] - static_cast<double>(q[i]));
-    }
-    // KL = sum p (lp - log q) with log q = q - mx - log z.
-    sum += std::max(0.0, cross + mx + std::log(z));
-  }
-  return sum / w;
-}
-
-void log_softmax(const float* logits, int w, int vocab, std::vector<double>& lp, std::vector<double>& p) {
-  lp.resize(static_cast<size_t>(w) * vocab);
-  p.resize(lp.size());
-  for (int j = 0; j < w; ++j) {
-    const float* l = logits + static_cast<size_t>(j) * vocab;
-    const float mx = *std::max_element(l, l + vocab);
-    double z = 0;
-    for (int i = 0; i < vocab; ++i) z += std::exp(static_cast<double>(l[i]) - mx);
-    const double lz = mx + std::log(z);
-    for (int i = 0; i < vocab; ++i) {
-      const size_t k = static_cast<size_t>(j) * vocab + i;
-      lp[k] = static_cast<double>(l[i]) - lz;
-      p[k] = std::exp(lp[k]);
-    }
-  }
-}
-
-// Mean over layers of |K - Q_b(K)| + |V - Q_b(V)| (L2 norms) of token pos in a stage-only cache.
-double quant_error(const KvCache& cache, int pos, int bits) {
-  const KvLayout& lay = cache.layout();
-  const int d = lay.kv_dim();
-  std::vector<uint8_t> rec(lay.row_bytes(bits));
-  std::vector<float> deq(static_cast<size_t>(d));
-  double total = 0;
-  for (int l = 0; l < lay.n_layers; ++l) {
-    for (const uint16_t* rows : {cache.staged_k(0, l), cache.staged_v(0, l)}) {
-      const uint16_t* row = rows + static_cast<size_t>(pos - cache.n_arena(0)) * d;
-      kv_quantize_row_fp16(lay, bits, row, rec.data());
-      kv_dequantize_row(lay, bits, rec.data(), deq.data());
-      double sq = 0;
-      for (int i = 0; i < d; ++i) {
-        const double e = static_cast<double>(fp16_to_float(row[i])) - deq[i];
-        sq += e * e;
-      }
-      total += std::sqrt(sq);
-    }
-  }
-  return total / lay.n_layers;
-}
-
-struct Labels {
-  std::array<double, 3> dmg{};
-  int oracle = 16;
-  double recv = 0;
-  std::array<double, 3> proxy{};
-};
-
 // Progress bar: rows done / total, rows/s, ETA; redrawn at most 4 times a second.
 class Progress {
  public:
@@ -310,24 +132,6 @@ class Progress {
   double drawn_ = -1;
 };
 
-std::string join(const std::vector<std::string>& v) {
-  std::string s;
-  for (size_t i = 0; i < v.size(); ++i) s += (i ? "," : "") + v[i];
-  return s;
-}
-
-std::vector<std::string> split_commas(const std::string& line) {
-  std::vector<std::string> out;
-  size_t i = 0;
-  while (true) {
-    const size_t j = line.find(',', i);
-    out.push_back(line.substr(i, j == std::string::npos ? std::string::npos : j - i));
-    if (j == std::string::npos) break;
-    i = j + 1;
-  }
-  return out;
-}
-
 void write_json_atomic(const std::string& path, const nlohmann::json& j) {
   const std::string tmp = path + ".tmp";
   {
@@ -341,35 +145,141 @@ void write_json_atomic(const std::string& path, const nlohmann::json& j) {
   if (ec) throw Error(path + ": cannot write (" + ec.message() + ")");
 }
 
-// Reads an interrupted CSV: checks its header, drops a trailing partial line, returns the rows kept.
-int64_t existing_rows(const std::string& path, const std::string& header, size_t n_cols) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw Error(path + ": cannot open file to resume");
-  std::string line;
-  int64_t rows = 0, line_no = 0;
-  std::streamoff good_end = 0;
-  while (true) {
-    const std::streamoff start = in.tellg();
-    if (!std::getline(in, line)) break;
-    const bool complete = !in.eof();  // getline stopped at a newline
-    ++line_no;
-    if (!complete) break;  // a partial last row: dropped below
-    if (line_no == 1) {
-      if (line != header)
-        throw Error(path + ":1: header differs from this run's columns; cannot resume (expected '" + header +
-                    "')");
-    } else {
-      if (split_commas(line).size() != n_cols)
-        throw Error(path + ":" + std::to_string(line_no) + ": expected " + std::to_string(n_cols) +
-                    " columns; cannot resume");
-      ++rows;
-    }
-    good_end = start + static_cast<std::streamoff>(line.size()) + 1;
+// The rows of one example, formatted, and what they cost.
+struct ExampleResult {
+  std::string csv;
+  int64_t rows = 0;
+  std::array<int64_t, 17> oracle{};
+  double policy_s = 0, label_s = 0;
+};
+
+// What one job owns: a backend (the caller's for job 0), a policy, the policy run's cache and session,
+// and the label run. The model is shared (read-only).
+struct Job {
+  std::unique_ptr<Backend> own_backend;
+  std::unique_ptr<KvPolicy> own_policy;
+  Backend* backend = nullptr;
+  KvPolicy* policy = nullptr;
+  std::unique_ptr<KvCache> cache;
+  std::unique_ptr<Session> session;
+  std::unique_ptr<LabelRun> labels;
+};
+
+// Runs one example from its first token (rows before `skip` are already in the CSV: their labels are not
+// measured, but every forward runs as in an uninterrupted run, so later rows are the same).
+ExampleResult run_example(Job& job, const PlannedExample& p, int skip, const CollectOptions& o) {
+  ExampleResult r;
+  job.cache->clear(0);
+  PolicyRunner runner(*job.session, *job.policy);
+  runner.keep_features(true);
+  if (o.labels) {
+    const auto t0 = Clock::now();
+    job.labels->begin(p.ids);
+    r.label_s += seconds_since(t0);
   }
-  in.close();
-  if (line_no == 0 || good_end == 0) throw Error(path + ": no header line; cannot resume");
-  std::filesystem::resize_file(path, static_cast<uintmax_t>(good_end));
-  return rows;
+  for (int t = 0; t < p.rows; ++t) {
+    // Policy run: this token's decode step, its features and the policy's width.
+    const auto t0 = Clock::now();
+    runner.step(p.ids[t]);
+    const double step_s = seconds_since(t0);
+    const TokenFeatures& f = runner.features().back();
+    const int kv_bits = job.cache->token_bits(0, t);
+    r.policy_s += step_s;
+
+    // Label run: its caches hold positions [0, t] computed with 16-bit history.
+    const bool write = t >= skip;
+    TokenLabels lab;
+    if (o.labels) {
+      const auto t1 = Clock::now();
+      lab = job.labels->label(t, write);
+      if (write) r.oracle[static_cast<size_t>(lab.oracle)]++;
+      r.label_s += seconds_since(t1);
+    }
+    if (!write) continue;
+
+    std::string& row = r.csv;
+    row += fmt("%.7g", f.entropy) + "," + fmt("%.7g", f.rarity) + "," + fmt("%.7g", f.attn_var) + "," +
+           std::to_string(kv_bits) + "," + fmt("%.4f", step_s * 1e3) + "," +
+           (f.argmax == p.ids[t + 1] ? "1" : "0") + "," + std::to_string(p.id) + "," + std::to_string(p.ind) +
+           "," + std::to_string(t) + "," + std::to_string(p.ids[t]) + "," + fmt("%.7g", f.attn_max) + "," +
+           fmt("%.7g", f.k_norm) + "," + fmt("%.7g", f.v_norm) + "," + fmt("%.7g", f.max_prob) + "," +
+           std::to_string(f.argmax) + "," + p.split;
+    if (o.labels) {
+      for (double d : lab.dmg) row += "," + fmt("%.7g", d);
+      row += "," + std::to_string(lab.oracle) + "," + fmt("%.7g", lab.recv);
+      for (double d : lab.proxy) row += "," + fmt("%.7g", d);
+    }
+    row += "\n";
+    ++r.rows;
+  }
+  return r;
+}
+
+// Examples [begin, end) of the plan, as HellaSwag lines or text chunks, with the sidecar's record of each.
+struct Plan {
+  std::vector<PlannedExample> examples;
+  int64_t planned = 0;
+  size_t examples_in_file = 0;
+};
+
+void add_example(Plan& plan, PlannedExample p, const CollectOptions& o) {
+  int64_t rows = static_cast<int64_t>(p.ids.size()) - 1;
+  if (o.tokens > 0) rows = std::min<int64_t>(rows, o.tokens - plan.planned);
+  if (rows <= 0) return;
+  p.rows = static_cast<int>(rows);
+  p.first_row = plan.planned;
+  plan.planned += rows;
+  plan.examples.push_back(std::move(p));
+}
+
+Plan make_plan(const Tokenizer& tok, const CollectOptions& o) {
+  Plan plan;
+  const std::string& src = o.text_path.empty() ? o.data_path : o.text_path;
+  if (!o.text_path.empty()) {
+    std::vector<TextChunk> chunks = text_chunks(tok, o.text_path, o.skip_tokens, o.chunk);
+    plan.examples_in_file = chunks.size();
+    for (TextChunk& c : chunks) {
+      if (o.tokens > 0 && plan.planned >= o.tokens) break;
+      PlannedExample p;
+      p.id = c.index;
+      p.ind = c.first_token;
+      p.ids = std::move(c.ids);
+      add_example(plan, std::move(p), o);
+    }
+  } else {
+    const std::vector<HellaSwagExample> data = read_hellaswag(o.data_path);
+    plan.examples_in_file = data.size();
+    for (const HellaSwagExample& ex : data) {
+      if (o.tokens > 0 && plan.planned >= o.tokens) break;
+      PlannedExample p;
+      p.id = ex.line;
+      p.ind = ex.ind;
+      p.ids = tok.encode(hellaswag_text(ex), true, false);
+      if (static_cast<int>(p.ids.size()) > o.ctx)
+        throw Error(o.data_path + ":" + std::to_string(ex.line) + ": the example has " +
+                    std::to_string(p.ids.size()) + " tokens, more than the context size " +
+                    std::to_string(o.ctx) + " (raise -c)");
+      add_example(plan, std::move(p), o);
+    }
+  }
+  if (plan.examples.empty()) throw Error(src + ": no example has two or more tokens");
+  return plan;
+}
+
+void check_options(const CollectOptions& o) {
+  if (o.data_path.empty() == o.text_path.empty())
+    throw Error(o.data_path.empty() ? "collect needs --data FILE (HellaSwag JSONL) or -f FILE (plain text)"
+                                    : "--data and -f cannot be given together");
+  if (o.out_path.empty()) throw Error("collect needs -o FILE");
+  if (o.window < 1) throw Error("--window must be at least 1");
+  if (!(o.tau >= 0)) throw Error("--tau must be >= 0");
+  if (o.tokens < 0) throw Error("--tokens must be >= 0");
+  if (o.jobs < 1) throw Error("--jobs must be at least 1");
+  if (o.skip_tokens < 0) throw Error("--skip-tokens must be >= 0");
+  if (!o.text_path.empty() && (o.chunk < 2 || o.chunk > o.ctx))
+    throw Error("--chunk must be in 2.." + std::to_string(o.ctx) + " (the context size)");
+  if (o.data_path == o.out_path || o.text_path == o.out_path)
+    throw Error(o.out_path + ": the output would overwrite the input");
 }
 
 }  // namespace
@@ -386,48 +296,59 @@ std::vector<std::string> collect_columns(bool labels) {
 
 CollectSummary collect(const Model& model, Backend& backend, KvPolicy& policy, const CollectOptions& o,
                        std::FILE* log) {
-  if (o.window < 1) throw Error("--window must be at least 1");
-  if (!(o.tau >= 0)) throw Error("--tau must be >= 0");
-  if (o.tokens < 0) throw Error("--tokens must be >= 0");
+  check_options(o);
   const Tokenizer& tok = model.tokenizer();
   const ModelConfig& cfg = model.config();
-  const int vocab = cfg.vocab;
+  const std::string& data_path = o.text_path.empty() ? o.data_path : o.text_path;
 
   // Plan: which examples, how many rows each (the last one may be cut to reach --tokens exactly).
-  const std::vector<HellaSwagExample> data = read_hellaswag(o.data_path);
-  std::vector<PlannedExample> plan;
-  int64_t planned = 0;
-  for (const HellaSwagExample& ex : data) {
-    if (o.tokens > 0 && planned >= o.tokens) break;
-    PlannedExample p;
-    p.ex = &ex;
-    p.ids = tok.encode(hellaswag_text(ex), true, false);
-    if (static_cast<int>(p.ids.size()) > o.ctx)
-      throw Error(o.data_path + ":" + std::to_string(ex.line) + ": the example has " +
-                  std::to_string(p.ids.size()) + " tokens, more than the context size " +
-                  std::to_string(o.ctx) + " (raise -c)");
-    int64_t rows = static_cast<int64_t>(p.ids.size()) - 1;
-    if (o.tokens > 0) rows = std::min<int64_t>(rows, o.tokens - planned);
-    if (rows <= 0) continue;
-    p.rows = static_cast<int>(rows);
-    p.first_row = planned;
-    planned += rows;
-    plan.push_back(std::move(p));
-  }
-  if (plan.empty()) throw Error(o.data_path + ": no example has two or more tokens");
+  Plan plan_all = make_plan(tok, o);
+  std::vector<PlannedExample>& plan = plan_all.examples;
+  const int64_t planned = plan_all.planned;
   if (o.tokens > 0 && planned < o.tokens && log)
     std::fprintf(log, "collect: %s holds only %lld tokens with a next token (asked for %d)\n",
-                 o.data_path.c_str(), static_cast<long long>(planned), o.tokens);
+                 data_path.c_str(), static_cast<long long>(planned), o.tokens);
   const std::vector<std::string> split = split_examples(static_cast<int>(plan.size()), o.seed);
   for (size_t i = 0; i < plan.size(); ++i) plan[i].split = split[i];
 
+  // One policy per job, made from the same spec (job 0 uses the caller's). The policy run stores what its
+  // policy says (a static setting, or the ladder); the labels measure the ladder's classes (the layout of a
+  // dynamic policy), whatever policy runs.
+  const std::string user_spec = o.policy_spec.empty() ? policy.describe() : o.policy_spec;
+  const KvPlan kv_plan = make_kv_plan(cfg.n_layers, cfg.n_kv_heads, cfg.head_dim, o.quant, user_spec);
+  const KvLayout& layout = kv_plan.layout;
+  const KvLayout label_layout = make_kv_plan(cfg.n_layers, cfg.n_kv_heads, cfg.head_dim, o.quant, "rule").layout;
+  const std::string quantizer = kv_quantizer_id(label_layout);
+  const std::string& policy_spec = kv_plan.policy_spec;
+  std::vector<Job> jobs(static_cast<size_t>(std::min<int64_t>(o.jobs, static_cast<int64_t>(plan.size()))));
+  for (size_t j = 0; j < jobs.size(); ++j) {
+    Job& job = jobs[j];
+    if (j == 0) {
+      job.backend = &backend;
+      job.policy = &policy;
+    } else {
+      job.own_backend = make_backend(backend.name(), backend.threads());
+      job.backend = job.own_backend.get();
+      try {
+        job.own_policy = make_policy(policy_spec);
+      } catch (const Error& e) {
+        throw Error("--jobs " + std::to_string(o.jobs) + ": cannot make the policy '" + policy_spec +
+                    "' for each job (" + e.what() + ")");
+      }
+      if (job.own_policy->describe() != policy.describe())
+        throw Error("--jobs: the policy spec '" + policy_spec + "' gives " + job.own_policy->describe() +
+                    ", not " + policy.describe());
+      job.policy = job.own_policy.get();
+    }
+  }
+
   // Sidecar: the parameters that decide the rows (compared on resume), then the record of the run.
   const std::vector<std::string> columns = collect_columns(o.labels);
-  const std::string header = join(columns);
+  const std::string header = join_csv(columns);
   const std::string sidecar_path = o.out_path + ".json";
   nlohmann::json params = {
       {"model_sha256", o.model_sha256.empty() ? sha256_file(model.path()) : o.model_sha256},
-      {"data_sha256", sha256_file(o.data_path)},
+      {"data_sha256", sha256_file(data_path)},
       {"tokens", o.tokens},
       {"policy", policy.describe()},
       {"kv_group", o.kv_group},
@@ -437,7 +358,10 @@ CollectSummary collect(const Model& model, Backend& backend, KvPolicy& policy, c
       {"tau", o.tau},
       {"labels", o.labels},
       {"seed", o.seed},
-      {"columns", columns}};
+      {"columns", columns},
+      // The KV quantizer the labels are measured with (ladder, rotation, clip: kv_quantizer_id).
+      {"quantizer", quantizer}};
+  if (!o.text_path.empty()) params["text"] = {{"skip_tokens", o.skip_tokens}, {"chunk", o.chunk}};
 
   CollectSummary sum;
   sum.rows_total = planned;
@@ -462,7 +386,9 @@ CollectSummary collect(const Model& model, Backend& backend, KvPolicy& policy, c
                     (old.contains(it.key()) ? old[it.key()].dump() : std::string("absent")) + " there, " +
                     it.value().dump() + " now); start a new file or pass the same parameters");
     }
-    sum.rows_before = existing_rows(o.out_path, header, columns.size());
+    if (old.contains("text") && !params.contains("text"))
+      throw Error("--resume: the interrupted run read plain text (-f); this one reads --data");
+    sum.rows_before = csv_resume_rows(o.out_path, header, columns.size());
     if (sum.rows_before > planned)
       throw Error(o.out_path + ": holds " + std::to_string(sum.rows_before) + " rows, more than the " +
                   std::to_string(planned) + " planned; cannot resume");
@@ -477,21 +403,29 @@ CollectSummary collect(const Model& model, Backend& backend, KvPolicy& policy, c
   }
   side["command"] = "kvdial collect";
   side["params"] = params;
+  side["quantizer"] = quantizer;
   side["model"] = {{"path", model.path()}, {"sha256", params["model_sha256"]}, {"bytes", model.file_bytes()}};
-  side["data"] = {
-      {"path", o.data_path}, {"sha256", params["data_sha256"]}, {"examples_in_file", data.size()}};
+  side["data"] = {{"path", data_path},
+                  {"format", o.text_path.empty() ? "hellaswag-jsonl" : "text"},
+                  {"sha256", params["data_sha256"]},
+                  {o.text_path.empty() ? "examples_in_file" : "chunks_in_file", plan_all.examples_in_file}};
+  if (!o.text_path.empty()) {
+    side["data"]["skip_tokens"] = o.skip_tokens;
+    side["data"]["chunk"] = o.chunk;
+  }
   side["policy"] = policy.describe();
   side["window"] = o.window;
   side["tau"] = o.tau;
   side["seed"] = o.seed;
   side["labels"] = o.labels;
   side["threads"] = backend.threads();
+  side["jobs"] = jobs.size();
   side["git_commit"] = o.git_commit.empty() ? git_commit() : o.git_commit;
   if (o.git_commit.empty()) side["git_dirty"] = git_dirty();
   side["label_run"] =
       "16-bit stage-only cache, residual 0; dmgB = mean over the next W positions of KL(p16 || pB) with only "
-      "the "
-      "row's token stored at B bits; oracle_bits = smallest B in 2,4,8 with dmgB <= tau, else 16";
+      "the row's token stored at B bits, the four windows (16, 2, 4, 8 bits) run as four sequences of one "
+      "batch; oracle_bits = smallest B in 2,4,8 with dmgB <= tau, else 16";
   nlohmann::json ex_list = nlohmann::json::array(),
                  sp = {{"seed", o.seed},
                        {"method",
@@ -501,13 +435,11 @@ CollectSummary collect(const Model& model, Backend& backend, KvPolicy& policy, c
                        {"val", nlohmann::json::array()},
                        {"test", nlohmann::json::array()}};
   for (const PlannedExample& p : plan) {
-    ex_list.push_back({{"example", p.ex->line},
-                       {"ind", p.ex->ind},
-                       {"tokens", p.ids.size()},
-                       {"rows", p.rows},
-                       {"first_row", p.first_row},
-                       {"split", p.split}});
-    sp[p.split].push_back(p.ex->line);
+    nlohmann::json e = {{"example", p.id},          {o.text_path.empty() ? "ind" : "first_token", p.ind},
+                        {"tokens", p.ids.size()},   {"rows", p.rows},
+                        {"first_row", p.first_row}, {"split", p.split}};
+    ex_list.push_back(e);
+    sp[p.split].push_back(p.id);
   }
   side["examples"] = ex_list;
   side["split"] = sp;
@@ -526,114 +458,87 @@ CollectSummary collect(const Model& model, Backend& backend, KvPolicy& policy, c
     std::fflush(csv);
   }
 
-  // The two runs: the policy's own cache, and the stage-only 16-bit cache of the labels.
-  const KvLayout layout{cfg.n_layers, cfg.n_kv_heads, cfg.head_dim, o.kv_group};
+  // Each job's caches: the policy's own (--kv-group, --kv-residual) and the label run's.
   KvCacheOptions popt;
   popt.max_tokens = o.ctx;
   popt.residual = o.kv_residual;
-  KvCache policy_cache(layout, popt);
-  Session policy_session(model, backend, policy_cache, 0, o.batch);
-  KvCacheOptions lopt;
-  lopt.max_tokens = o.ctx;
-  lopt.stage_only = true;
-  KvCache label_cache(layout, lopt);
+  for (Job& job : jobs) {
+    job.cache = std::make_unique<KvCache>(layout, popt);
+    job.session = std::make_unique<Session>(model, *job.backend, *job.cache, 0, o.batch);
+    if (o.labels)
+      job.labels = std::make_unique<LabelRun>(model, *job.backend, o.ctx, label_layout, o.window, o.tau);
+  }
 
   const bool bar = log && (o.progress || isatty(fileno(log)));
   Progress progress(bar ? log : nullptr, planned, sum.rows_before);
   const auto t_start = Clock::now();
   int64_t done = sum.rows_before;
-  const std::vector<uint8_t> sixteen(static_cast<size_t>(o.window) + 1, 16);
-  std::vector<float> ref_logits;
-  std::array<std::vector<float>, 3> run_logits;
-  std::vector<double> ref_lp, ref_p;
-  std::vector<TokenForwardStats> fwd_stats;
 
-  for (const PlannedExample& p : plan) {
-    const int skip = static_cast<int>(std::clamp<int64_t>(sum.rows_before - p.first_row, 0, p.rows));
-    if (skip >= p.rows) continue;
-    const int n = static_cast<int>(p.ids.size());
-    policy_cache.clear(0);
-    PolicyRunner runner(policy_session, policy);
-    runner.keep_features(true);
-    label_cache.clear(0);
-    Session label_session(model, backend, label_cache, 0, o.batch);  // fresh received() per example
-    if (o.labels) {
-      const auto t0 = Clock::now();
-      label_session.forward(p.ids.data(), 1, 1, nullptr, sixteen.data());
-      sum.label_seconds += seconds_since(t0);
-    }
-    for (int t = 0; t < p.rows; ++t) {
-      // Policy run: this token's decode step, its features and the policy's width.
-      const auto t0 = Clock::now();
-      runner.step(p.ids[t]);
-      const double step_s = seconds_since(t0);
-      const TokenFeatures& f = runner.features().back();
-      const int kv_bits = policy_cache.token_bits(0, t);
-      sum.policy_seconds += step_s;
+  // The examples still to run (the first may be partly written already), and the rows each skips.
+  std::vector<size_t> todo;
+  for (size_t i = 0; i < plan.size(); ++i)
+    if (sum.rows_before - plan[i].first_row < plan[i].rows) todo.push_back(i);
+  auto skip_of = [&](size_t i) {
+    return static_cast<int>(std::clamp<int64_t>(sum.rows_before - plan[i].first_row, 0, plan[i].rows));
+  };
+  auto write_result = [&](const ExampleResult& r) {
+    if (std::fputs(r.csv.c_str(), csv) < 0 || std::fflush(csv) != 0)
+      throw Error(o.out_path + ": write error");
+    done += r.rows;
+    sum.rows_written += r.rows;
+    sum.policy_seconds += r.policy_s;
+    sum.label_seconds += r.label_s;
+    for (size_t b = 0; b < r.oracle.size(); ++b) sum.oracle_counts[b] += r.oracle[b];
+    progress.update(done);
+  };
 
-      // Label run: the cache holds positions [0, t] computed with 16-bit history.
-      Labels lab;
-      const bool write = t >= skip;
-      if (o.labels) {
-        const auto t1 = Clock::now();
-        const int w = std::min(o.window, n - 1 - t);
-        const int32_t* win = p.ids.data() + t + 1;
-        label_cache.truncate(0, t + 1);
-        if (write) {
-          for (size_t bi = 0; bi < kLabelBits.size(); ++bi) {
-            label_cache.decide(0, t, kLabelBits[bi]);
-            const std::vector<float>& l = label_session.forward(win, w, 0, nullptr, sixteen.data());
-            run_logits[bi].assign(l.begin(), l.end());
-            label_cache.truncate(0, t + 1);
-          }
-          label_cache.decide(0, t, 16);
+  if (jobs.size() <= 1) {
+    for (size_t i : todo) write_result(run_example(jobs[0], plan[i], skip_of(i), o));
+  } else {
+    // Jobs take the next example in turn; this thread writes the results in example order, so the file is
+    // the same for any number of jobs.
+    std::mutex mu;
+    std::condition_variable cv;
+    std::vector<std::optional<ExampleResult>> results(todo.size());
+    std::atomic<size_t> next{0};
+    std::atomic<bool> stop{false};
+    std::exception_ptr error;
+    auto worker = [&](Job& job) {
+      while (!stop) {
+        const size_t k = next++;
+        if (k >= todo.size()) break;
+        try {
+          ExampleResult r = run_example(job, plan[todo[k]], skip_of(todo[k]), o);
+          std::lock_guard<std::mutex> lock(mu);
+          results[k] = std::move(r);
+        } catch (...) {
+          std::lock_guard<std::mutex> lock(mu);
+          if (!error) error = std::current_exception();
+          stop = true;
         }
-        // The 16-bit reference window last: it leaves position t + 1 in the cache for the next token.
-        // Same computation whether or not the row is written (rows skipped on resume), so that resumed and
-        // uninterrupted runs build identical caches.
-        label_session.track_received(true);
-        const float recv0 =
-            label_session.received().size() > static_cast<size_t>(t) ? label_session.received()[t] : 0;
-        const std::vector<float>& l16 = label_session.forward(win, w, 0, &fwd_stats, sixteen.data());
-        if (write) {
-          lab.recv =
-              (static_cast<double>(label_session.received()[t]) - recv0) / (cfg.n_layers * cfg.n_heads);
-          log_softmax(l16.data(), w, vocab, ref_lp, ref_p);
-          lab.oracle = 16;
-          for (size_t bi = 0; bi < kLabelBits.size(); ++bi) {
-            lab.dmg[bi] = mean_kl(ref_lp, ref_p, run_logits[bi].data(), w, vocab);
-            lab.proxy[bi] = lab.recv * quant_error(label_cache, t, kLabelBits[bi]);
-          }
-          for (size_t bi = 0; bi < kLabelBits.size(); ++bi)
-            if (lab.dmg[bi] <= o.tau) {
-              lab.oracle = kLabelBits[bi];
-              break;
-            }
-          sum.oracle_counts[static_cast<size_t>(lab.oracle)]++;
-        }
-        sum.label_seconds += seconds_since(t1);
+        cv.notify_all();
       }
-      if (!write) continue;
-
-      std::string row;
-      row.reserve(256);
-      row += fmt("%.7g", f.entropy) + "," + fmt("%.7g", f.rarity) + "," + fmt("%.7g", f.attn_var) + "," +
-             std::to_string(kv_bits) + "," + fmt("%.4f", step_s * 1e3) + "," +
-             (f.argmax == p.ids[t + 1] ? "1" : "0") + "," + std::to_string(p.ex->line) + "," +
-             std::to_string(p.ex->ind) + "," + std::to_string(t) + "," + std::to_string(p.ids[t]) + "," +
-             fmt("%.7g", f.attn_max) + "," + fmt("%.7g", f.k_norm) + "," + fmt("%.7g", f.v_norm) + "," +
-             fmt("%.7g", f.max_prob) + "," + std::to_string(f.argmax) + "," + p.split;
-      if (o.labels) {
-        for (double d : lab.dmg) row += "," + fmt("%.7g", d);
-        row += "," + std::to_string(lab.oracle) + "," + fmt("%.7g", lab.recv);
-        for (double d : lab.proxy) row += "," + fmt("%.7g", d);
+    };
+    std::vector<std::thread> threads;
+    for (Job& job : jobs) threads.emplace_back(worker, std::ref(job));
+    struct Joiner {
+      std::vector<std::thread>& t;
+      std::atomic<bool>& stop;
+      ~Joiner() {
+        stop = true;
+        for (auto& th : t) th.join();
       }
-      row += "\n";
-      if (std::fputs(row.c_str(), csv) < 0 || std::fflush(csv) != 0)
-        throw Error(o.out_path + ": write error");
-      ++done;
-      ++sum.rows_written;
-      progress.update(done);
+    } joiner{threads, stop};
+    for (size_t k = 0; k < todo.size(); ++k) {
+      ExampleResult r;
+      {
+        std::unique_lock<std::mutex> lock(mu);
+        cv.wait(lock, [&] { return results[k].has_value() || error != nullptr; });
+        if (error) std::rethrow_exception(error);
+        r = std::move(*results[k]);
+        results[k].reset();
+      }
+      write_result(r);
     }
   }
   progress.update(done, true);
@@ -645,241 +550,6 @@ CollectSummary collect(const Model& model, Backend& backend, KvPolicy& policy, c
   side["finished"] = utc_now();
   write_sidecar(done == planned, done);
   return sum;
-}
-
-// ---------------------------------------------------------------------------------------------------
-// CSV statistics
-
-int CsvTable::column(const std::string& name) const {
-  const auto it = std::find(columns.begin(), columns.end(), name);
-  return it == columns.end() ? -1 : static_cast<int>(it - columns.begin());
-}
-
-CsvTable read_csv_table(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw Error(path + ": cannot open file");
-  CsvTable t;
-  t.path = path;
-  std::string line;
-  int line_no = 0;
-  int split_col = -1;
-  while (std::getline(in, line)) {
-    ++line_no;
-    if (!line.empty() && line.back() == '\r') line.pop_back();
-    if (line_no == 1) {
-      t.columns = split_commas(line);
-      for (size_t i = 0; i < t.columns.size(); ++i) {
-        if (t.columns[i].empty())
-          throw Error(path + ":1: header column " + std::to_string(i + 1) + " has no name");
-        if (std::find(t.columns.begin(), t.columns.begin() + static_cast<std::ptrdiff_t>(i), t.columns[i]) !=
-            t.columns.begin() + static_cast<std::ptrdiff_t>(i))
-          throw Error(path + ":1: header column '" + t.columns[i] + "' appears twice");
-      }
-      for (const char* need : {"entropy", "rarity", "attn_var", "kv_bits", "latency", "accuracy"})
-        if (t.column(need) < 0) throw Error(path + ":1: header lacks the column '" + std::string(need) + "'");
-      split_col = t.column("split");
-      t.values.assign(t.columns.size(), {});
-      continue;
-    }
-    if (line.empty()) continue;
-    const std::vector<std::string> cells = split_commas(line);
-    if (cells.size() != t.columns.size())
-      throw Error(path + ":" + std::to_string(line_no) + ": " + std::to_string(cells.size()) +
-                  " columns, the header has " + std::to_string(t.columns.size()));
-    for (size_t c = 0; c < cells.size(); ++c) {
-      if (static_cast<int>(c) == split_col) {
-        t.split.push_back(cells[c]);
-        t.values[c].push_back(0);
-        continue;
-      }
-      const char* s = cells[c].c_str();
-      char* end = nullptr;
-      const double v = std::strtod(s, &end);
-      if (cells[c].empty() || end != s + cells[c].size() || !std::isfinite(v))
-        throw Error(path + ":" + std::to_string(line_no) + ": column '" + t.columns[c] + "': '" + cells[c] +
-                    "' is not a finite number");
-      t.values[c].push_back(v);
-    }
-  }
-  if (line_no == 0) throw Error(path + ": empty file (no header)");
-  if (t.rows() == 0) throw Error(path + ": no data rows after the header");
-  return t;
-}
-
-namespace {
-
-double mean_of(const std::vector<double>& v) {
-  double s = 0;
-  for (double x : v) s += x;
-  return v.empty() ? 0 : s / static_cast<double>(v.size());
-}
-
-double std_of(const std::vector<double>& v) {  // sample standard deviation (ddof 1), as pandas
-  if (v.size() < 2) return std::numeric_limits<double>::quiet_NaN();
-  const double m = mean_of(v);
-  double s = 0;
-  for (double x : v) s += (x - m) * (x - m);
-  return std::sqrt(s / static_cast<double>(v.size() - 1));
-}
-
-std::vector<double> ranks(const std::vector<double>& v) {
-  std::vector<size_t> idx(v.size());
-  std::iota(idx.begin(), idx.end(), 0);
-  std::stable_sort(idx.begin(), idx.end(), [&](size_t a, size_t b) { return v[a] < v[b]; });
-  std::vector<double> r(v.size());
-  for (size_t i = 0; i < idx.size();) {
-    size_t j = i;
-    while (j + 1 < idx.size() && v[idx[j + 1]] == v[idx[i]]) ++j;
-    const double avg = 0.5 * static_cast<double>(i + j) + 1;
-    for (size_t k = i; k <= j; ++k) r[idx[k]] = avg;
-    i = j + 1;
-  }
-  return r;
-}
-
-std::string cell(double v, int width, int prec = 6) {
-  char buf[64];
-  if (std::isnan(v))
-    std::snprintf(buf, sizeof buf, "%*s", width, "NaN");
-  else if (v != 0 && (std::abs(v) < 1e-3 || std::abs(v) >= 1e6))
-    std::snprintf(buf, sizeof buf, "%*.*e", width, prec - 2, v);
-  else
-    std::snprintf(buf, sizeof buf, "%*.*f", width, prec, v);
-  return buf;
-}
-
-std::string pad(const std::string& s, size_t width) {
-  return s.size() >= width ? s : s + std::string(width - s.size(), ' ');
-}
-
-// Identifier columns: summarised, but left out of the correlations (their values are labels, not sizes).
-bool is_id_column(const std::string& c) {
-  return c == "example" || c == "ind" || c == "token" || c == "argmax";
-}
-
-}  // namespace
-
-double pearson(const std::vector<double>& a, const std::vector<double>& b) {
-  const double ma = mean_of(a), mb = mean_of(b);
-  double sab = 0, saa = 0, sbb = 0;
-  for (size_t i = 0; i < a.size(); ++i) {
-    sab += (a[i] - ma) * (b[i] - mb);
-    saa += (a[i] - ma) * (a[i] - ma);
-    sbb += (b[i] - mb) * (b[i] - mb);
-  }
-  if (saa <= 0 || sbb <= 0) return std::numeric_limits<double>::quiet_NaN();
-  return sab / std::sqrt(saa * sbb);
-}
-
-double spearman(const std::vector<double>& a, const std::vector<double>& b) {
-  return pearson(ranks(a), ranks(b));
-}
-
-std::string csv_stats_report(const CsvTable& t) {
-  std::ostringstream out;
-  std::vector<int> num;  // numeric columns
-  for (size_t c = 0; c < t.columns.size(); ++c)
-    if (t.columns[c] != "split") num.push_back(static_cast<int>(c));
-  size_t name_w = 8;
-  for (int c : num) name_w = std::max(name_w, t.columns[c].size() + 1);
-  out << t.path << ": " << t.rows() << " rows, " << t.columns.size() << " columns\n";
-
-  out << "\n=== Overall Summary (mean) ===\n";
-  for (int c : num) out << pad(t.columns[c], name_w) << cell(mean_of(t.values[c]), 14) << "\n";
-
-  out << "\n=== Distribution Stats (std, min, max) ===\n"
-      << pad("", name_w) << "           std            min            max\n";
-  for (int c : num) {
-    const auto& v = t.values[c];
-    out << pad(t.columns[c], name_w) << cell(std_of(v), 14) << " "
-        << cell(*std::min_element(v.begin(), v.end()), 14) << " "
-        << cell(*std::max_element(v.begin(), v.end()), 14) << "\n";
-  }
-
-  std::vector<int> corr;
-  for (int c : num)
-    if (!is_id_column(t.columns[c])) corr.push_back(c);
-  out << "\n=== Feature Correlations (Pearson; id columns example, ind, token, argmax left out) ===\n";
-  out << pad("", name_w);
-  for (int c : corr)
-    out << std::string(t.columns[c].size() < 9 ? 10 - t.columns[c].size() : 1, ' ') << t.columns[c];
-  out << "\n";
-  for (int r : corr) {
-    out << pad(t.columns[r], name_w);
-    for (int c : corr) {
-      const size_t w = std::max<size_t>(10, t.columns[c].size() + 1);
-      char buf[32];
-      const double v = r == c ? 1.0 : pearson(t.values[r], t.values[c]);
-      if (std::isnan(v))
-        std::snprintf(buf, sizeof buf, "%*s", static_cast<int>(w), "NaN");
-      else
-        std::snprintf(buf, sizeof buf, "%*.4f", static_cast<int>(w), v);
-      out << buf;
-    }
-    out << "\n";
-  }
-
-  auto distribution = [&](const char* name) {
-    const int c = t.column(name);
-    if (c < 0) return;
-    std::map<double, int64_t> counts;
-    for (double v : t.values[c]) counts[v]++;
-    out << "\n=== " << name << " distribution ===\n";
-    for (const auto& [v, n] : counts) {
-      char buf[96];
-      std::snprintf(buf, sizeof buf, "%6g: %7lld  (%5.1f%%)\n", v, static_cast<long long>(n),
-                    100.0 * static_cast<double>(n) / static_cast<double>(t.rows()));
-      out << buf;
-    }
-    out << "  mean " << cell(mean_of(t.values[c]), 0, 4) << " bits\n";
-  };
-  distribution("kv_bits");
-  distribution("oracle_bits");
-
-  if (!t.split.empty()) {
-    std::map<std::string, int64_t> rows;
-    std::map<std::string, std::vector<double>> examples;
-    const int ex = t.column("example");
-    for (size_t i = 0; i < t.split.size(); ++i) {
-      rows[t.split[i]]++;
-      if (ex >= 0) examples[t.split[i]].push_back(t.values[ex][i]);
-    }
-    out << "\n=== split ===\n";
-    for (const auto& [s, n] : rows) {
-      auto& e = examples[s];
-      std::sort(e.begin(), e.end());
-      const auto distinct = std::unique(e.begin(), e.end()) - e.begin();
-      out << pad(s, 8) << n << " rows" << (ex >= 0 ? ", " + std::to_string(distinct) + " examples" : "")
-          << "\n";
-    }
-  }
-
-  const int ob = t.column("oracle_bits");
-  if (ob >= 0) {
-    out << "\n=== Correlation of oracle_bits with kv_bits and each feature ===\n";
-    out << pad("", name_w) << "   Pearson   Spearman\n";
-    for (int c : corr) {
-      if (c == ob) continue;
-      char buf[64];
-      const double p = pearson(t.values[ob], t.values[c]), s = spearman(t.values[ob], t.values[c]);
-      std::snprintf(buf, sizeof buf, "%10.4f %10.4f\n", p, s);
-      out << pad(t.columns[c], name_w) << buf;
-    }
-  }
-  // The proxy against the damage it stands for, when both are present.
-  bool head = false;
-  for (const char* b : {"2", "4", "8"}) {
-    const int d = t.column(std::string("dmg") + b), p = t.column(std::string("proxy") + b);
-    if (d < 0 || p < 0) continue;
-    if (!head) out << "\n=== proxy vs measured damage (Spearman rank correlation) ===\n";
-    head = true;
-    char buf[96];
-    std::snprintf(buf, sizeof buf, "proxy%s ~ dmg%s: %.4f   (recv ~ dmg%s: %.4f)\n", b, b,
-                  spearman(t.values[p], t.values[d]), b,
-                  t.column("recv") >= 0 ? spearman(t.values[t.column("recv")], t.values[d]) : NAN);
-    out << buf;
-  }
-  return out.str();
 }
 
 }  // namespace kvd

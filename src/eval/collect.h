@@ -1,21 +1,30 @@
-// Controller training data (kvdial collect): HellaSwag text run token by token under a KV policy, one
-// CSV row per token with the seed's six columns, the other features, and sensitivity labels measured
-// by re-running a window of positions with one token's KV stored at 2, 4 or 8 bits. Also the CSV
-// reader and summary behind kvdial stats, and the SHA-256 the JSON sidecar records. docs/collect.md.
+// Controller training data (kvdial collect): HellaSwag text or chunks of plain text run token by token
+// under a KV policy, one CSV row per token with the seed's six columns, the other features, and
+// sensitivity labels measured by re-running a window of positions with one token's KV stored at 2, 4 or
+// 8 bits (eval/labels.h). The CSV reader
+// (eval/csv.h), the statistics of kvdial stats (eval/csv_stats.h) and the SHA-256 (util/sha256.h) are
+// included from here too. docs/collect.md.
 #pragma once
 #include <cstdint>
 #include <cstdio>
 #include <string>
 #include <vector>
 
+#include "eval/csv.h"        // CsvTable, read_csv_table (kvdial train includes either header)
+#include "eval/csv_stats.h"  // csv_stats_report, pearson, spearman
+#include "kv/kv_config.h"
 #include "model/backend.h"
 #include "model/model.h"
 #include "policy/policy.h"
+#include "util/sha256.h"  // sha256_hex, sha256_file (the sidecar's digests)
 
 namespace kvd {
 
 struct CollectOptions {
-  std::string data_path;               // HellaSwag JSONL
+  std::string data_path;               // HellaSwag JSONL (--data), or
+  std::string text_path;               // plain text (-f), cut into examples of `chunk` tokens
+  int64_t skip_tokens = 0;             // -f: tokens of the file skipped before the first chunk
+  int chunk = 256;                     // -f: tokens per example (the last one shorter)
   std::string out_path;                // CSV; the sidecar is out_path + ".json"
   int tokens = 1000;                   // rows to write (tokens that have a next token)
   int window = 8;                      // W: positions re-run after the token whose width changes
@@ -29,8 +38,13 @@ struct CollectOptions {
   int ctx = 4096;                      // most tokens of one example
   int batch = 512;                     // Session batch size
   int kv_group = 32, kv_residual = 0;  // the policy run's cache (the label run uses residual 0)
-  std::string model_sha256;            // computed when empty
-  std::string git_commit;              // `git rev-parse HEAD` when empty
+  int jobs = 1;                        // examples run in parallel, each job with its own backend (same
+                                       // name and threads), policy and caches; rows come out in example
+                                       // order whatever the number
+  std::string policy_spec;             // --kv-policy spec that makes each job's policy (empty: describe())
+  KvQuantOptions quant;  // the KV quantizer (ladder, rotation, clip); the sidecar records kv_quantizer_id()
+  std::string model_sha256;  // computed when empty
+  std::string git_commit;    // `git rev-parse HEAD` when empty
 };
 
 struct CollectSummary {
@@ -41,6 +55,7 @@ struct CollectSummary {
   double seconds = 0;         // wall time of the rows written
   double policy_seconds = 0;  // time in the policy run (features, decisions, latency column)
   double label_seconds = 0;   // time in the label run (16-bit reference and the re-run windows)
+                              // (policy and label seconds are summed over the jobs)
   std::vector<int64_t> oracle_counts = std::vector<int64_t>(17, 0);  // by width, rows this call wrote
 };
 
@@ -51,30 +66,5 @@ std::vector<std::string> collect_columns(bool labels);
 // for bad data, a CSV that exists (without resume/force), or a resume whose parameters differ.
 CollectSummary collect(const Model& model, Backend& backend, KvPolicy& policy, const CollectOptions& options,
                        std::FILE* log = stderr);
-
-// SHA-256 of bytes / of a file, as 64 lowercase hex digits.
-std::string sha256_hex(const void* data, size_t n);
-std::string sha256_file(const std::string& path);
-
-// A CSV read for kvdial stats: a header, then rows of numbers; the `split` column holds text.
-struct CsvTable {
-  std::string path;
-  std::vector<std::string> columns;
-  std::vector<std::vector<double>> values;  // [column][row]; categorical columns hold 0
-  std::vector<std::string> split;           // the `split` column, when present
-  size_t rows() const { return values.empty() ? 0 : values[0].size(); }
-  int column(const std::string& name) const;  // index, or -1
-};
-
-// Throws kvd::Error "FILE:LINE: ..." for a row of the wrong width or a value that is not a number,
-// "FILE:1: ..." for a header without the seed's six columns, "FILE: ..." for an empty file.
-CsvTable read_csv_table(const std::string& path);
-// What kvdial stats prints: per-column mean; std, min, max; the correlation matrix; the distribution
-// of kv_bits and oracle_bits; the correlation of oracle_bits with kv_bits and each feature.
-std::string csv_stats_report(const CsvTable& t);
-
-// Pearson and Spearman (average ranks for ties) correlation; NaN when a side is constant.
-double pearson(const std::vector<double>& a, const std::vector<double>& b);
-double spearman(const std::vector<double>& a, const std::vector<double>& b);
 
 }  // namespace kvd

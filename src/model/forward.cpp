@@ -27,7 +27,8 @@ const std::vector<float>& Session::forward(const int32_t* tokens, int n, int log
   KVD_ASSERT(logits_from >= 0 && logits_from <= n);
   for (int i = 0; i < n; ++i)
     if (tokens[i] < 0 || tokens[i] >= vocab)
-      throw Error("token id " + std::to_string(tokens[i]) + " is outside the vocabulary (" + std::to_string(vocab) + ")");
+      throw Error("token id " + std::to_string(tokens[i]) + " is outside the vocabulary (" +
+                  std::to_string(vocab) + ")");
   logits_.resize(static_cast<size_t>(n - logits_from) * vocab);
   if (stats) stats->assign(static_cast<size_t>(n), TokenForwardStats{});
   for (int b = 0; b < n; b += n_batch_) {
@@ -35,17 +36,43 @@ const std::vector<float>& Session::forward(const int32_t* tokens, int n, int log
     // Logits wanted from this batch: tokens [max(b, logits_from), b + nb).
     const int from = std::clamp(logits_from - b, 0, nb);
     float* out = logits_.data() + static_cast<size_t>(std::max(0, b - logits_from)) * vocab;
-    forward_batch(tokens + b, nb, from, out, stats ? stats->data() + b : nullptr, bits ? bits + b : nullptr);
+    forward_batch({SeqTokens{seq_, tokens + b, nb, bits ? bits + b : nullptr}}, from, out,
+                  stats ? stats->data() + b : nullptr);
   }
   return logits_;
 }
 
-void Session::forward_batch(const int32_t* tokens, int n, int logits_from, float* logits, TokenForwardStats* stats,
-                            const uint8_t* bits) {
+const std::vector<float>& Session::forward_parts(const std::vector<SeqTokens>& parts,
+                                                 std::vector<TokenForwardStats>* stats) {
+  const int vocab = model_.config().vocab;
+  int rows = 0;
+  for (const SeqTokens& p : parts) {
+    KVD_ASSERT(p.n >= 0);
+    for (int i = 0; i < p.n; ++i)
+      if (p.tokens[i] < 0 || p.tokens[i] >= vocab)
+        throw Error("token id " + std::to_string(p.tokens[i]) + " is outside the vocabulary (" +
+                    std::to_string(vocab) + ")");
+    rows += p.n;
+  }
+  logits_.resize(static_cast<size_t>(rows) * vocab);
+  if (stats) stats->assign(static_cast<size_t>(rows), TokenForwardStats{});
+  if (rows > 0) forward_batch(parts, 0, logits_.data(), stats ? stats->data() : nullptr);
+  return logits_;
+}
+
+void Session::forward_batch(const std::vector<SeqTokens>& parts, int logits_from, float* logits,
+                            TokenForwardStats* stats) {
   const ModelConfig& c = model_.config();
   const Weights& w = model_.weights();
   const int dim = c.dim, hd = c.head_dim;
   const int q_dim = c.n_heads * hd, kv_dim = c.n_kv_heads * hd;
+  // Each part's first position in its sequence and first row in the batch.
+  std::vector<int> pos0(parts.size()), row0(parts.size());
+  int n = 0;
+  for (size_t p = 0; p < parts.size(); ++p) {
+    row0[p] = n;
+    n += parts[p].n;
+  }
   const size_t N = static_cast<size_t>(n);
   x_.resize(N * dim);
   xb_.resize(N * std::max(dim, q_dim));
@@ -56,16 +83,23 @@ void Session::forward_batch(const int32_t* tokens, int n, int logits_from, float
   gate_.resize(N * c.ffn_dim);
   up_.resize(N * c.ffn_dim);
 
-  const int pos0 = cache_.begin_tokens(seq_, n, bits);
   const AttnShape shape{c.n_heads, c.n_kv_heads, hd};
   std::vector<AttnStats> attn_stats(stats ? N : 0);
-  if (track_received_) {
-    received_.resize(static_cast<size_t>(pos0 + n), 0.0f);
-    for (auto& s : attn_stats) s.received = &received_;
+  size_t own_end = 0;  // end of this Session's sequence after the batch
+  for (size_t p = 0; p < parts.size(); ++p) {
+    pos0[p] = cache_.begin_tokens(parts[p].seq, parts[p].n, parts[p].bits);
+    if (parts[p].seq == seq_) own_end = std::max(own_end, static_cast<size_t>(pos0[p] + parts[p].n));
   }
-
+  if (track_received_ && own_end > 0) {
+    received_.resize(own_end, 0.0f);
+    for (size_t p = 0; p < parts.size() && stats; ++p)
+      if (parts[p].seq == seq_)
+        for (int i = 0; i < parts[p].n; ++i) attn_stats[row0[p] + i].received = &received_;
+  }
   // x = embedding of each token: (n, dim)
-  for (int i = 0; i < n; ++i) embed_token(w.token_embd, tokens[i], x_.data() + static_cast<size_t>(i) * dim);
+  for (size_t p = 0; p < parts.size(); ++p)
+    for (int i = 0; i < parts[p].n; ++i)
+      embed_token(w.token_embd, parts[p].tokens[i], x_.data() + static_cast<size_t>(row0[p] + i) * dim);
 
   for (int l = 0; l < c.n_layers; ++l) {
     const LayerWeights& L = w.layers[l];
@@ -83,24 +117,33 @@ void Session::forward_batch(const int32_t* tokens, int n, int logits_from, float
     if (!L.bv.empty())
       for (int i = 0; i < n; ++i)
         for (int j = 0; j < kv_dim; ++j) v_[i * kv_dim + j] += L.bv[j];
-    backend_.rope(q_.data(), n, c.n_heads, hd, c.rope_dim, pos0, c.rope_theta, c.rope_style);
-    backend_.rope(k_.data(), n, c.n_kv_heads, hd, c.rope_dim, pos0, c.rope_theta, c.rope_style);
-    // Write this layer's K and V of every token of the batch, then attend (causal) over the cache.
-    for (int i = 0; i < n; ++i) {
+    // Per part: RoPE on q and k at its positions, write this layer's K and V of its tokens, then attend
+    // (causal) over its sequence.
+    for (size_t p = 0; p < parts.size(); ++p) {
+      const int np = parts[p].n, r = row0[p];
+      if (np == 0) continue;
+      backend_.rope(q_.data() + static_cast<size_t>(r) * q_dim, np, c.n_heads, hd, c.rope_dim, pos0[p],
+                    c.rope_theta, c.rope_style);
+      backend_.rope(k_.data() + static_cast<size_t>(r) * kv_dim, np, c.n_kv_heads, hd, c.rope_dim, pos0[p],
+                    c.rope_theta, c.rope_style);
+      for (int i = r; i < r + np; ++i)
+        cache_.write(parts[p].seq, l, pos0[p] + i - r, k_.data() + static_cast<size_t>(i) * kv_dim,
+                     v_.data() + static_cast<size_t>(i) * kv_dim);
+      backend_.attention(cache_, parts[p].seq, l, shape, q_.data() + static_cast<size_t>(r) * q_dim, pos0[p],
+                         np, att_.data() + static_cast<size_t>(r) * q_dim,
+                         stats ? attn_stats.data() + r : nullptr);
+    }
+    for (int i = 0; stats && i < n; ++i) {
       const float* ki = k_.data() + static_cast<size_t>(i) * kv_dim;
       const float* vi = v_.data() + static_cast<size_t>(i) * kv_dim;
-      cache_.write(seq_, l, pos0 + i, ki, vi);
-      if (stats) {
-        float kn = 0, vn = 0;
-        for (int j = 0; j < kv_dim; ++j) {
-          kn += ki[j] * ki[j];
-          vn += vi[j] * vi[j];
-        }
-        stats[i].k_norm += std::sqrt(kn) / static_cast<float>(c.n_layers);
-        stats[i].v_norm += std::sqrt(vn) / static_cast<float>(c.n_layers);
+      float kn = 0, vn = 0;
+      for (int j = 0; j < kv_dim; ++j) {
+        kn += ki[j] * ki[j];
+        vn += vi[j] * vi[j];
       }
+      stats[i].k_norm += std::sqrt(kn) / static_cast<float>(c.n_layers);
+      stats[i].v_norm += std::sqrt(vn) / static_cast<float>(c.n_layers);
     }
-    backend_.attention(cache_, seq_, l, shape, q_.data(), pos0, n, att_.data(), stats ? attn_stats.data() : nullptr);
     // x += att Wo
     backend_.matmul(L.wo, att_.data(), xb_.data(), n);
     for (size_t i = 0; i < N * dim; ++i) x_[i] += xb_[i];
@@ -117,12 +160,13 @@ void Session::forward_batch(const int32_t* tokens, int n, int logits_from, float
   // Final norm and logits for the requested tokens only.
   const int n_out = n - logits_from;
   if (n_out > 0) {
-    backend_.rmsnorm(x_.data() + static_cast<size_t>(logits_from) * dim, w.output_norm.data(), xb_.data(), n_out, dim,
-                     c.rms_eps);
+    backend_.rmsnorm(x_.data() + static_cast<size_t>(logits_from) * dim, w.output_norm.data(), xb_.data(),
+                     n_out, dim, c.rms_eps);
     backend_.matmul(w.output, xb_.data(), logits, n_out);
   }
   // Tokens whose widths were given in advance can leave the staging area now.
-  if (bits) cache_.flush_window(seq_);
+  for (const SeqTokens& p : parts)
+    if (p.bits) cache_.flush_window(p.seq);
   if (stats) {
     for (int i = 0; i < n; ++i) {
       const double cnt = std::max<int64_t>(1, attn_stats[i].var_count);

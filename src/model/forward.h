@@ -13,6 +13,14 @@
 
 namespace kvd {
 
+// One sequence's tokens in a batch that spans several sequences of the cache (Session::forward_parts).
+struct SeqTokens {
+  int seq = 0;
+  const int32_t* tokens = nullptr;
+  int n = 0;
+  const uint8_t* bits = nullptr;  // the tokens' widths in advance, or nullptr (undecided)
+};
+
 class Session : public SessionBase {
  public:
   Session(const Model& model, Backend& backend, KvCache& cache, int seq = 0, int n_batch = 256);
@@ -24,6 +32,15 @@ class Session : public SessionBase {
   const std::vector<float>& forward(const int32_t* tokens, int n, int logits_from,
                                     std::vector<TokenForwardStats>* stats = nullptr,
                                     const uint8_t* bits = nullptr) override;
+
+  // Runs several sequences' tokens as one batch, whatever n_batch says: the matmuls see all the rows at
+  // once, each part appends to and attends over its own sequence of the cache (the rows of one part never
+  // see another's). Returns logits for every token, part after part: (sum of n) x vocab. stats, when
+  // non-null, gets one entry per token in the same order; received() counts the parts of this Session's
+  // own sequence. Each row's result does not depend on the other rows of the batch, so a part gives the
+  // logits it would give run with the same number of rows in all (collect's label windows rely on it).
+  const std::vector<float>& forward_parts(const std::vector<SeqTokens>& parts,
+                                          std::vector<TokenForwardStats>* stats = nullptr);
 
   // Attention each position received so far (summed over layers, heads and later queries), when
   // track_received() was turned on before the tokens ran.
@@ -44,8 +61,9 @@ class Session : public SessionBase {
   int seq() const { return seq_; }
 
  private:
-  void forward_batch(const int32_t* tokens, int n, int logits_from, float* logits, TokenForwardStats* stats,
-                     const uint8_t* bits);
+  // Runs the parts as one batch; logits for rows [logits_from, total rows).
+  void forward_batch(const std::vector<SeqTokens>& parts, int logits_from, float* logits,
+                     TokenForwardStats* stats);
 
   const Model& model_;
   Backend& backend_;
