@@ -41,8 +41,14 @@ void range_params(float lo, float hi, int qmax, uint16_t* min_h, uint16_t* scale
   }
 }
 
+// Round half to even of (x - min) / scale, clamped to [0, qmax]: the same as nearbyint in the default
+// rounding mode (clamping first keeps |v| < 2^22, where adding and subtracting 1.5 * 2^23 rounds exactly),
+// without the library call (the clip search codes every group 11 times).
 int code_of(float x, float min_f, float inv, int qmax) {
-  return std::clamp(static_cast<int>(std::nearbyint((x - min_f) * inv)), 0, qmax);
+  float v = std::clamp((x - min_f) * inv, -1.0f, static_cast<float>(qmax) + 1.0f);
+  constexpr float magic = 12582912.0f;  // IEEE rules (no -ffast-math) keep the two additions
+  v = (v + magic) - magic;
+  return std::clamp(static_cast<int>(v), 0, qmax);
 }
 
 void quantize_group(const float* x, int n, int bits, bool clip, uint8_t* dst) {
