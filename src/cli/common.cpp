@@ -18,6 +18,10 @@ void add_engine_options(CLI::App* app, EngineOptions& o, bool with_ctx) {
       ->check(CLI::IsMember({"cpu", "cpu-q8", "ref"}));
   app->add_option("--kv-policy", o.kv_policy,
                   "static:B (B=2,4,8,16), rule[:T1,T2,T3], pattern:W1/W2/.. or learned:FILE");
+  app->add_option("--kv-budget", o.kv_budget,
+                  "stored bits per element (scales included) the policy's running average keeps to, from the "
+                  "32nd token on (same as appending @BITS to the policy)")
+      ->check(CLI::Range(0.0, 64.0));
   app->add_flag("--no-mmap", o.no_mmap,
                 "read the model into this process's memory instead of mapping it (as llama.cpp's --no-mmap)");
   app->add_option("--kv-group", o.kv_group, "KV quantization group size (elements)")
@@ -26,9 +30,26 @@ void add_engine_options(CLI::App* app, EngineOptions& o, bool with_ctx) {
       ->check(CLI::Range(0, 1 << 20));
 }
 
+std::string policy_spec(const EngineOptions& o) {
+  if (o.kv_budget <= 0) return o.kv_policy;
+  if (o.kv_policy.find('@') != std::string::npos)
+    throw Error("--kv-budget: the policy '" + o.kv_policy + "' already has a budget (@B)");
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "@%.9g", o.kv_budget);
+  return o.kv_policy + buf;
+}
+
+PolicyContext policy_context(const EngineOptions& o) {
+  PolicyContext ctx;
+  const KvLayout lay{1, 1, o.kv_group, o.kv_group};  // stored bits per element do not depend on kv_dim
+  const int widths[4] = {2, 4, 8, 16};
+  for (size_t k = 0; k < 4; ++k) ctx.class_bits[k] = lay.effective_bits(widths[k]);
+  return ctx;
+}
+
 Engine make_engine(const EngineOptions& o, int ctx_override, std::shared_ptr<Model> model) {
   Engine e;
-  e.policy = make_policy(o.kv_policy);  // check the cheap things before mapping the model
+  e.policy = make_policy(policy_spec(o), policy_context(o));  // check the cheap things before mapping the model
   e.model = model ? std::move(model) : std::shared_ptr<Model>(Model::load(o.model_path, !o.no_mmap));
   e.backend = make_backend(o.backend, o.threads);
   const ModelConfig& c = e.model->config();

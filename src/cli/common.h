@@ -25,7 +25,13 @@ struct EngineOptions {
   std::string kv_policy = "static:16";
   int kv_group = 32;
   int kv_residual = 0;
+  double kv_budget = 0;  // > 0: stored bits per element the policy's running average keeps to (spec@B)
 };
+
+// The policy spec the options ask for: kv_policy, with @kv_budget appended when a budget is given.
+std::string policy_spec(const EngineOptions& o);
+// What the policy needs to know about the cache: the stored bits of each width class at this group size.
+PolicyContext policy_context(const EngineOptions& o);
 
 void add_engine_options(CLI::App* app, EngineOptions& o, bool with_ctx = true);
 

@@ -12,6 +12,7 @@
 #include "cli/collect.h"
 #include "cli/common.h"
 #include "cli/stats.h"
+#include "cli/train.h"
 #include "eval/perplexity.h"
 #include "eval/runner.h"
 #include "model/sampler.h"
@@ -86,6 +87,10 @@ int run_generate(const GenerateArgs& a) {
   std::fprintf(stderr, "generation: %d tokens in %.3f s (%.1f tokens/s)\n", generated, gen_s,
                generated > 1 ? (generated - 1) / gen_s : 0.0);
   std::fprintf(stderr, "%s\n", kv_summary(*e.cache).c_str());
+  if (const KvPolicy::DecisionCost dc = e.policy->decision_cost(); dc.calls > 0)
+    std::fprintf(stderr, "controller: %.0f ns/token over %lld decisions (%.4f%% of a generation step)\n",
+                 dc.ns_per_call(), static_cast<long long>(dc.calls),
+                 generated > 0 ? 100.0 * dc.ns_per_call() * 1e-9 / (gen_s / generated) : 0.0);
   std::fprintf(stderr, "peak RSS: %s (model file %s)\n", human_bytes(static_cast<double>(peak_rss_bytes())).c_str(),
                human_bytes(static_cast<double>(e.model->file_bytes())).c_str());
   return 0;
@@ -125,6 +130,9 @@ int run_perplexity(const PerplexityArgs& a) {
   const KvLayout& lay = e.cache->layout();
   std::printf("kv-policy %s: avg width %.3f bits; stored %.3f bits/elem with scales (group %d, residual %d)\n",
               e.policy->describe().c_str(), r.avg_bits, r.stored_bits, lay.group, a.eng.kv_residual);
+  if (const KvPolicy::DecisionCost dc = e.policy->decision_cost(); dc.calls > 0)
+    std::printf("controller: %.0f ns/token over %lld decisions\n", dc.ns_per_call(),
+                static_cast<long long>(dc.calls));
   std::printf("peak RSS: %s\n", human_bytes(static_cast<double>(peak_rss_bytes())).c_str());
   return 0;
 }
@@ -199,8 +207,13 @@ int main(int argc, char** argv) {
   CLI::App* st = app.add_subcommand("stats", "summary of a collected CSV");
   add_stats_options(st, stats);
 
+  TrainArgs train;
+  CLI::App* tr = app.add_subcommand("train", "train a learned KV controller from collected CSVs");
+  add_train_options(tr, train);
+
   try {
     app.parse(argc, argv);
+    if (tr->parsed()) return run_train(train);
     if (bn->parsed()) return run_bench(bench);
     if (co->parsed()) return run_collect(collect);
     if (st->parsed()) return run_stats(stats);
