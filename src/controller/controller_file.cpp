@@ -89,6 +89,8 @@ double round9(double v) {
 void round_for_file(ControllerModel& m) {
   for (double& x : m.mean) x = round9(x);
   for (double& x : m.std) x = round9(x);
+  for (double& x : m.min) x = round9(x);
+  for (double& x : m.max) x = round9(x);
   for (double& x : m.target_mean) x = round9(x);
   for (double& x : m.target_std) x = round9(x);
   for (double& x : m.net.params()) x = round9(x);
@@ -102,7 +104,7 @@ std::string controller_to_json(const ControllerModel& m) {
   j["target"] = m.target;
   j["classes"] = kControllerClasses;
   j["features"] = m.features;
-  j["normalization"] = {{"mean", vec(m.mean)}, {"std", vec(m.std)}};
+  j["normalization"] = {{"mean", vec(m.mean)}, {"std", vec(m.std)}, {"min", vec(m.min)}, {"max", vec(m.max)}};
   if (m.is_damage()) {
     j["output"] = {{"kind", "log_damage"},    {"widths", kDamageWidths},   {"offset", kDamageOffset},
                    {"mean", vec(m.target_mean)}, {"std", vec(m.target_std)}, {"tau", m.tau}};
@@ -179,8 +181,13 @@ ControllerModel parse_controller(const std::string& text, const std::string& nam
     const json& norm = c.member(j, "normalization", "file");
     m.mean = c.numbers(norm, "mean", "normalization", nf);
     m.std = c.numbers(norm, "std", "normalization", nf);
-    for (size_t i = 0; i < nf; ++i)
+    m.min = c.numbers(norm, "min", "normalization", nf);
+    m.max = c.numbers(norm, "max", "normalization", nf);
+    for (size_t i = 0; i < nf; ++i) {
       if (!(m.std[i] > 0)) c.fail("normalization.std[" + std::to_string(i) + "] is not positive");
+      if (!(m.min[i] <= m.max[i]))
+        c.fail("normalization.min[" + std::to_string(i) + "] is above normalization.max[" + std::to_string(i) + "]");
+    }
 
     const json& out = c.member(j, "output", "file");
     const std::string kind = c.string(out, "kind", "output");

@@ -30,7 +30,10 @@ struct ControllerModel {
   // "damage": the net outputs standardised log(dmg_b + kDamageOffset) for b in kDamageWidths.
   std::string target;
   std::vector<std::string> features;  // input order; names from feature_names() (policy/features.h)
-  std::vector<double> mean, std;      // per feature, training split; input = (raw - mean) / std
+  std::vector<double> mean, std;      // per feature, training split; input = (clamp(raw) - mean) / std
+  // Per feature, the training split's range: inputs are clamped to it first, so that a ReLU net never
+  // extrapolates (e.g. positions far beyond the training texts' lengths).
+  std::vector<double> min, max;
   Mlp net;
   std::vector<double> target_mean, target_std;  // damage: per output, training split (0 and 1 otherwise)
   double tau = 0.004;                 // damage: the label threshold (smallest b with dmg_b <= tau, else 16)

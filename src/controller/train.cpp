@@ -246,6 +246,13 @@ Candidate train_target(const Data& d, const std::string& target, const TrainOpti
   for (size_t i : tr)
     for (size_t f = 0; f < nf; ++f) m.std[f] += (d.x[i * nf + f] - m.mean[f]) * (d.x[i * nf + f] - m.mean[f]);
   for (double& v : m.std) v = v > 0 ? std::sqrt(v / static_cast<double>(tr.size())) : 1.0;
+  m.min.assign(nf, std::numeric_limits<double>::infinity());
+  m.max.assign(nf, -std::numeric_limits<double>::infinity());
+  for (size_t i : tr)
+    for (size_t f = 0; f < nf; ++f) {
+      m.min[f] = std::min(m.min[f], d.x[i * nf + f]);
+      m.max[f] = std::max(m.max[f], d.x[i * nf + f]);
+    }
   const bool damage = target == "damage";
   auto log_dmg = [&](size_t i, size_t k) { return std::log(d.dmg[i][k] + kDamageOffset); };
   if (damage) {
@@ -265,7 +272,8 @@ Candidate train_target(const Data& d, const std::string& target, const TrainOpti
     ds.n_in = static_cast<int>(nf);
     ds.n_targets = damage ? 3 : 0;
     for (size_t i : rows_of(d, sp)) {
-      for (size_t f = 0; f < nf; ++f) ds.x.push_back((d.x[i * nf + f] - m.mean[f]) / m.std[f]);
+      for (size_t f = 0; f < nf; ++f)
+        ds.x.push_back((std::clamp(d.x[i * nf + f], m.min[f], m.max[f]) - m.mean[f]) / m.std[f]);
       if (damage) {
         for (size_t k = 0; k < 3; ++k) ds.y.push_back((log_dmg(i, k) - m.target_mean[k]) / m.target_std[k]);
       } else {
