@@ -95,6 +95,23 @@ void round_for_file(ControllerModel& m) {
   for (double& x : m.target_std) x = round9(x);
   for (double& x : m.net.params()) x = round9(x);
   m.tau = round9(m.tau);
+  for (auto& [b, l] : m.lambda_table) {
+    b = round9(b);
+    l = round9(l);
+  }
+}
+
+double initial_lambda(const ControllerModel& m, double budget) {
+  const auto& t = m.lambda_table;
+  if (t.empty()) return m.is_damage() ? 1e-3 : 0.02;
+  if (budget <= t.front().first) return t.front().second;
+  if (budget >= t.back().first) return t.back().second;
+  for (size_t i = 1; i < t.size(); ++i)
+    if (budget <= t[i].first) {
+      const double f = (budget - t[i - 1].first) / (t[i].first - t[i - 1].first);
+      return std::exp((1 - f) * std::log(t[i - 1].second) + f * std::log(t[i].second));
+    }
+  return t.back().second;
 }
 
 std::string controller_to_json(const ControllerModel& m) {
@@ -123,6 +140,9 @@ std::string controller_to_json(const ControllerModel& m) {
                       {"bias", vec(std::vector<double>(b, b + out))}});
   }
   j["layers"] = layers;
+  json lt = json::array();
+  for (const auto& [b, l] : m.lambda_table) lt.push_back({b, l});
+  j["lambda_table"] = lt;
   j["quantizer"] = m.quantizer;
   json data = json::array();
   for (const TrainingCsv& c : m.csvs) data.push_back({{"path", c.path}, {"sha256", c.sha256}, {"rows", c.rows}});
@@ -244,6 +264,18 @@ ControllerModel parse_controller(const std::string& text, const std::string& nam
       std::copy(bv.begin(), bv.end(), m.net.bias(static_cast<int>(l)));
     }
 
+    if (j.contains("lambda_table")) {
+      const json& lt = j["lambda_table"];
+      if (!lt.is_array() || lt.size() > 256) c.fail("\"lambda_table\" must be an array of at most 256 pairs");
+      for (size_t i = 0; i < lt.size(); ++i) {
+        const std::string w = "lambda_table[" + std::to_string(i) + "]";
+        if (!lt[i].is_array() || lt[i].size() != 2) c.fail(w + " is not a pair [budget, lambda]");
+        const double b = c.number(lt[i][0], w + "[0]"), l = c.number(lt[i][1], w + "[1]");
+        if (!(l > 0)) c.fail(w + ": lambda is not positive");
+        if (i > 0 && !(b > m.lambda_table.back().first)) c.fail(w + ": budgets must increase");
+        m.lambda_table.emplace_back(b, l);
+      }
+    }
     m.quantizer = c.string(j, "quantizer", "file");
     if (!quantizer.empty() && m.quantizer != "unknown" && m.quantizer != quantizer)
       c.fail("trained on labels made with quantizer '" + m.quantizer + "', the cache runs '" + quantizer + "'");

@@ -39,6 +39,9 @@ struct ControllerModel {
   double tau = 0.004;                 // damage: the label threshold (smallest b with dmg_b <= tau, else 16)
   std::string quantizer = "unknown";  // the cache settings the labels were made with
   std::vector<TrainingCsv> csvs;
+  // The Lagrangian's starting lambda per budget, fitted on the training split (optional): pairs
+  // (budget B in stored bits, lambda) with increasing B; the learned policy interpolates log(lambda).
+  std::vector<std::pair<double, double>> lambda_table;
   nlohmann::json training = nlohmann::json::object();  // options the file was trained with
   nlohmann::json metrics = nlohmann::json::object();   // summary of the training report
 
@@ -50,6 +53,10 @@ struct ControllerModel {
 double round9(double v);
 // Rounds the controller's numbers (normalisation, weights, targets' statistics) with round9.
 void round_for_file(ControllerModel& m);
+
+// The starting lambda for a budget: log-linear interpolation in lambda_table (clamped at its ends);
+// without a table 1e-3 for damage (nats per bit), 0.02 for class models (probability per bit).
+double initial_lambda(const ControllerModel& m, double budget);
 
 std::string controller_to_json(const ControllerModel& m);  // the file's text (deterministic)
 void save_controller(const ControllerModel& m, const std::string& path);

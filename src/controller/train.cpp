@@ -375,6 +375,40 @@ std::vector<double> column(const std::vector<std::array<double, 3>>& v, size_t k
   return out;
 }
 
+// For budgets 3.0, 3.25, ..., 16 (the default ladder's bits), the smallest lambda at which
+// argmin_c cost_c + lambda * bits_c averages <= B over the training rows (bisection on log lambda).
+std::vector<std::pair<double, double>> fit_lambda_table(const ControllerModel& m, const Data& d) {
+  const std::array<double, 4> bits{3.0, 5.0, 9.0, 16.0};
+  const size_t nf = m.features.size();
+  std::vector<std::array<double, 4>> costs;
+  ControllerPredictor p(m);
+  for (size_t i = 0; i < d.n; ++i)
+    if (d.split[i] == 0) {
+      p.predict(d.x.data() + i * nf);
+      costs.push_back(p.cost());
+    }
+  auto mean_bits = [&](double lambda) {
+    double s = 0;
+    for (const auto& c : costs) {
+      size_t best = 0;
+      for (size_t k = 1; k < 4; ++k)
+        if (c[k] + lambda * bits[k] < c[best] + lambda * bits[best]) best = k;
+      s += bits[best];
+    }
+    return s / static_cast<double>(costs.size());
+  };
+  std::vector<std::pair<double, double>> table;
+  for (double b = 3.0; b <= 16.0 + 1e-9; b += 0.25) {
+    double lo = std::log(1e-12), hi = std::log(1e6);  // mean_bits falls as lambda grows
+    for (int it = 0; it < 60; ++it) {
+      const double mid = 0.5 * (lo + hi);
+      (mean_bits(std::exp(mid)) <= b ? hi : lo) = mid;
+    }
+    table.emplace_back(b, std::exp(hi));
+  }
+  return table;
+}
+
 }  // namespace
 
 std::vector<std::string> default_controller_features() { return feature_names(); }
@@ -532,6 +566,8 @@ TrainResult train_controller(const TrainOptions& o, std::FILE* log) {
   r.curve_csv = curve.str();
 
   r.model = c.model;
+  r.model.lambda_table = fit_lambda_table(r.model, d);
+  round_for_file(r.model);
   json tr;
   tr["command"] = o.command;
   tr["target_requested"] = tg;

@@ -21,9 +21,8 @@ class LearnedPolicy final : public KvPolicy {
     const auto& names = feature_names();
     for (const std::string& f : model_.features)  // the loader checked that every name is known
       index_.push_back(static_cast<size_t>(std::find(names.begin(), names.end(), f) - names.begin()));
-    // lambda's starting point, in cost units per stored bit: damage in nats (4 vs 8 bits differ by
-    // ~0.004 nats over 4 bits), or a probability for class models. It adapts online either way.
-    if (budget > 0) chooser_.emplace(budget, ctx.class_bits, model_.is_damage() ? 1e-3 : 0.02);
+    // lambda starts where the training split met this budget (the file's table) and adapts online.
+    if (budget > 0) chooser_.emplace(budget, ctx.class_bits, initial_lambda(model_, budget));
   }
 
   int choose(const TokenFeatures& f) override {
