@@ -62,13 +62,18 @@ void run(benchmark::State& state, kvd::KvPolicy& p) {
 void BM_Learned(benchmark::State& state) {
   const bool damage = state.range(0) != 0;
   const double budget = static_cast<double>(state.range(3));
-  auto p = kvd::make_learned_policy(random_model(damage ? "damage" : "oracle_bits", static_cast<int>(state.range(1)),
-                                                 static_cast<int>(state.range(2))),
-                                    "bench", budget, kvd::PolicyContext{});
+  auto p = kvd::make_learned_policy(
+      random_model(damage ? "damage" : "oracle_bits", static_cast<int>(state.range(1)),
+                   static_cast<int>(state.range(2))),
+      "bench", budget, kvd::PolicyContext{});
   run(state, *p);
 }
 // (damage?, H1, H2, budget 0 = none)
-BENCHMARK(BM_Learned)->Args({1, 128, 64, 0})->Args({1, 128, 64, 5})->Args({0, 128, 64, 0})->Args({1, 64, 64, 5});
+BENCHMARK(BM_Learned)
+    ->Args({1, 128, 64, 0})
+    ->Args({1, 128, 64, 5})
+    ->Args({0, 128, 64, 0})
+    ->Args({1, 64, 64, 5});
 
 void BM_LearnedFile(benchmark::State& state) {
   const char* path = std::getenv("KVDIAL_CONTROLLER");

@@ -169,9 +169,10 @@ TEST(ControllerBudget, BadBudgetsAreOneLineErrors) {
     }
     return std::string("accepted");
   };
-  EXPECT_EQ(message("rule@2.9"),
-            "--kv-policy 'rule@2.9': budget 2.9 bits per element is below the cheapest class (2 bits stores 3 "
-            "with scales)");
+  EXPECT_EQ(
+      message("rule@2.9"),
+      "--kv-policy 'rule@2.9': budget 2.9 bits per element is below the cheapest class (2 bits stores 3 "
+      "with scales)");
   EXPECT_NE(message("static:4@1").find("below the cheapest class"), std::string::npos);
   EXPECT_NE(message("rule@abc").find("budget 'abc' after '@' is not a number"), std::string::npos);
   EXPECT_NE(message("rule@").find("is not a number"), std::string::npos);

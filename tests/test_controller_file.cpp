@@ -145,7 +145,9 @@ void expect_refused(const std::string& text, const std::string& want, const std:
   }
 }
 
-json good_json(const std::string& target = "damage") { return json::parse(controller_to_json(random_model(target))); }
+json good_json(const std::string& target = "damage") {
+  return json::parse(controller_to_json(random_model(target)));
+}
 
 void expect_refused(const std::function<void(json&)>& edit, const std::string& want,
                     const std::string& target = "damage") {
@@ -165,11 +167,14 @@ TEST(ControllerFile, MalformedFilesAreRefused) {
   expect_refused([](json& j) { j["version"] = "1"; }, "version is not an integer");
   expect_refused([](json& j) { j["format"] = "other"; }, "\"format\"");
   expect_refused([](json& j) { j.erase("features"); }, "lacks \"features\"");
-  expect_refused([](json& j) { j["features"][2] = "latency"; }, "feature 'latency' is not one the engine computes");
+  expect_refused([](json& j) { j["features"][2] = "latency"; },
+                 "feature 'latency' is not one the engine computes");
   expect_refused([](json& j) { j["features"][1] = "entropy"; }, "feature 'entropy' appears twice");
-  expect_refused([](json& j) { j["features"].erase(j["features"].begin()); }, "normalization.mean has 8 values");
+  expect_refused([](json& j) { j["features"].erase(j["features"].begin()); },
+                 "normalization.mean has 8 values");
   expect_refused([](json& j) { j["normalization"]["std"][0] = 0; }, "normalization.std[0] is not positive");
-  expect_refused([](json& j) { j["normalization"]["mean"][3] = "x"; }, "normalization.mean[3] is not a number");
+  expect_refused([](json& j) { j["normalization"]["mean"][3] = "x"; },
+                 "normalization.mean[3] is not a number");
   expect_refused([](json& j) { j["normalization"]["min"][2] = 2e9; }, "normalization.min[2] is above");
   expect_refused([](json& j) { j["normalization"].erase("max"); }, "normalization lacks \"max\"");
   expect_refused([](json& j) { j["target"] = "loss"; }, "unknown target 'loss'");
@@ -177,8 +182,12 @@ TEST(ControllerFile, MalformedFilesAreRefused) {
   expect_refused([](json& j) { j["layers"][1]["in"] = 15; }, "layers[1].in = 15");
   expect_refused([](json& j) { j["layers"][0]["weights"].erase(0); }, "layers[0].weights must be an array");
   expect_refused([](json& j) { j["layers"][2]["bias"].push_back(1.0); }, "layers[2].bias has 4 values");
-  expect_refused([](json& j) { j["layers"][2]["out"] = 4; j["layers"][2]["bias"].push_back(0.0); },
-                 "the last layer has 4 outputs");
+  expect_refused(
+      [](json& j) {
+        j["layers"][2]["out"] = 4;
+        j["layers"][2]["bias"].push_back(0.0);
+      },
+      "the last layer has 4 outputs");
   expect_refused([](json& j) { j["layers"][0]["out"] = 100000; }, "layers[0].out = 100000 is outside");
   expect_refused([](json& j) { j["layers"][0]["activation"] = "tanh"; }, "activation must be \"relu\"");
   expect_refused([](json& j) { j["layers"] = json::array(); }, "\"layers\" must be an array of 1 to 8");
@@ -210,8 +219,9 @@ TEST(ControllerFile, QuantizerMismatchIsRefused) {
   const std::string text = controller_to_json(m);
   EXPECT_NO_THROW(parse_controller(text, "ctl.json", m.quantizer));
   EXPECT_NO_THROW(parse_controller(text, "ctl.json", ""));  // caller does not know: not checked
-  expect_refused(text, "trained on labels made with quantizer 'K3V2g64,K5V4g64,K8V8g32,F16', the cache runs 'K4V4g32'",
-                 "K4V4g32");
+  expect_refused(
+      text, "trained on labels made with quantizer 'K3V2g64,K5V4g64,K8V8g32,F16', the cache runs 'K4V4g32'",
+      "K4V4g32");
   json j = json::parse(text);
   j["quantizer"] = "unknown";  // labels whose settings nobody recorded: accepted
   EXPECT_NO_THROW(parse_controller(j.dump(), "ctl.json", "K4V4g32"));

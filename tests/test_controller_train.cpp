@@ -45,11 +45,12 @@ std::string synthetic_csv(int rows, uint64_t seed,
     const int kv = entropy >= 6.5 ? 16 : entropy >= 4 ? 8 : entropy >= 2 ? 4 : 2;
     char buf[1024];
     std::snprintf(buf, sizeof buf,
-                  "%.7g,%.7g,%.7g,%d,%.4g,%d,%d,%d,%d,%d,%.7g,%.7g,%.7g,%.7g,%d,%s,%.7g,%.7g,%.7g,%d,%.7g,%.7g,%.7g,%.7g",
-                  entropy, 3.4 + 7 * rng.uniform(), 0.1 * rng.uniform(), kv, 20.0, 0, example + 1, example, position,
-                  static_cast<int>(rng.below(49152)), attn_max, 12 + 20 * rng.uniform(), 3 + 12 * rng.uniform(),
-                  rng.uniform(), 7, split, dmg2, dmg4, dmg8, oracle, 2 * score, 20 * score, 4 * score,
-                  0.2 * score);
+                  "%.7g,%.7g,%.7g,%d,%.4g,%d,%d,%d,%d,%d,%.7g,%.7g,%.7g,%.7g,%d,%s,%.7g,%.7g,%.7g,%d,%.7g,%."
+                  "7g,%.7g,%.7g",
+                  entropy, 3.4 + 7 * rng.uniform(), 0.1 * rng.uniform(), kv, 20.0, 0, example + 1, example,
+                  position, static_cast<int>(rng.below(49152)), attn_max, 12 + 20 * rng.uniform(),
+                  3 + 12 * rng.uniform(), rng.uniform(), 7, split, dmg2, dmg4, dmg8, oracle, 2 * score,
+                  20 * score, 4 * score, 0.2 * score);
     std::vector<std::string> cells;
     std::stringstream ss(buf);
     std::string c;
@@ -191,39 +192,48 @@ TEST(ControllerTrain, MalformedCsvsAreRefused) {
   expect_csv_refused(drop_column(good, "split"), "lacks the column 'split'");
   expect_csv_refused(drop_column(good, "attn_max"), "lacks the column 'attn_max'");
   expect_csv_refused(drop_column(good, "dmg4"), "lacks the column 'dmg4'", "damage");
-  expect_csv_refused(drop_column(drop_column(drop_column(drop_column(good, "oracle_bits"), "dmg2"), "dmg4"), "dmg8"),
-                     "lacks the column 'oracle_bits'", "oracle_bits");
-  expect_csv_refused(synthetic_csv(300, 4, [](int r, std::vector<std::string>& c) {
-                       if (r == 17) c[10] = "abc";
-                     }),
+  expect_csv_refused(
+      drop_column(drop_column(drop_column(drop_column(good, "oracle_bits"), "dmg2"), "dmg4"), "dmg8"),
+      "lacks the column 'oracle_bits'", "oracle_bits");
+  expect_csv_refused(synthetic_csv(300, 4,
+                                   [](int r, std::vector<std::string>& c) {
+                                     if (r == 17) c[10] = "abc";
+                                   }),
                      ":19: column 'attn_max': 'abc' is not a finite number");
-  expect_csv_refused(synthetic_csv(300, 4, [](int r, std::vector<std::string>& c) {
-                       if (r == 5) c[0] = "nan";
-                     }),
+  expect_csv_refused(synthetic_csv(300, 4,
+                                   [](int r, std::vector<std::string>& c) {
+                                     if (r == 5) c[0] = "nan";
+                                   }),
                      "column 'entropy': 'nan' is not a finite number");
-  expect_csv_refused(synthetic_csv(300, 4, [](int r, std::vector<std::string>& c) {
-                       if (r == 3) c.pop_back();
-                     }),
+  expect_csv_refused(synthetic_csv(300, 4,
+                                   [](int r, std::vector<std::string>& c) {
+                                     if (r == 3) c.pop_back();
+                                   }),
                      ":5: 23 columns, the header has 24");
-  expect_csv_refused(synthetic_csv(300, 4, [](int r, std::vector<std::string>& c) {
-                       if (r == 9) c[15] = "dev";
-                     }),
+  expect_csv_refused(synthetic_csv(300, 4,
+                                   [](int r, std::vector<std::string>& c) {
+                                     if (r == 9) c[15] = "dev";
+                                   }),
                      "row 10: split 'dev' is not train, val or test");
-  expect_csv_refused(synthetic_csv(300, 4, [](int r, std::vector<std::string>& c) {
-                       if (r == 2) c[19] = "5";
-                     }),
+  expect_csv_refused(synthetic_csv(300, 4,
+                                   [](int r, std::vector<std::string>& c) {
+                                     if (r == 2) c[19] = "5";
+                                   }),
                      "row 3: oracle_bits = 5 is not a width class", "kv_bits");
-  expect_csv_refused(synthetic_csv(300, 4, [](int r, std::vector<std::string>& c) {
-                       if (r == 2) c[3] = "3";
-                     }),
+  expect_csv_refused(synthetic_csv(300, 4,
+                                   [](int r, std::vector<std::string>& c) {
+                                     if (r == 2) c[3] = "3";
+                                   }),
                      "row 3: kv_bits = 3 is not a width class");
-  expect_csv_refused(synthetic_csv(300, 4, [](int r, std::vector<std::string>& c) {
-                       if (r == 2) c[17] = "-1";
-                     }),
+  expect_csv_refused(synthetic_csv(300, 4,
+                                   [](int r, std::vector<std::string>& c) {
+                                     if (r == 2) c[17] = "-1";
+                                   }),
                      "row 3: dmg4 is negative");
-  expect_csv_refused(synthetic_csv(100, 4, [](int, std::vector<std::string>& c) {
-                       if (c[15] == "val") c[15] = "train";
-                     }),
+  expect_csv_refused(synthetic_csv(100, 4,
+                                   [](int, std::vector<std::string>& c) {
+                                     if (c[15] == "val") c[15] = "train";
+                                   }),
                      "no rows in the 'val' split");
   expect_csv_refused(good, "'latency' is not a feature the engine computes", "auto", {"entropy", "latency"});
   expect_csv_refused(good, "'entropy' appears twice", "auto", {"entropy", "entropy"});

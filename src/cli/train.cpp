@@ -22,12 +22,15 @@ std::vector<std::string> split_list(const std::string& s) {
 }  // namespace
 
 void add_train_options(CLI::App* app, TrainArgs& a) {
-  app->add_option("--csv", a.opt.csvs, "CSV(s) written by kvdial collect (rows split by their `split` column)")
+  app->add_option("--csv", a.opt.csvs,
+                  "CSV(s) written by kvdial collect (rows split by their `split` column)")
       ->required();
-  app->add_option("-o,--output", a.out, "controller file to write (JSON); the report goes beside it")->required();
-  app->add_option("--target", a.opt.target,
-                  "oracle_bits (measured labels), kv_bits (imitate the collecting rule), damage (log-damage per "
-                  "width), auto (damage and oracle_bits, the higher validation macro-F1 wins)")
+  app->add_option("-o,--output", a.out, "controller file to write (JSON); the report goes beside it")
+      ->required();
+  app->add_option(
+         "--target", a.opt.target,
+         "oracle_bits (measured labels), kv_bits (imitate the collecting rule), damage (log-damage per "
+         "width), auto (damage and oracle_bits, the higher validation macro-F1 wins)")
       ->capture_default_str();
   app->add_option("--features", a.features,
                   "comma-separated inputs (default: entropy,rarity,attn_var,attn_max,k_norm,v_norm,max_prob,"
@@ -40,8 +43,12 @@ void add_train_options(CLI::App* app, TrainArgs& a) {
       ->capture_default_str()
       ->check(CLI::Range(1, 1000000));
   app->add_option("--seed", a.opt.fit.seed, "initialisation and shuffling seed")->capture_default_str();
-  app->add_option("--lr", a.opt.fit.lr, "Adam learning rate")->capture_default_str()->check(CLI::Range(1e-9, 10.0));
-  app->add_option("--batch", a.opt.fit.batch, "mini-batch size")->capture_default_str()->check(CLI::Range(1, 1 << 20));
+  app->add_option("--lr", a.opt.fit.lr, "Adam learning rate")
+      ->capture_default_str()
+      ->check(CLI::Range(1e-9, 10.0));
+  app->add_option("--batch", a.opt.fit.batch, "mini-batch size")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 1 << 20));
   app->add_option("--tau", a.opt.tau, "label threshold (nats); default: the CSV sidecar's tau, else 0.004")
       ->check(CLI::Range(1e-12, 1e9));
 }
@@ -58,7 +65,8 @@ int run_train(TrainArgs a) {
       used = 0;
     }
     if (h.empty() || used != h.size() || v < 1 || v > 4096)
-      throw Error("--hidden '" + a.hidden + "': layer sizes are integers 1..4096 separated by ',' (e.g. 128,64)");
+      throw Error("--hidden '" + a.hidden +
+                  "': layer sizes are integers 1..4096 separated by ',' (e.g. 128,64)");
     a.opt.hidden.push_back(v);
   }
   // The command that made the file, recorded in it (arguments in a fixed order, so it is reproducible).
@@ -80,8 +88,10 @@ int run_train(TrainArgs a) {
   write_training_outputs(r, a.out);
   std::fputs(r.report_md.c_str(), stdout);
   std::printf("\n%s\n", r.note.c_str());
-  std::printf("wrote %s (+ .report.md, .report.json, .curve.csv) in %.1f s; plot: python3 scripts/plot_training.py %s.curve.csv\n",
-              a.out.c_str(), s, a.out.c_str());
+  std::printf(
+      "wrote %s (+ .report.md, .report.json, .curve.csv) in %.1f s; plot: python3 scripts/plot_training.py "
+      "%s.curve.csv\n",
+      a.out.c_str(), s, a.out.c_str());
   return 0;
 }
 

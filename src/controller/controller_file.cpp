@@ -67,7 +67,8 @@ class Checker {
     const json& v = member(obj, key, where);
     const std::string w = where + "." + key;
     if (!v.is_array()) fail(w + " is not an array");
-    if (v.size() != n) fail(w + " has " + std::to_string(v.size()) + " values, expected " + std::to_string(n));
+    if (v.size() != n)
+      fail(w + " has " + std::to_string(v.size()) + " values, expected " + std::to_string(n));
     std::vector<double> out;
     out.reserve(n);
     for (size_t i = 0; i < n; ++i) out.push_back(number(v[i], w + "[" + std::to_string(i) + "]"));
@@ -123,7 +124,7 @@ std::string controller_to_json(const ControllerModel& m) {
   j["features"] = m.features;
   j["normalization"] = {{"mean", vec(m.mean)}, {"std", vec(m.std)}, {"min", vec(m.min)}, {"max", vec(m.max)}};
   if (m.is_damage()) {
-    j["output"] = {{"kind", "log_damage"},    {"widths", kDamageWidths},   {"offset", kDamageOffset},
+    j["output"] = {{"kind", "log_damage"},       {"widths", kDamageWidths},  {"offset", kDamageOffset},
                    {"mean", vec(m.target_mean)}, {"std", vec(m.target_std)}, {"tau", m.tau}};
   } else {
     j["output"] = {{"kind", "class_logits"}};
@@ -145,7 +146,8 @@ std::string controller_to_json(const ControllerModel& m) {
   j["lambda_table"] = lt;
   j["quantizer"] = m.quantizer;
   json data = json::array();
-  for (const TrainingCsv& c : m.csvs) data.push_back({{"path", c.path}, {"sha256", c.sha256}, {"rows", c.rows}});
+  for (const TrainingCsv& c : m.csvs)
+    data.push_back({{"path", c.path}, {"sha256", c.sha256}, {"rows", c.rows}});
   j["training_data"] = data;
   j["training"] = m.training;
   j["metrics"] = m.metrics;
@@ -161,7 +163,8 @@ void save_controller(const ControllerModel& m, const std::string& path) {
   if (!out) throw Error(path + ": write failed");
 }
 
-ControllerModel parse_controller(const std::string& text, const std::string& name, const std::string& quantizer) {
+ControllerModel parse_controller(const std::string& text, const std::string& name,
+                                 const std::string& quantizer) {
   const Checker c(name);
   json j;
   try {
@@ -173,7 +176,8 @@ ControllerModel parse_controller(const std::string& text, const std::string& nam
   }
   try {
     if (!j.is_object()) c.fail("not a JSON object");
-    if (c.string(j, "format", "file") != kFormat) c.fail("\"format\" is not \"" + std::string(kFormat) + "\"");
+    if (c.string(j, "format", "file") != kFormat)
+      c.fail("\"format\" is not \"" + std::string(kFormat) + "\"");
     const int64_t version = c.integer(j, "version", "file", INT64_MIN, INT64_MAX);
     if (version != kControllerVersion)
       c.fail("unknown format version " + std::to_string(version) + " (this kvdial reads version " +
@@ -206,7 +210,8 @@ ControllerModel parse_controller(const std::string& text, const std::string& nam
     for (size_t i = 0; i < nf; ++i) {
       if (!(m.std[i] > 0)) c.fail("normalization.std[" + std::to_string(i) + "] is not positive");
       if (!(m.min[i] <= m.max[i]))
-        c.fail("normalization.min[" + std::to_string(i) + "] is above normalization.max[" + std::to_string(i) + "]");
+        c.fail("normalization.min[" + std::to_string(i) + "] is above normalization.max[" +
+               std::to_string(i) + "]");
     }
 
     const json& out = c.member(j, "output", "file");
@@ -236,8 +241,8 @@ ControllerModel parse_controller(const std::string& text, const std::string& nam
       const int64_t in = c.integer(layers[l], "in", w, 1, kMaxUnits);
       const int64_t o = c.integer(layers[l], "out", w, 1, kMaxUnits);
       if (in != sizes.back())
-        c.fail(w + ".in = " + std::to_string(in) + " but the layer before gives " + std::to_string(sizes.back()) +
-               (l == 0 ? " (the number of features)" : ""));
+        c.fail(w + ".in = " + std::to_string(in) + " but the layer before gives " +
+               std::to_string(sizes.back()) + (l == 0 ? " (the number of features)" : ""));
       const std::string act = c.string(layers[l], "activation", w);
       const bool last = l + 1 == layers.size();
       if (act != (last ? "linear" : "relu"))
@@ -245,8 +250,8 @@ ControllerModel parse_controller(const std::string& text, const std::string& nam
       sizes.push_back(static_cast<int>(o));
     }
     if (static_cast<size_t>(sizes.back()) != n_out)
-      c.fail("the last layer has " + std::to_string(sizes.back()) + " outputs, target " + m.target + " needs " +
-             std::to_string(n_out));
+      c.fail("the last layer has " + std::to_string(sizes.back()) + " outputs, target " + m.target +
+             " needs " + std::to_string(n_out));
     for (size_t l = 0; l < layers.size(); ++l) {  // sizes first: no allocation beyond what the file holds
       const std::string w = "layers[" + std::to_string(l) + "]";
       const json& wj = c.member(layers[l], "weights", w);
@@ -278,7 +283,8 @@ ControllerModel parse_controller(const std::string& text, const std::string& nam
     }
     m.quantizer = c.string(j, "quantizer", "file");
     if (!quantizer.empty() && m.quantizer != "unknown" && m.quantizer != quantizer)
-      c.fail("trained on labels made with quantizer '" + m.quantizer + "', the cache runs '" + quantizer + "'");
+      c.fail("trained on labels made with quantizer '" + m.quantizer + "', the cache runs '" + quantizer +
+             "'");
     const json& data = c.member(j, "training_data", "file");
     if (!data.is_array()) c.fail("\"training_data\" is not an array");
     for (size_t i = 0; i < data.size(); ++i) {

@@ -40,7 +40,8 @@ Mlp::Mlp(std::vector<int> sizes) : sizes_(std::move(sizes)) {
   for (int l = 0; l < layers(); ++l) {
     KVD_ASSERT(sizes_[static_cast<size_t>(l)] > 0 && sizes_[static_cast<size_t>(l) + 1] > 0);
     w_off_.push_back(off);
-    off += static_cast<size_t>(sizes_[static_cast<size_t>(l)]) * static_cast<size_t>(sizes_[static_cast<size_t>(l) + 1]);
+    off += static_cast<size_t>(sizes_[static_cast<size_t>(l)]) *
+           static_cast<size_t>(sizes_[static_cast<size_t>(l) + 1]);
     b_off_.push_back(off);
     off += static_cast<size_t>(sizes_[static_cast<size_t>(l) + 1]);
   }
@@ -143,8 +144,8 @@ double example_loss(Loss loss, const double* out, int n_out, const Dataset& d, s
   return l / n_out;
 }
 
-double batch_loss(const Mlp& net, Loss loss, const Dataset& d, const size_t* rows, size_t n, Mlp::Workspace& ws,
-                  double* grad) {
+double batch_loss(const Mlp& net, Loss loss, const Dataset& d, const size_t* rows, size_t n,
+                  Mlp::Workspace& ws, double* grad) {
   std::vector<double> dout(static_cast<size_t>(net.outputs()));
   double total = 0;
   for (size_t i = 0; i < n; ++i) {
@@ -169,7 +170,8 @@ FitResult fit(Mlp& net, Loss loss, const Dataset& train, const Dataset& val, con
               const std::function<std::vector<double>(const Mlp&)>& epoch_metrics) {
   if (train.rows() == 0) throw Error("training: the training split has no rows");
   if (val.rows() == 0) throw Error("training: the validation split has no rows (early stopping needs it)");
-  if (o.epochs < 1 || o.batch < 1 || !(o.lr > 0)) throw Error("training: epochs, batch and lr must be positive");
+  if (o.epochs < 1 || o.batch < 1 || !(o.lr > 0))
+    throw Error("training: epochs, batch and lr must be positive");
   net.init(o.seed);
   SplitMix64 rng(o.seed ^ 0x5DEECE66Dull);  // a stream of its own for the shuffles
   const size_t np = net.params().size();

@@ -19,9 +19,9 @@ class SplitMix64 {
  public:
   explicit SplitMix64(uint64_t seed) : s_(seed) {}
   uint64_t next();
-  double uniform();                  // [0, 1), 53 bits
-  double normal();                   // standard normal (Box-Muller, one value per call)
-  uint64_t below(uint64_t n);        // uniform in [0, n), unbiased (rejection)
+  double uniform();            // [0, 1), 53 bits
+  double normal();             // standard normal (Box-Muller, one value per call)
+  uint64_t below(uint64_t n);  // uniform in [0, n), unbiased (rejection)
 
  private:
   uint64_t s_;
@@ -36,7 +36,7 @@ class Mlp {
   const std::vector<int>& sizes() const { return sizes_; }
   int inputs() const { return sizes_.front(); }
   int outputs() const { return sizes_.back(); }
-  int layers() const { return static_cast<int>(sizes_.size()) - 1;  }
+  int layers() const { return static_cast<int>(sizes_.size()) - 1; }
   // Layer l's weights: sizes[l+1] rows (outputs) of sizes[l] columns (inputs), row-major; and biases.
   double* weight(int l) { return params_.data() + w_off_[static_cast<size_t>(l)]; }
   const double* weight(int l) const { return params_.data() + w_off_[static_cast<size_t>(l)]; }
@@ -70,10 +70,10 @@ enum class Loss { kCrossEntropy, kMse };
 // Rows of inputs with either class labels (cross-entropy) or target vectors (MSE).
 struct Dataset {
   int n_in = 0;
-  int n_targets = 0;            // MSE: values per row
-  std::vector<double> x;        // rows x n_in
-  std::vector<int> label;       // cross-entropy: class per row
-  std::vector<double> y;        // MSE: rows x n_targets
+  int n_targets = 0;       // MSE: values per row
+  std::vector<double> x;   // rows x n_in
+  std::vector<int> label;  // cross-entropy: class per row
+  std::vector<double> y;   // MSE: rows x n_targets
   size_t rows() const { return n_in ? x.size() / static_cast<size_t>(n_in) : 0; }
   const double* row(size_t i) const { return x.data() + i * static_cast<size_t>(n_in); }
 };
@@ -91,19 +91,19 @@ struct FitOptions {
   int batch = 64;
   double lr = 1e-3;
   double beta1 = 0.9, beta2 = 0.999, eps = 1e-8;  // Adam (Kingma & Ba 2015)
-  int patience = 30;   // stop after this many epochs without a lower validation loss
-  uint64_t seed = 0;   // initialisation and shuffling
+  int patience = 30;  // stop after this many epochs without a lower validation loss
+  uint64_t seed = 0;  // initialisation and shuffling
 };
 
 struct EpochRecord {
-  int epoch = 0;               // 1-based
-  double train_loss = 0;       // over the whole training set after the epoch
+  int epoch = 0;          // 1-based
+  double train_loss = 0;  // over the whole training set after the epoch
   double val_loss = 0;
-  std::vector<double> extra;   // what FitOptions' caller computes per epoch (e.g. accuracies)
+  std::vector<double> extra;  // what FitOptions' caller computes per epoch (e.g. accuracies)
 };
 
 struct FitResult {
-  int best_epoch = 0;          // the weights kept are those after this epoch
+  int best_epoch = 0;  // the weights kept are those after this epoch
   double best_val_loss = 0;
   int epochs_run = 0;
   std::vector<EpochRecord> curve;

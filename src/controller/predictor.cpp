@@ -10,7 +10,8 @@ ControllerPredictor::ControllerPredictor(const ControllerModel& m)
     : m_(m), ws_(m.net.workspace()), x_(m.features.size()) {}
 
 int ControllerPredictor::predict(const double* raw) {
-  for (size_t i = 0; i < x_.size(); ++i) x_[i] = (std::clamp(raw[i], m_.min[i], m_.max[i]) - m_.mean[i]) / m_.std[i];
+  for (size_t i = 0; i < x_.size(); ++i)
+    x_[i] = (std::clamp(raw[i], m_.min[i], m_.max[i]) - m_.mean[i]) / m_.std[i];
   const double* out = m_.net.forward(x_.data(), ws_);
   if (m_.is_damage()) {
     int choice = 16;

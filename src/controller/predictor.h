@@ -14,7 +14,8 @@ class ControllerPredictor {
  public:
   explicit ControllerPredictor(const ControllerModel& m);  // keeps a reference: m must outlive it
 
-  // raw: the features in m.features order (clamped to the training range, then standardised). Returns the width (2, 4, 8 or 16) chosen without a budget:
+  // raw: the features in m.features order (clamped to the training range, then standardised). Returns the
+  // width (2, 4, 8 or 16) chosen without a budget:
   //   classes: the most probable class (ties to the narrower);
   //   damage:  the smallest b in 2, 4, 8 whose predicted damage is <= tau, else 16 (the labels' rule).
   int predict(const double* raw);
@@ -25,7 +26,7 @@ class ControllerPredictor {
   //   classes: P(label > b), the probability that b bits are too few (16 bits: 0).
   const std::array<double, 4>& cost() const { return cost_; }
   const std::array<double, 4>& probabilities() const { return prob_; }  // classes only
-  const std::array<double, 3>& log_damage() const { return log_dmg_; }   // damage only: log(dmg_b + 1e-6)
+  const std::array<double, 3>& log_damage() const { return log_dmg_; }  // damage only: log(dmg_b + 1e-6)
 
  private:
   const ControllerModel& m_;

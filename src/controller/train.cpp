@@ -27,10 +27,10 @@ constexpr int kWidths[4] = {2, 4, 8, 16};
 struct Data {
   std::vector<std::string> features;
   size_t n = 0;
-  std::vector<double> x;            // n x features, raw
-  std::vector<int> split;           // 0 train, 1 val, 2 test
-  std::vector<int> label;           // class index of the evaluation label (see below)
-  std::vector<int> kv;              // class index of kv_bits (the rule that ran)
+  std::vector<double> x;   // n x features, raw
+  std::vector<int> split;  // 0 train, 1 val, 2 test
+  std::vector<int> label;  // class index of the evaluation label (see below)
+  std::vector<int> kv;     // class index of kv_bits (the rule that ran)
   bool has_dmg = false, has_proxy = false, has_recv = false;
   std::vector<std::array<double, 3>> dmg, proxy;
   std::vector<double> recv;
@@ -132,8 +132,8 @@ Data load(const TrainOptions& o, bool need_oracle, bool need_dmg, bool label_is_
       sidecar_tau = tau;
     } else {
       if (q != d.quantizer)
-        throw Error(path + ": labels made with quantizer '" + q + "', " + o.csvs[0] + "'s with '" + d.quantizer +
-                    "'");
+        throw Error(path + ": labels made with quantizer '" + q + "', " + o.csvs[0] + "'s with '" +
+                    d.quantizer + "'");
       if (tau != sidecar_tau && o.tau == 0)
         throw Error(path + ": its sidecar's tau " + fmt("%g", tau) + " differs from " + o.csvs[0] +
                     "'s; give --tau");
@@ -144,7 +144,8 @@ Data load(const TrainOptions& o, bool need_oracle, bool need_dmg, bool label_is_
       for (int k = 0; k < 3; ++k)
         if (s == kSplitNames[k]) sp = k;
       if (sp < 0)
-        throw Error(path + ": row " + std::to_string(r + 1) + ": split '" + s + "' is not train, val or test");
+        throw Error(path + ": row " + std::to_string(r + 1) + ": split '" + s +
+                    "' is not train, val or test");
       d.split.push_back(sp);
       for (size_t c : fcols) d.x.push_back(t.values[c][r]);
       auto cls = [&](size_t c, const char* name) {
@@ -169,7 +170,8 @@ Data load(const TrainOptions& o, bool need_oracle, bool need_dmg, bool label_is_
       }
       if (proxy_here) {
         std::array<double, 3> g{};
-        for (int k = 0; k < 3; ++k) g[static_cast<size_t>(k)] = t.values[col("proxy" + std::to_string(kWidths[k]))][r];
+        for (int k = 0; k < 3; ++k)
+          g[static_cast<size_t>(k)] = t.values[col("proxy" + std::to_string(kWidths[k]))][r];
         d.proxy.push_back(g);
       }
       if (recv_here) d.recv.push_back(t.values[col("recv")][r]);
@@ -194,7 +196,8 @@ Data load(const TrainOptions& o, bool need_oracle, bool need_dmg, bool label_is_
       if (had_column && d.label[i] != c) ++differ;
       d.label[i] = c;
     }
-    d.label_desc = "oracle at tau = " + fmt("%g", d.tau) + " (smallest b in 2, 4, 8 with dmg_b <= tau, else 16)";
+    d.label_desc =
+        "oracle at tau = " + fmt("%g", d.tau) + " (smallest b in 2, 4, 8 with dmg_b <= tau, else 16)";
     if (had_column && differ && log && (sidecar_tau == 0 || d.tau == sidecar_tau))
       std::fprintf(log, "train: note: %lld rows' oracle_bits differ from the label recomputed at tau %g\n",
                    static_cast<long long>(differ), d.tau);
@@ -214,7 +217,7 @@ struct Candidate {
   std::string target;
   ControllerModel model;
   FitResult fit;
-  std::array<std::vector<int>, 3> truth, pred;                         // per split, class indices
+  std::array<std::vector<int>, 3> truth, pred;                          // per split, class indices
   std::array<std::vector<std::array<double, 3>>, 3> log_dmg, meas_dmg;  // damage: per split
   std::array<ClassMetrics, 3> metrics;
 };
@@ -331,8 +334,8 @@ Candidate train_target(const Data& d, const std::string& target, const TrainOpti
   }
   if (log)
     std::fprintf(log, "train: %s: best epoch %d of %d, val loss %.5f, val accuracy %.4f, macro-F1 %.4f\n",
-                 target.c_str(), c.fit.best_epoch, c.fit.epochs_run, c.fit.best_val_loss, c.metrics[1].accuracy,
-                 c.metrics[1].macro_f1);
+                 target.c_str(), c.fit.best_epoch, c.fit.epochs_run, c.fit.best_val_loss,
+                 c.metrics[1].accuracy, c.metrics[1].macro_f1);
   return c;
 }
 
@@ -356,11 +359,13 @@ json metrics_json(const ClassMetrics& m) {
 
 std::string per_class_md(const ClassMetrics& m) {
   std::ostringstream s;
-  s << "| class | support | predicted | precision | recall | F1 |\n| ---: | ---: | ---: | ---: | ---: | ---: |\n";
+  s << "| class | support | predicted | precision | recall | F1 |\n| ---: | ---: | ---: | ---: | ---: | ---: "
+       "|\n";
   for (size_t c = 0; c < 4; ++c)
     s << "| " << kWidths[c] << " | " << m.support[c] << " | " << m.predicted[c] << " | " << f4(m.precision[c])
       << " | " << f4(m.recall[c]) << " | " << f4(m.f1[c]) << " |\n";
-  s << "\nconfusion (rows: label, columns: predicted)\n\n| label \\ pred | 2 | 4 | 8 | 16 |\n| ---: | ---: | ---: | ---: | ---: |\n";
+  s << "\nconfusion (rows: label, columns: predicted)\n\n| label \\ pred | 2 | 4 | 8 | 16 |\n| ---: | ---: | "
+       "---: | ---: | ---: |\n";
   for (size_t c = 0; c < 4; ++c) {
     s << "| " << kWidths[c];
     for (size_t k = 0; k < 4; ++k) s << " | " << m.confusion[c][k];
@@ -478,7 +483,8 @@ TrainResult train_controller(const TrainOptions& o, std::FILE* log) {
      << " (early stopping on the validation loss, patience " << o.fit.patience << ", at most " << o.fit.epochs
      << " epochs)\n";
   md << "- quantizer of the labels: " << m.quantizer << "\n- data:";
-  for (const TrainingCsv& t : d.csvs) md << " " << t.path << " (" << t.rows << " rows, sha256 " << t.sha256 << ")";
+  for (const TrainingCsv& t : d.csvs)
+    md << " " << t.path << " (" << t.rows << " rows, sha256 " << t.sha256 << ")";
   md << "\n\n## Summary\n\n";
   md << "Model = the controller's own choice (no budget). Majority = the training split's most common label ("
      << kWidths[majority] << "). Rule = the kv_bits column (the policy that ran during collect).\n\n";
@@ -492,11 +498,13 @@ TrainResult train_controller(const TrainOptions& o, std::FILE* log) {
        << f4(rule[sp].macro_f1) << " | " << fmt("%.3f", rule[sp].mean_width) << " | "
        << fmt("%.3f", label_as_pred[sp].mean_width) << " |\n";
   if (cands.size() == 2) {
-    md << "\nBoth candidates of `--target auto`:\n\n| target | val acc | val macro-F1 | test acc | test macro-F1 | best epoch |\n"
+    md << "\nBoth candidates of `--target auto`:\n\n| target | val acc | val macro-F1 | test acc | test "
+          "macro-F1 | best epoch |\n"
           "| --- | ---: | ---: | ---: | ---: | ---: |\n";
     for (const Candidate& k : cands)
-      md << "| " << k.target << " | " << f4(k.metrics[1].accuracy) << " | " << f4(k.metrics[1].macro_f1) << " | "
-         << f4(k.metrics[2].accuracy) << " | " << f4(k.metrics[2].macro_f1) << " | " << k.fit.best_epoch << " |\n";
+      md << "| " << k.target << " | " << f4(k.metrics[1].accuracy) << " | " << f4(k.metrics[1].macro_f1)
+         << " | " << f4(k.metrics[2].accuracy) << " | " << f4(k.metrics[2].macro_f1) << " | "
+         << k.fit.best_epoch << " |\n";
   }
   json rep;
   rep["target"] = c.target;
@@ -518,8 +526,10 @@ TrainResult train_controller(const TrainOptions& o, std::FILE* log) {
                                    {"best_val_loss", round9(k.fit.best_val_loss)}};
   for (size_t sp = 0; sp < 3; ++sp) {
     md << "\n## " << kSplitNames[sp] << "\n\nmodel: accuracy " << f4(c.metrics[sp].accuracy) << ", macro-F1 "
-       << f4(c.metrics[sp].macro_f1) << "\n\n" << per_class_md(c.metrics[sp]);
-    md << "\nrule (kv_bits): accuracy " << f4(rule[sp].accuracy) << ", macro-F1 " << f4(rule[sp].macro_f1) << "\n\n"
+       << f4(c.metrics[sp].macro_f1) << "\n\n"
+       << per_class_md(c.metrics[sp]);
+    md << "\nrule (kv_bits): accuracy " << f4(rule[sp].accuracy) << ", macro-F1 " << f4(rule[sp].macro_f1)
+       << "\n\n"
        << per_class_md(rule[sp]);
   }
   // Damage: rank correlation of the predicted and the measured damage per width, against the proxies.
@@ -544,8 +554,8 @@ TrainResult train_controller(const TrainOptions& o, std::FILE* log) {
           const double model = rank_correlation(column(dc->log_dmg[sp], k), mk);
           const double proxy = d.has_proxy ? rank_correlation(column(prox, k), mk) : std::nan("");
           const double recv = d.has_recv ? rank_correlation(rv, mk) : std::nan("");
-          md << "| " << kSplitNames[sp] << " | " << kWidths[k] << " | " << f4(model) << " | " << f4(proxy) << " | "
-             << f4(recv) << " |\n";
+          md << "| " << kSplitNames[sp] << " | " << kWidths[k] << " | " << f4(model) << " | " << f4(proxy)
+             << " | " << f4(recv) << " |\n";
           auto num = [](double v) { return std::isnan(v) ? json(nullptr) : json(round9(v)); };
           rep["damage_spearman"][kSplitNames[sp]][std::to_string(kWidths[k])] = {
               {"model", num(model)}, {"proxy", num(proxy)}, {"recv", num(recv)}};

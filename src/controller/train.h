@@ -24,16 +24,16 @@ struct TrainOptions {
   std::vector<std::string> features;  // empty: default_controller_features()
   std::vector<int> hidden{128, 64};
   FitOptions fit;
-  double tau = 0;                     // the label threshold; 0: the CSVs' sidecars' (else 0.004)
-  std::string command;                // recorded in the file (how it was made)
+  double tau = 0;       // the label threshold; 0: the CSVs' sidecars' (else 0.004)
+  std::string command;  // recorded in the file (how it was made)
 };
 
 struct TrainResult {
   ControllerModel model;
-  std::string report_md;                 // also printed
-  nlohmann::json report;                 // the same, as data
-  std::string curve_csv;                 // learning curve of the kept model
-  std::string note;                      // one line: which target won (auto) and why
+  std::string report_md;  // also printed
+  nlohmann::json report;  // the same, as data
+  std::string curve_csv;  // learning curve of the kept model
+  std::string note;       // one line: which target won (auto) and why
 };
 
 // Throws kvd::Error naming the file for bad CSVs (missing column, non-numeric cell, no rows in a split).

@@ -81,7 +81,8 @@ class RandomBudgetPolicy final : public KvPolicy {
       if (budget >= bits[static_cast<size_t>(k)] && budget < bits[static_cast<size_t>(k) + 1]) {
         lo_ = k;
         hi_ = k + 1;
-        p_hi_ = (budget - bits[static_cast<size_t>(k)]) / (bits[static_cast<size_t>(k) + 1] - bits[static_cast<size_t>(k)]);
+        p_hi_ = (budget - bits[static_cast<size_t>(k)]) /
+                (bits[static_cast<size_t>(k) + 1] - bits[static_cast<size_t>(k)]);
       }
   }
   int choose(const TokenFeatures& f) override {
@@ -174,9 +175,10 @@ void check_budget(double budget, const PolicyContext& ctx, const std::string& sp
     throw Error("--kv-policy '" + spec + "': the budget is not a finite number of bits");
   if (budget < ctx.class_bits[0]) {
     char buf[160];
-    std::snprintf(buf, sizeof buf,
-                  "': budget %.3g bits per element is below the cheapest class (2 bits stores %.3g with scales)",
-                  budget, ctx.class_bits[0]);
+    std::snprintf(
+        buf, sizeof buf,
+        "': budget %.3g bits per element is below the cheapest class (2 bits stores %.3g with scales)",
+        budget, ctx.class_bits[0]);
     throw Error("--kv-policy '" + spec + buf);
   }
 }

@@ -30,7 +30,8 @@ class LearnedPolicy final : public KvPolicy {
     for (size_t i = 0; i < index_.size(); ++i) raw_[i] = feature_at(f, index_[i]);
     int width = predictor_.predict(raw_.data());
     if (chooser_) width = chooser_->choose(predictor_.cost(), f.position);
-    cost_.ns += std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - t0).count();
+    cost_.ns +=
+        std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - t0).count();
     ++cost_.calls;
     return width;
   }
@@ -63,7 +64,8 @@ std::unique_ptr<KvPolicy> make_learned_policy(ControllerModel model, const std::
   return std::make_unique<LearnedPolicy>(std::move(model), name, budget, ctx);
 }
 
-std::unique_ptr<KvPolicy> make_learned_policy(const std::string& path, double budget, const PolicyContext& ctx) {
+std::unique_ptr<KvPolicy> make_learned_policy(const std::string& path, double budget,
+                                              const PolicyContext& ctx) {
   return make_learned_policy(load_controller(path, ctx.quantizer), path, budget, ctx);
 }
 

@@ -14,6 +14,7 @@ namespace kvd {
 // budget <= 0: no budget. name: what describe() shows after "learned:" (the file's path).
 std::unique_ptr<KvPolicy> make_learned_policy(ControllerModel model, const std::string& name, double budget,
                                               const PolicyContext& ctx);
-std::unique_ptr<KvPolicy> make_learned_policy(const std::string& path, double budget, const PolicyContext& ctx);
+std::unique_ptr<KvPolicy> make_learned_policy(const std::string& path, double budget,
+                                              const PolicyContext& ctx);
 
 }  // namespace kvd
