@@ -27,6 +27,7 @@
 #include "model/forward.h"
 #include "model/model.h"
 #include "policy/policy.h"
+#include "policy/policy_context.h"
 #include "util/error.h"
 
 namespace kvd {
@@ -83,7 +84,7 @@ int run(const Options& o) {
         throw Error("--kv-policy " + spec + ": unknown option '" + opt + "' (rotate=0|1, clip=0|1)");
     }
     plans.push_back(make_kv_plan(c.n_layers, c.n_kv_heads, c.head_dim, q, base));
-    policies.push_back(make_policy(plans.back().policy_spec));
+    policies.push_back(make_policy(plans.back().policy_spec, policy_context_for(plans.back().layout)));
   }
   std::mt19937 rng(7);
   std::uniform_int_distribution<int32_t> tok(0, c.vocab - 1);

@@ -3,6 +3,7 @@
 #include <cstdio>
 
 #include "kv/kv_setting.h"
+#include "policy/policy_context.h"
 #include "util/error.h"
 #ifdef KVDIAL_HAVE_CUDA
 #include "cuda/gpu_session.h"
@@ -32,6 +33,10 @@ void add_engine_options(CLI::App* app, EngineOptions& o, bool with_ctx) {
       ->check(CLI::Range(0, 1));
   app->add_option("--kv-clip", o.kv_clip, "per-group MSE clip search (1/0; default: as --kv-rotate)")
       ->check(CLI::Range(0, 1));
+  app->add_option("--kv-budget", o.kv_budget,
+                  "stored bits per element (scales included) the policy's running average keeps to, from the "
+                  "32nd token on (same as appending @BITS to the policy)")
+      ->check(CLI::Range(0.0, 64.0));
   app->add_flag("--no-mmap", o.no_mmap,
                 "read the model into this process's memory instead of mapping it (as llama.cpp's --no-mmap)");
   app->add_option("--kv-group", o.kv_group, "KV quantization group size (elements)")
@@ -40,17 +45,33 @@ void add_engine_options(CLI::App* app, EngineOptions& o, bool with_ctx) {
       ->check(CLI::Range(0, 1 << 20));
 }
 
+std::string policy_spec(const EngineOptions& o) {
+  if (o.kv_budget <= 0) return o.kv_policy;
+  if (o.kv_policy.find('@') != std::string::npos)
+    throw Error("--kv-budget: the policy '" + o.kv_policy + "' already has a budget (@B)");
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "@%.9g", o.kv_budget);
+  return o.kv_policy + buf;
+}
+
+PolicyContext policy_context(const KvLayout& layout) { return policy_context_for(layout); }
+
 Engine make_engine(const EngineOptions& o, int ctx_override, std::shared_ptr<Model> model) {
   Engine e;
-  // Check the cheap things before mapping the model.
-  make_kv_plan(1, 1, 64, KvQuantOptions{o.kv_group, o.kv_ladder, 0, o.kv_clip}, o.kv_policy);
+  // Check the cheap things before mapping the model (the controller file's quantizer is checked after).
+  {
+    const KvPlan pre = make_kv_plan(1, 1, 64, KvQuantOptions{o.kv_group, o.kv_ladder, 0, o.kv_clip}, policy_spec(o));
+    PolicyContext ctx = policy_context(pre.layout);
+    ctx.quantizer.clear();
+    make_policy(pre.policy_spec, ctx);
+  }
 #ifndef KVDIAL_HAVE_CUDA
   if (o.device == "cuda") throw Error("--device cuda: this kvdial was built without CUDA (no nvcc at configure time)");
 #endif
   e.model = model ? std::move(model) : std::shared_ptr<Model>(Model::load(o.model_path, !o.no_mmap));
   const ModelConfig& c = e.model->config();
-  const KvPlan plan = make_kv_plan(c.n_layers, c.n_kv_heads, c.head_dim, o.kv_quant(), o.kv_policy);
-  e.policy = make_policy(plan.policy_spec);
+  const KvPlan plan = make_kv_plan(c.n_layers, c.n_kv_heads, c.head_dim, o.kv_quant(), policy_spec(o));
+  e.policy = make_policy(plan.policy_spec, policy_context(plan.layout));
   e.policy_name = plan.display;
   if (o.device == "cuda" && e.policy->needs_features())
     throw Error("--device cuda: policy '" + o.kv_policy +

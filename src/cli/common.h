@@ -31,7 +31,13 @@ struct EngineOptions {
   int kv_rotate = 1;
   int kv_clip = -1;
   KvQuantOptions kv_quant() const { return KvQuantOptions{kv_group, kv_ladder, kv_rotate, kv_clip}; }
+  double kv_budget = 0;  // > 0: stored bits per element the policy's running average keeps to (spec@B)
 };
+
+// The policy spec the options ask for: kv_policy, with @kv_budget appended when a budget is given.
+std::string policy_spec(const EngineOptions& o);
+// What the policy needs to know about the cache: the stored bits of each width class and the quantizer id.
+PolicyContext policy_context(const KvLayout& layout);
 
 void add_engine_options(CLI::App* app, EngineOptions& o, bool with_ctx = true);
 

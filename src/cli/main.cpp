@@ -13,6 +13,7 @@
 #include "cli/collect.h"
 #include "cli/common.h"
 #include "cli/stats.h"
+#include "cli/train.h"
 #include "eval/perplexity.h"
 #include "kv/kv_setting.h"
 #include "eval/runner.h"
@@ -89,6 +90,10 @@ int run_generate(const GenerateArgs& a) {
                generated > 1 ? (generated - 1) / gen_s : 0.0);
   std::fprintf(stderr, "%s\n", kv_summary(e.session->kv_stats(), e.session->kv_layout()).c_str());
   if (!e.session->memory_summary().empty()) std::fprintf(stderr, "%s\n", e.session->memory_summary().c_str());
+  if (const KvPolicy::DecisionCost dc = e.policy->decision_cost(); dc.calls > 0)
+    std::fprintf(stderr, "controller: %.0f ns/token over %lld decisions (%.4f%% of a generation step)\n",
+                 dc.ns_per_call(), static_cast<long long>(dc.calls),
+                 generated > 0 ? 100.0 * dc.ns_per_call() * 1e-9 / (gen_s / generated) : 0.0);
   std::fprintf(stderr, "peak RSS: %s (model file %s)\n", human_bytes(static_cast<double>(peak_rss_bytes())).c_str(),
                human_bytes(static_cast<double>(e.model->file_bytes())).c_str());
   return 0;
@@ -128,6 +133,9 @@ int run_perplexity(const PerplexityArgs& a) {
   const KvLayout& lay = e.session->kv_layout();
   std::printf("kv-policy %s: avg class %.3f; stored %.3f bits/elem with scales (%s, residual %d)\n",
               e.policy_name.c_str(), r.avg_bits, r.stored_bits, kv_quantizer_id(lay).c_str(), a.eng.kv_residual);
+  if (const KvPolicy::DecisionCost dc = e.policy->decision_cost(); dc.calls > 0)
+    std::printf("controller: %.0f ns/token over %lld decisions\n", dc.ns_per_call(),
+                static_cast<long long>(dc.calls));
   std::printf("peak RSS: %s\n", human_bytes(static_cast<double>(peak_rss_bytes())).c_str());
   if (!e.session->memory_summary().empty()) std::printf("%s\n", e.session->memory_summary().c_str());
   return 0;
@@ -203,6 +211,10 @@ int main(int argc, char** argv) {
   CLI::App* st = app.add_subcommand("stats", "summary of a collected CSV");
   add_stats_options(st, stats);
 
+  TrainArgs train;
+  CLI::App* tr = app.add_subcommand("train", "train a learned KV controller from collected CSVs");
+  add_train_options(tr, train);
+
   // llama.cpp spells the device option -dev; CLI11 takes only one-letter short options.
   std::vector<std::string> args(argv + 1, argv + argc);
   for (std::string& s : args)
@@ -211,6 +223,7 @@ int main(int argc, char** argv) {
   std::reverse(args.begin(), args.end());  // CLI11's vector form takes the arguments last first
   try {
     app.parse(args);
+    if (tr->parsed()) return run_train(train);
     if (bn->parsed()) return run_bench(bench);
     if (co->parsed()) return run_collect(collect);
     if (st->parsed()) return run_stats(stats);

@@ -29,6 +29,7 @@
 #include "eval/text_chunks.h"
 #include "kv/kv_cache.h"
 #include "kv/kv_config.h"
+#include "policy/policy_context.h"
 #include "kv/kv_setting.h"
 #include "model/forward.h"
 #include "util/error.h"
@@ -330,7 +331,7 @@ CollectSummary collect(const Model& model, Backend& backend, KvPolicy& policy, c
       job.own_backend = make_backend(backend.name(), backend.threads());
       job.backend = job.own_backend.get();
       try {
-        job.own_policy = make_policy(policy_spec);
+        job.own_policy = make_policy(policy_spec, policy_context_for(layout));
       } catch (const Error& e) {
         throw Error("--jobs " + std::to_string(o.jobs) + ": cannot make the policy '" + policy_spec +
                     "' for each job (" + e.what() + ")");

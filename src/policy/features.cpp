@@ -16,6 +16,20 @@ std::vector<float> feature_vector(const TokenFeatures& f) {
   return {f.entropy, f.rarity, f.attn_var, f.attn_max, f.k_norm, f.v_norm, f.max_prob, static_cast<float>(f.position)};
 }
 
+float feature_at(const TokenFeatures& f, size_t i) {
+  switch (i) {
+    case 0: return f.entropy;
+    case 1: return f.rarity;
+    case 2: return f.attn_var;
+    case 3: return f.attn_max;
+    case 4: return f.k_norm;
+    case 5: return f.v_norm;
+    case 6: return f.max_prob;
+    case 7: return static_cast<float>(f.position);
+    default: return 0.0f;
+  }
+}
+
 float token_rarity(const Tokenizer& tok, int32_t id) {
   if (tok.is_control(id)) return 0.0f;
   return static_cast<float>(std::log(2.0 + id));

@@ -34,6 +34,8 @@ struct TokenFeatures {
 const std::vector<std::string>& feature_names();
 // The features as floats, in feature_names() order.
 std::vector<float> feature_vector(const TokenFeatures& f);
+// Feature i of feature_names() (no allocation: the learned controller calls it per token).
+float feature_at(const TokenFeatures& f, size_t i);
 
 // Entropy (nats) of softmax(logits), the largest probability and its index.
 void logits_summary(const float* logits, int vocab, float* entropy, float* max_prob, int32_t* argmax);

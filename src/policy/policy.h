@@ -6,8 +6,14 @@
 //   pattern:W1/W2/.. the widths in turn by position (token at position p gets W[p % n]): mixtures with a
 //                    known average, for benchmarks and tests (e.g. pattern:2/2/8 stores 5 bits per element,
 //                    as static:4 does)
-//   learned:FILE     a trained controller (the controller issue fills this in)
+//   learned:FILE     a trained controller (docs/controller.md): the MLP of the file decides each width
+//   random:SEED      (with a budget only) random mixing of the classes, seeded: a baseline
+// Any spec takes a budget suffix @B (e.g. learned:FILE@5, rule@3.5, random@4): stored bits per element,
+// scales included, whose running average stays <= B from the 32nd token of a sequence on
+// (policy/budget.h, docs/policies.md).
 #pragma once
+#include <array>
+#include <cstdint>
 #include <memory>
 #include <string>
 
@@ -26,12 +32,32 @@ class KvPolicy {
   virtual bool needs_features() const = 0;
   // A one-line description, e.g. "rule:2.00,4.00,6.50".
   virtual std::string describe() const = 0;
+
+  // Time spent deciding, for policies that run a model (the learned controller); others report no calls.
+  struct DecisionCost {
+    int64_t calls = 0;
+    int64_t ns = 0;
+    double ns_per_call() const { return calls ? static_cast<double>(ns) / static_cast<double>(calls) : 0.0; }
+  };
+  virtual DecisionCost decision_cost() const { return {}; }
+};
+
+// What a policy needs to know about the cache that runs it.
+struct PolicyContext {
+  // Stored bits per element (scales included) of the width classes 2, 4, 8, 16: what a budget counts.
+  // The defaults are the quantizer ladder's (2 = K3V2g64 3.0 bits, 4 = K5V4g64 5.0, 8 = K8V8g32 9.0,
+  // 16 = F16), which are also today's cache at group 32.
+  std::array<double, 4> class_bits{3.0, 5.0, 9.0, 16.0};
+  // The cache's quantizer settings; a learned controller trained on labels made with other settings is
+  // refused. Empty: not checked.
+  std::string quantizer = "";
 };
 
 // The width a policy that decides before the forward pass (!needs_features()) gives a token.
 int width_in_advance(KvPolicy& policy, int32_t position, int32_t token);
 
 // Parses a --kv-policy spec. Throws kvd::Error naming what is wrong.
-std::unique_ptr<KvPolicy> make_policy(const std::string& spec);
+std::unique_ptr<KvPolicy> make_policy(const std::string& spec, const PolicyContext& ctx);
+std::unique_ptr<KvPolicy> make_policy(const std::string& spec);  // default PolicyContext
 
 }  // namespace kvd
