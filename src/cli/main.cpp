@@ -11,6 +11,7 @@
 #include "cli/bench.h"
 #include "cli/collect.h"
 #include "cli/common.h"
+#include "cli/hellaswag_cmd.h"
 #include "cli/stats.h"
 #include "eval/perplexity.h"
 #include "eval/runner.h"
@@ -120,7 +121,7 @@ int run_perplexity(const PerplexityArgs& a) {
   std::printf("Final estimate: PPL = %.4f +/- %.5f\n", r.ppl(), r.ppl_stderr());
   std::printf("chunks %d x %d tokens, %lld scored, %.1f s (%.1f tokens/s)\n", r.n_chunks, po.n_ctx,
               static_cast<long long>(r.n_scored), r.seconds,
-              static_cast<double>(r.n_chunks) * po.n_ctx * (a.kl || e.policy->needs_features() ? 2 : 1) / r.seconds);
+              static_cast<double>(r.n_chunks) * po.n_ctx * (a.kl ? 2 : 1) / r.seconds);
   if (a.kl) std::printf("KL divergence vs 16-bit cache: mean %.6f; same top-1 %.4f\n", r.kl_mean(), r.top1_agree);
   const KvLayout& lay = e.cache->layout();
   std::printf("kv-policy %s: avg width %.3f bits; stored %.3f bits/elem with scales (group %d, residual %d)\n",
@@ -199,8 +200,13 @@ int main(int argc, char** argv) {
   CLI::App* st = app.add_subcommand("stats", "summary of a collected CSV");
   add_stats_options(st, stats);
 
+  HellaSwagArgs hs;
+  CLI::App* hsw = app.add_subcommand("hellaswag", "HellaSwag multiple choice (acc, acc_norm) under a KV policy");
+  add_hellaswag_options(hsw, hs);
+
   try {
     app.parse(argc, argv);
+    if (hsw->parsed()) return run_hellaswag(hs);
     if (bn->parsed()) return run_bench(bench);
     if (co->parsed()) return run_collect(collect);
     if (st->parsed()) return run_stats(stats);
