@@ -11,6 +11,7 @@
 #include "cli/bench.h"
 #include "cli/collect.h"
 #include "cli/common.h"
+#include "cli/compare.h"
 #include "cli/hellaswag_cmd.h"
 #include "cli/stats.h"
 #include "eval/perplexity.h"
@@ -204,8 +205,14 @@ int main(int argc, char** argv) {
   CLI::App* hsw = app.add_subcommand("hellaswag", "HellaSwag multiple choice (acc, acc_norm) under a KV policy");
   add_hellaswag_options(hsw, hs);
 
+  CompareArgs cmp;
+  cmp.argv.assign(argv, argv + argc);
+  CLI::App* cm = app.add_subcommand("compare", "every KV policy on the same inputs: quality, memory, latency");
+  add_compare_options(cm, cmp);
+
   try {
     app.parse(argc, argv);
+    if (cm->parsed()) return run_compare(cmp);
     if (hsw->parsed()) return run_hellaswag(hs);
     if (bn->parsed()) return run_bench(bench);
     if (co->parsed()) return run_collect(collect);

@@ -17,7 +17,10 @@ void ProgressBar::update(int64_t done) {
   draw(done, false);
 }
 
-void ProgressBar::finish() { draw(done_, true); }
+void ProgressBar::finish() {
+  if (!tty_ && total_ > 0 && last_decile_ == 10) return;  // the last line is already printed
+  draw(done_, true);
+}
 
 void ProgressBar::draw(int64_t done, bool last) {
   if (!out_) return;
