@@ -36,22 +36,28 @@ void add_compare_options(CLI::App* app, CompareArgs& a) {
   add_engine_options(app, a.eng, false);
   app->get_option("--kv-policy")->description("(not used by compare: give --policies)");
   add_hellaswag_data_options(app, a.data, a.split, a.split_seed, a.split_from, a.limit, true);
-  app->add_option("--policies", a.policies,
-                  "comma-separated KV policies; static:16 (the reference) runs first and is added when absent");
-  app->add_option("--wiki", a.wiki, "WikiText-2 text (wiki.test.raw) for perplexity and the memory probe's context");
-  app->add_option("--wiki-ctx", a.wiki_ctx, "context of the first perplexity, reported as ppl_<ctx> (default 512)")
+  app->add_option(
+      "--policies", a.policies,
+      "comma-separated KV policies; static:16 (the reference) runs first and is added when absent");
+  app->add_option("--wiki", a.wiki,
+                  "WikiText-2 text (wiki.test.raw) for perplexity and the memory probe's context");
+  app->add_option("--wiki-ctx", a.wiki_ctx,
+                  "context of the first perplexity, reported as ppl_<ctx> (default 512)")
       ->check(CLI::Range(8, 1 << 16));
   app->add_option("--wiki-chunks", a.wiki_chunks, "chunks of --wiki-ctx tokens scored (0 = skip)")
       ->check(CLI::Range(0, 1 << 20));
   app->add_option("--wiki-chunks-2048", a.wiki_chunks_2048, "chunks of 2048 tokens scored (0 = skip)")
       ->check(CLI::Range(0, 1 << 20));
-  app->add_flag("--wiki-kl", a.wiki_kl, "also KL against static:16 on the WikiText chunks (runs each chunk twice)");
-  app->add_option("--mem-depth", a.mem_depth,
-                  "tokens of context before the memory probe (KV bytes, peak RSS; each policy in its own process; "
-                  "0 = skip)")
+  app->add_flag("--wiki-kl", a.wiki_kl,
+                "also KL against static:16 on the WikiText chunks (runs each chunk twice)");
+  app->add_option(
+         "--mem-depth", a.mem_depth,
+         "tokens of context before the memory probe (KV bytes, peak RSS; each policy in its own process; "
+         "0 = skip)")
       ->check(CLI::Range(0, 1 << 20));
   app->add_option("-o,--out", a.out_dir, "directory for compare.md, compare.csv and compare.json");
-  app->add_option("--sample-row", a.sample_row, "index in the selection of the example whose widths are dumped")
+  app->add_option("--sample-row", a.sample_row,
+                  "index in the selection of the example whose widths are dumped")
       ->check(CLI::Range(0, 1 << 30));
   app->add_option("--mem-probe", a.mem_probe, "internal: only the memory probe of one policy")->group("");
 }
@@ -68,8 +74,9 @@ std::vector<std::string> split_list(const std::string& s) {
   std::stringstream ss(s);
   std::string part;
   while (std::getline(ss, part, ',')) {
-    const bool continues = !cur.empty() && !part.empty() &&
-                           (std::isdigit(static_cast<unsigned char>(part[0])) || part[0] == '.' || part[0] == '-');
+    const bool continues =
+        !cur.empty() && !part.empty() &&
+        (std::isdigit(static_cast<unsigned char>(part[0])) || part[0] == '.' || part[0] == '-');
     if (continues) {
       cur += "," + part;
     } else {
@@ -207,7 +214,8 @@ nlohmann::json spawn_probe(const CompareArgs& a, const std::string& spec) {
   int status = 0;
   waitpid(pid, &status, 0);
   if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
-    throw Error("memory probe for " + spec + " failed (exit status " + std::to_string(WEXITSTATUS(status)) + ")");
+    throw Error("memory probe for " + spec + " failed (exit status " + std::to_string(WEXITSTATUS(status)) +
+                ")");
   try {
     return nlohmann::json::parse(out);
   } catch (const nlohmann::json::exception&) {
@@ -252,14 +260,15 @@ int run_compare(const CompareArgs& a) {
   if (a.limit > 0 && static_cast<int>(ex.size()) > a.limit) ex.resize(static_cast<size_t>(a.limit));
   for (const HellaSwagExample& x : ex) hellaswag_query(x);  // throws naming a line without ctx_a/ctx_b
   if (a.sample_row >= static_cast<int>(ex.size()))
-    throw Error("--sample-row " + std::to_string(a.sample_row) + ": the selection has " + std::to_string(ex.size()) +
-                " rows");
+    throw Error("--sample-row " + std::to_string(a.sample_row) + ": the selection has " +
+                std::to_string(ex.size()) + " rows");
   if (!a.wiki.empty() && !std::ifstream(a.wiki)) throw Error(a.wiki + ": cannot open file");
   if ((a.wiki_chunks > 0 || a.wiki_chunks_2048 > 0) && a.wiki.empty() && a.wiki_kl)
     throw Error("--wiki-kl needs --wiki");
   std::error_code ec;
   std::filesystem::create_directories(a.out_dir, ec);
-  if (ec || !std::filesystem::is_directory(a.out_dir)) throw Error(a.out_dir + ": cannot create the directory");
+  if (ec || !std::filesystem::is_directory(a.out_dir))
+    throw Error(a.out_dir + ": cannot create the directory");
   {
     const std::string probe = a.out_dir + "/.write_test";
     if (!std::ofstream(probe)) throw Error(a.out_dir + ": cannot write there");
@@ -279,7 +288,8 @@ int run_compare(const CompareArgs& a) {
     joint += it.joint_differs;
     items.push_back(std::move(it));
     texts.push_back(tok.encode(hellaswag_text(x), true, false));
-    if (texts.back().size() < 2) throw Error(a.data + ":" + std::to_string(x.line) + ": the text has fewer than 2 tokens");
+    if (texts.back().size() < 2)
+      throw Error(a.data + ":" + std::to_string(x.line) + ": the text has fewer than 2 tokens");
     max_tokens = std::max(max_tokens, static_cast<int>(texts.back().size()));
   }
   std::vector<int32_t> wiki_ids;
@@ -306,7 +316,8 @@ int run_compare(const CompareArgs& a) {
   const std::string commit = shell_out("git rev-parse HEAD 2>/dev/null");
   char host[256] = {0};
   gethostname(host, sizeof host - 1);
-  const int threads = a.eng.backend == "ref" ? 1 : (a.eng.threads > 0 ? a.eng.threads : default_thread_count());
+  const int threads =
+      a.eng.backend == "ref" ? 1 : (a.eng.threads > 0 ? a.eng.threads : default_thread_count());
   std::fprintf(stderr, "compare: hashing the model and data\n");
   report["meta"] = {
       {"date", utc_now()},
@@ -330,29 +341,31 @@ int run_compare(const CompareArgs& a) {
        {{"path", a.data},
         {"sha256", sha256_file(a.data)},
         {"split", a.split.empty() ? "all" : a.split},
-        {"split_rule", a.split_from.empty() ? "collect's 80/10/10 by example, mt19937_64(" +
-                                                  std::to_string(a.split_seed) + ") over every example of the file"
-                                            : "the lists of " + a.split_from},
+        {"split_rule", a.split_from.empty()
+                           ? "collect's 80/10/10 by example, mt19937_64(" + std::to_string(a.split_seed) +
+                                 ") over every example of the file"
+                           : "the lists of " + a.split_from},
         {"limit", a.limit},
         {"rows", items.size()},
         {"rows_encoded_jointly_differently", joint}}},
-      {"wiki",
-       a.wiki.empty() ? nlohmann::json(nullptr)
-                      : nlohmann::json{{"path", a.wiki},
-                                       {"sha256", sha256_file(a.wiki)},
-                                       {"ctx", a.wiki_ctx},
-                                       {"chunks", a.wiki_chunks},
-                                       {"chunks_2048", a.wiki_chunks_2048},
-                                       {"kl", a.wiki_kl}}},
+      {"wiki", a.wiki.empty() ? nlohmann::json(nullptr)
+                              : nlohmann::json{{"path", a.wiki},
+                                               {"sha256", sha256_file(a.wiki)},
+                                               {"ctx", a.wiki_ctx},
+                                               {"chunks", a.wiki_chunks},
+                                               {"chunks_2048", a.wiki_chunks_2048},
+                                               {"kl", a.wiki_kl}}},
       {"engine", {{"kv_group", a.eng.kv_group}, {"kv_residual", a.eng.kv_residual}, {"batch", a.eng.batch}}},
       {"mem_depth", a.mem_depth},
       {"mem_probe",
-       "each policy in its own process (this kvdial re-run with --mem-probe): load the model, prefill mem_depth "
+       "each policy in its own process (this kvdial re-run with --mem-probe): load the model, prefill "
+       "mem_depth "
        "tokens of context, generate 16; KV bytes stored and the process's peak RSS (VmHWM)"},
       {"reference", ref_spec},
       {"reference_added", ref_added},
-      {"next_token", "HellaSwag text (preprocessed context + correct ending) run token by token (decode steps); "
-                     "KL(static:16 || policy) against the 16-bit cache's prefill of the same text"}};
+      {"next_token",
+       "HellaSwag text (preprocessed context + correct ending) run token by token (decode steps); "
+       "KL(static:16 || policy) against the 16-bit cache's prefill of the same text"}};
   {
     nlohmann::json pieces = nlohmann::json::array();
     for (int32_t id : texts[static_cast<size_t>(a.sample_row)]) pieces.push_back(tok.token_bytes(id));
@@ -369,6 +382,7 @@ int run_compare(const CompareArgs& a) {
     EngineOptions eo = a.eng;
     eo.kv_policy = specs[pi];
     Engine e = make_engine(eo, ctx, model);
+    Engine hs_engine = make_scoring_engine(eo, max_tokens, model);
     const std::string name = e.policy->describe();
     nlohmann::json p = {{"policy", name}, {"spec", specs[pi]}, {"reference", pi == 0}};
 
@@ -376,7 +390,8 @@ int run_compare(const CompareArgs& a) {
     NextTokenResult nt;
     std::vector<int> sample_widths;
     {
-      ProgressBar bar(stderr, stage(pi, specs.size(), name, "next-token"), static_cast<int64_t>(texts.size()), "texts");
+      ProgressBar bar(stderr, stage(pi, specs.size(), name, "next-token"), static_cast<int64_t>(texts.size()),
+                      "texts");
       for (size_t i = 0; i < texts.size(); ++i) {
         next_token_text(*e.session, *e.policy, *ref.session, texts[i], nt,
                         static_cast<int>(i) == a.sample_row ? &sample_widths : nullptr);
@@ -401,9 +416,10 @@ int run_compare(const CompareArgs& a) {
     // HellaSwag multiple choice, paired with the reference's rows.
     std::vector<HellaSwagRow> rows;
     {
-      ProgressBar bar(stderr, stage(pi, specs.size(), name, "hellaswag"), static_cast<int64_t>(items.size()), "rows");
+      ProgressBar bar(stderr, stage(pi, specs.size(), name, "hellaswag"), static_cast<int64_t>(items.size()),
+                      "rows");
       for (const HellaSwagItem& it : items) {
-        rows.push_back(score_hellaswag(*e.session, *e.policy, it));
+        rows.push_back(score_hellaswag(*hs_engine.session, *hs_engine.policy, it));
         bar.update(static_cast<int64_t>(rows.size()));
       }
       bar.finish();
@@ -437,9 +453,10 @@ int run_compare(const CompareArgs& a) {
       po.max_chunks = chunks;
       po.kl_against_fp16 = a.wiki_kl;
       const int n = std::min<int>(chunks, static_cast<int>(wiki_ids.size()) / n_ctx);
-      ProgressBar bar(stderr, stage(pi, specs.size(), name, ("wiki-" + std::to_string(n_ctx)).c_str()), n, "chunks");
-      const PerplexityResult r =
-          perplexity(*e.session, *e.policy, wiki_ids, po, [&](int c, int, const PerplexityResult&) { bar.update(c); });
+      ProgressBar bar(stderr, stage(pi, specs.size(), name, ("wiki-" + std::to_string(n_ctx)).c_str()), n,
+                      "chunks");
+      const PerplexityResult r = perplexity(*e.session, *e.policy, wiki_ids, po,
+                                            [&](int c, int, const PerplexityResult&) { bar.update(c); });
       bar.finish();
       p[key] = r.ppl();
       p[se_key] = r.ppl_stderr();

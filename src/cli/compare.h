@@ -20,14 +20,14 @@ struct CompareArgs {
   std::string split_from;
   int limit = 0;
   std::string wiki;
-  int wiki_ctx = 512;         // context of the first perplexity (reported as ppl_<ctx>)
-  int wiki_chunks = 20;       // chunks of wiki_ctx tokens
-  int wiki_chunks_2048 = 0;   // chunks of 2048 tokens (0 = skip)
-  bool wiki_kl = false;       // also KL against static:16 on the WikiText chunks (doubles their cost)
-  int mem_depth = 4096;       // tokens of context before the memory probe (0 = skip the probe)
+  int wiki_ctx = 512;        // context of the first perplexity (reported as ppl_<ctx>)
+  int wiki_chunks = 20;      // chunks of wiki_ctx tokens
+  int wiki_chunks_2048 = 0;  // chunks of 2048 tokens (0 = skip)
+  bool wiki_kl = false;      // also KL against static:16 on the WikiText chunks (doubles their cost)
+  int mem_depth = 4096;      // tokens of context before the memory probe (0 = skip the probe)
   std::string out_dir = "results/compare";
-  int sample_row = 0;         // index in the selection of the example whose per-token widths are dumped
-  std::string mem_probe;      // internal: run only the memory probe of this policy and print JSON
+  int sample_row = 0;             // index in the selection of the example whose per-token widths are dumped
+  std::string mem_probe;          // internal: run only the memory probe of this policy and print JSON
   std::vector<std::string> argv;  // the command line, for the report and the memory probe's re-exec
 };
 

@@ -109,23 +109,27 @@ std::string compare_markdown(const nlohmann::json& r) {
   const nlohmann::json& m = r["meta"];
   s += "kvdial compare, " + m.value("date", "") + ", " + m["model"].value("name", "") + " (" +
        m["model"].value("sha256", "").substr(0, 12) + "), HellaSwag " + m["hellaswag"].value("path", "") +
-       " split " + m["hellaswag"].value("split", "") + " (" + std::to_string(m["hellaswag"].value("rows", 0)) +
-       " rows), commit " + m.value("git_commit", "").substr(0, 12) + "\n\n";
-  s += "| policy | bits/elem | KV MiB @" + std::to_string(m.value("mem_depth", 0)) +
-       " | peak RSS MiB | KL vs 16 | top-1 agree | next-token acc | acc | acc_norm | Δacc_norm vs 16 (± SE) | "
-       "Δll/ending | PPL " +
-       ppl_contexts(r)[0] + " | PPL 2048 | ms/token mean | p50 | p95 | ctrl ns/token |\n";
-  s += "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | "
+       " split " + m["hellaswag"].value("split", "") + " (" +
+       std::to_string(m["hellaswag"].value("rows", 0)) + " rows), commit " +
+       m.value("git_commit", "").substr(0, 12) + "\n\n";
+  s +=
+      "| policy | bits/elem | KV MiB @" + std::to_string(m.value("mem_depth", 0)) +
+      " | peak RSS MiB | KL vs 16 | top-1 agree | next-token acc | acc | acc_norm | Δacc_norm vs 16 (± SE) | "
+      "Δll/ending | PPL " +
+      ppl_contexts(r)[0] + " | PPL 2048 | ms/token mean | p50 | p95 | ctrl ns/token |\n";
+  s += "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | "
+       "---: | "
        "---: | ---: |\n";
   for (const nlohmann::json& p : r["policies"]) {
-    s += "| " + p.value("policy", std::string("?")) + " | " + num(p, "avg_bits", "%.3f") + " | " + mib(p, "kv_bytes") +
-         " | " + mib(p, "peak_rss_bytes") + " | " + num(p, "kl", "%.5f") + " | " + num(p, "top1_agreement", "%.4f") +
-         " | " + num(p, "next_token_accuracy", "%.4f") + " | " + pm(p, "acc", "acc_se", "%.4f ± %.4f") + " | " +
-         pm(p, "acc_norm", "acc_norm_se", "%.4f ± %.4f") + " | " +
-         pm(p, "acc_norm_diff", "acc_norm_diff_se", "%+.4f ± %.4f") + " | " + num(p, "ll_change_mean", "%+.4f") +
-         " | " + num(p, "ppl_" + ppl_contexts(r)[0], "%.4f") + " | " + num(p, "ppl_2048", "%.4f") + " | " +
-         num(p, "latency_ms_mean", "%.2f") + " | " + num(p, "latency_ms_p50", "%.2f") + " | " +
-         num(p, "latency_ms_p95", "%.2f") + " | " + num(p, "controller_ns_per_token", "%.0f") + " |\n";
+    s += "| " + p.value("policy", std::string("?")) + " | " + num(p, "avg_bits", "%.3f") + " | " +
+         mib(p, "kv_bytes") + " | " + mib(p, "peak_rss_bytes") + " | " + num(p, "kl", "%.5f") + " | " +
+         num(p, "top1_agreement", "%.4f") + " | " + num(p, "next_token_accuracy", "%.4f") + " | " +
+         pm(p, "acc", "acc_se", "%.4f ± %.4f") + " | " + pm(p, "acc_norm", "acc_norm_se", "%.4f ± %.4f") +
+         " | " + pm(p, "acc_norm_diff", "acc_norm_diff_se", "%+.4f ± %.4f") + " | " +
+         num(p, "ll_change_mean", "%+.4f") + " | " + num(p, "ppl_" + ppl_contexts(r)[0], "%.4f") + " | " +
+         num(p, "ppl_2048", "%.4f") + " | " + num(p, "latency_ms_mean", "%.2f") + " | " +
+         num(p, "latency_ms_p50", "%.2f") + " | " + num(p, "latency_ms_p95", "%.2f") + " | " +
+         num(p, "controller_ns_per_token", "%.0f") + " |\n";
   }
   return s;
 }

@@ -36,6 +36,18 @@ void add_hellaswag_options(CLI::App* app, HellaSwagArgs& a) {
   app->add_option("--rows-out", a.rows_out, "write every row's ending log-likelihoods to this JSON file");
 }
 
+Engine make_scoring_engine(const EngineOptions& o, int ctx, std::shared_ptr<Model> model) {
+  Engine e = make_engine(o, ctx, std::move(model));
+  if (e.cache->options().residual > 0) {
+    KvCacheOptions ko = e.cache->options();
+    ko.stage_only = true;
+    e.session.reset();
+    e.cache = std::make_unique<KvCache>(e.cache->layout(), ko);
+    e.session = std::make_unique<Session>(*e.model, *e.backend, *e.cache, 0, o.batch);
+  }
+  return e;
+}
+
 namespace {
 
 std::vector<HellaSwagRow> run_rows(Engine& e, const std::vector<HellaSwagItem>& items,
@@ -84,7 +96,7 @@ int run_hellaswag(const HellaSwagArgs& a) {
     joint += it.joint_differs;
     items.push_back(std::move(it));
   }
-  Engine e = make_engine(a.eng, max_tokens, model);
+  Engine e = make_scoring_engine(a.eng, max_tokens, model);
   std::fprintf(stderr, "hellaswag: %zu rows of %s (split %s), kv-policy %s, backend %s, %d threads\n",
                items.size(), a.data.c_str(), a.split.empty() ? "all" : a.split.c_str(),
                e.policy->describe().c_str(), e.backend->name().c_str(), e.backend->threads());
@@ -108,7 +120,7 @@ int run_hellaswag(const HellaSwagArgs& a) {
   if (!a.ref.empty()) {
     EngineOptions ro = a.eng;
     ro.kv_policy = a.ref;
-    Engine r = make_engine(ro, max_tokens, model);
+    Engine r = make_scoring_engine(ro, max_tokens, model);
     const std::vector<HellaSwagRow> ref_rows = run_rows(r, items, r.policy->describe());
     const HellaSwagSummary rs = hellaswag_summary(ref_rows);
     const HellaSwagPaired p = hellaswag_paired(rows, ref_rows);

@@ -22,6 +22,8 @@ struct HellaSwagArgs {
 void add_hellaswag_data_options(CLI::App* app, std::string& data, std::string& split, uint64_t& split_seed,
                                 std::string& split_from, int& limit, bool data_required);
 void add_hellaswag_options(CLI::App* app, HellaSwagArgs& a);
+// make_engine, with a stage_only cache when there is a residual window (score_hellaswag needs it).
+Engine make_scoring_engine(const EngineOptions& o, int ctx, std::shared_ptr<Model> model);
 int run_hellaswag(const HellaSwagArgs& a);
 
 }  // namespace kvd::cli

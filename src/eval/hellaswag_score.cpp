@@ -89,12 +89,15 @@ HellaSwagRow score_hellaswag(Session& session, KvPolicy& policy, const HellaSwag
   KvCache& cache = session.cache();
   const int seq = session.seq();
   const int vocab = session.model().config().vocab;
+  // Truncating back restores the context exactly only if no context token left staging for the arena
+  // inside the residual window (the arena keeps no fp16 copy): with a window the cache must be stage_only.
+  if (cache.options().residual > 0 && !cache.options().stage_only)
+    throw Error("HellaSwag scoring with a residual window needs a stage_only cache");
   cache.clear(seq);
   PolicyRunner runner(session, policy);
   const float* last = runner.prefill(item.context);
   const std::vector<float> ctx_logits(last, last + vocab);  // the next run overwrites the session's logits
   const int n_ctx = cache.n_tokens(seq);
-  runner.hold_window(true);  // truncating back must leave the context's residual window as it was
   HellaSwagRow row;
   row.line = item.line;
   row.label = item.label;

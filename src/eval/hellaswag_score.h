@@ -54,7 +54,9 @@ struct HellaSwagRow {
 };
 
 // Runs one example on the session's sequence (cleared first, cleared after) with the policy deciding
-// every width.
+// every width. With a residual window (--kv-residual) the cache must be stage_only (tokens never leave
+// staging), so that truncating back after an ending leaves the context's window at fp16 as it was;
+// throws kvd::Error otherwise.
 HellaSwagRow score_hellaswag(Session& session, KvPolicy& policy, const HellaSwagItem& item);
 
 struct HellaSwagSummary {

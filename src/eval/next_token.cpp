@@ -35,7 +35,8 @@ void next_token_text(Session& session, KvPolicy& policy, Session& ref, const std
   for (int i = 0; i < n; ++i) {
     const auto t0 = std::chrono::steady_clock::now();
     const float* li = runner.step(text[static_cast<size_t>(i)]);
-    r.step_ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+    r.step_ms.push_back(
+        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
     if (i == n - 1) break;
     const float* ri = ref_logits.data() + static_cast<size_t>(i) * vocab;
     const int32_t top = static_cast<int32_t>(std::max_element(li, li + vocab) - li);

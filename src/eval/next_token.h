@@ -22,8 +22,12 @@ struct NextTokenResult {
   int64_t tokens = 0;           // tokens stored (every token of every text)
   double width_sum = 0;         // sum of the tokens' decided widths
   double stored_bits_sum = 0;   // sum of the tokens' stored bits per element, scales included
-  double accuracy() const { return positions ? static_cast<double>(correct) / static_cast<double>(positions) : 0; }
-  double top1_agreement() const { return positions ? static_cast<double>(agree) / static_cast<double>(positions) : 0; }
+  double accuracy() const {
+    return positions ? static_cast<double>(correct) / static_cast<double>(positions) : 0;
+  }
+  double top1_agreement() const {
+    return positions ? static_cast<double>(agree) / static_cast<double>(positions) : 0;
+  }
   double kl_mean() const { return positions ? kl_sum / static_cast<double>(positions) : 0; }
   double avg_width() const { return tokens ? width_sum / static_cast<double>(tokens) : 0; }
   double stored_bits() const { return tokens ? stored_bits_sum / static_cast<double>(tokens) : 0; }

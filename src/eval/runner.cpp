@@ -33,7 +33,7 @@ const float* PolicyRunner::run(const int32_t* tokens, int n, int logits_from, co
   if (sink)
     for (int i = std::max(logits_from, 0); i < n; ++i)
       (*sink)(index0 + i, logits.data() + static_cast<size_t>(i - from) * vocab);
-  if (!hold_window_) session_.cache().flush_window(session_.seq());
+  session_.cache().flush_window(session_.seq());
   return logits.data() + static_cast<size_t>(n - 1 - from) * vocab;
 }
 

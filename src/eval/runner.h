@@ -29,11 +29,6 @@ class PolicyRunner {
   // Runs one token and returns its logits.
   const float* step(int32_t token);
 
-  // While on, decided tokens stay in the cache's staging area (no flush_window), so truncating back to an
-  // earlier length leaves the residual window exactly as it was (HellaSwag scores four endings after
-  // one stored context this way).
-  void hold_window(bool on) { hold_window_ = on; }
-
   // Features of every token run so far, when keep_features(true) was called before.
   void keep_features(bool on) { keep_features_ = on; }
   const std::vector<TokenFeatures>& features() const { return features_; }
@@ -47,7 +42,6 @@ class PolicyRunner {
   Session& session_;
   KvPolicy& policy_;
   bool keep_features_ = false;
-  bool hold_window_ = false;
   std::vector<TokenFeatures> features_;
   std::vector<TokenForwardStats> fwd_stats_;
   std::vector<uint8_t> bits_;
