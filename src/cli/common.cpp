@@ -110,6 +110,12 @@ Engine make_engine(const EngineOptions& o, int ctx_override, std::shared_ptr<Mod
   return e;
 }
 
+Session& cpu_session(Engine& e, const char* what) {
+  auto* s = dynamic_cast<Session*>(e.session.get());
+  if (!s) throw Error(std::string(what) + " runs on the CPU only (drop --device cuda)");
+  return *s;
+}
+
 std::string human_bytes(double b) {
   char buf[64];
   if (b >= 1024.0 * 1024 * 1024)

@@ -51,6 +51,8 @@ struct Engine {
   std::unique_ptr<SessionBase> session;
   std::string policy_name;  // the policy as the user named it (static:K5V4g64 runs as static:4 over that setting)
 };
+// The CPU session of an engine; throws kvd::Error naming `what` when the engine runs on another device.
+Session& cpu_session(Engine& e, const char* what);
 // Loads the model unless one is given (benchmarks share one mapping across policies).
 Engine make_engine(const EngineOptions& o, int ctx_override = 0, std::shared_ptr<Model> model = nullptr);
 

@@ -12,6 +12,8 @@
 #include "cli/bench.h"
 #include "cli/collect.h"
 #include "cli/common.h"
+#include "cli/compare.h"
+#include "cli/hellaswag_cmd.h"
 #include "cli/stats.h"
 #include "cli/train.h"
 #include "eval/perplexity.h"
@@ -128,7 +130,7 @@ int run_perplexity(const PerplexityArgs& a) {
   std::printf("Final estimate: PPL = %.4f +/- %.5f\n", r.ppl(), r.ppl_stderr());
   std::printf("chunks %d x %d tokens, %lld scored, %.1f s (%.1f tokens/s)\n", r.n_chunks, po.n_ctx,
               static_cast<long long>(r.n_scored), r.seconds,
-              static_cast<double>(r.n_chunks) * po.n_ctx * (a.kl || e.policy->needs_features() ? 2 : 1) / r.seconds);
+              static_cast<double>(r.n_chunks) * po.n_ctx * (a.kl ? 2 : 1) / r.seconds);
   if (a.kl) std::printf("KL divergence vs 16-bit cache: mean %.6f; same top-1 %.4f\n", r.kl_mean(), r.top1_agree);
   const KvLayout& lay = e.session->kv_layout();
   std::printf("kv-policy %s: avg class %.3f; stored %.3f bits/elem with scales (%s, residual %d)\n",
@@ -215,6 +217,15 @@ int main(int argc, char** argv) {
   CLI::App* tr = app.add_subcommand("train", "train a learned KV controller from collected CSVs");
   add_train_options(tr, train);
 
+  HellaSwagArgs hs;
+  CLI::App* hsw = app.add_subcommand("hellaswag", "HellaSwag multiple choice (acc, acc_norm) under a KV policy");
+  add_hellaswag_options(hsw, hs);
+
+  CompareArgs cmp;
+  cmp.argv.assign(argv, argv + argc);
+  CLI::App* cm = app.add_subcommand("compare", "every KV policy on the same inputs: quality, memory, latency");
+  add_compare_options(cm, cmp);
+
   // llama.cpp spells the device option -dev; CLI11 takes only one-letter short options.
   std::vector<std::string> args(argv + 1, argv + argc);
   for (std::string& s : args)
@@ -224,6 +235,8 @@ int main(int argc, char** argv) {
   try {
     app.parse(args);
     if (tr->parsed()) return run_train(train);
+    if (cm->parsed()) return run_compare(cmp);
+    if (hsw->parsed()) return run_hellaswag(hs);
     if (bn->parsed()) return run_bench(bench);
     if (co->parsed()) return run_collect(collect);
     if (st->parsed()) return run_stats(stats);

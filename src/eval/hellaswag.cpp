@@ -115,6 +115,11 @@ std::vector<HellaSwagExample> read_hellaswag(const std::string& path) {
                   std::to_string(label));
     ex.label = static_cast<int>(label);
     if (j.contains("ind") && j["ind"].is_number_integer()) ex.ind = j["ind"].get<int64_t>();
+    if (j.contains("ctx_a") && j["ctx_a"].is_string() && j.contains("ctx_b") && j["ctx_b"].is_string()) {
+      ex.ctx_a = j["ctx_a"].get<std::string>();
+      ex.ctx_b = j["ctx_b"].get<std::string>();
+      ex.has_ctx_parts = true;
+    }
     if (j.contains("activity_label") && j["activity_label"].is_string())
       ex.activity_label = j["activity_label"].get<std::string>();
     out.push_back(std::move(ex));

@@ -15,6 +15,8 @@ struct HellaSwagExample {
   int64_t ind = -1;  // the dataset's own `ind` field, -1 when absent
   std::string activity_label;
   std::string ctx;
+  std::string ctx_a, ctx_b;    // the parts of ctx (lm-evaluation-harness builds its query from them)
+  bool has_ctx_parts = false;  // both ctx_a and ctx_b were present as strings
   std::array<std::string, 4> endings;
   int label = 0;  // index of the correct ending
 };

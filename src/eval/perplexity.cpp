@@ -1,10 +1,13 @@
 // Chunked perplexity and KL divergence against the 16-bit cache.
 #include "eval/perplexity.h"
+#include "model/forward.h"
 
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <memory>
 
+#include "eval/runner.h"
 #include "util/error.h"
 
 namespace kvd {
@@ -60,40 +63,28 @@ PerplexityResult perplexity(SessionBase& session, KvPolicy& policy, const std::v
     throw Error("the text has " + std::to_string(r.n_tokens) + " tokens, fewer than one chunk of " +
                 std::to_string(n_ctx) + " (lower -c)");
   r.n_chunks = n_chunks;
-  std::vector<uint8_t> bits(static_cast<size_t>(n_ctx));
-  std::vector<TokenForwardStats> fwd;
+  const std::unique_ptr<KvPolicy> fp16 = make_policy("static:16");
   std::vector<float> ref_logits;
   double bits_sum = 0, stored_sum = 0, agree = 0;
   const KvLayout& layout = session.kv_layout();
-  const bool dynamic = policy.needs_features();
   for (int c = 0; c < n_chunks; ++c) {
-    const int32_t* chunk = tokens.data() + static_cast<size_t>(c) * n_ctx;
-    // A 16-bit pass gives the reference logits for KL, and the features dynamic policies decide from.
-    if (dynamic || opt.kl_against_fp16) {
+    const auto begin = tokens.begin() + static_cast<std::ptrdiff_t>(c) * n_ctx;
+    const std::vector<int32_t> chunk(begin, begin + n_ctx);
+    // The 16-bit cache's logits of the scored positions, for KL.
+    if (opt.kl_against_fp16) {
       session.clear();
-      std::fill(bits.begin(), bits.end(), 16);
-      const int from = dynamic ? 0 : first;
-      const std::vector<float>& l16 =
-          session.forward(chunk, n_ctx, from, dynamic ? &fwd : nullptr, bits.data());
-      if (dynamic) {
-        for (int i = 0; i < n_ctx; ++i) {
-          const float* li = l16.data() + static_cast<size_t>(i) * vocab;
-          bits[i] = static_cast<uint8_t>(
-              policy.choose(make_features(session.model().tokenizer(), chunk[i], i, li, vocab, fwd[i])));
-        }
-      }
-      if (opt.kl_against_fp16)
-        ref_logits.assign(l16.begin() + static_cast<std::ptrdiff_t>(from == 0 ? first : 0) * vocab,
-                          l16.end());
+      ref_logits.resize(static_cast<size_t>(n_ctx - first) * vocab);
+      PolicyRunner ref(session, *fp16);
+      ref.prefill_scored(chunk, first, [&](int i, const float* li) {
+        std::copy(li, li + vocab, ref_logits.data() + static_cast<size_t>(i - first) * vocab);
+      });
     }
-    if (!dynamic)
-      for (int i = 0; i < n_ctx; ++i)
-        bits[static_cast<size_t>(i)] = static_cast<uint8_t>(width_in_advance(policy, i, chunk[i]));
+    // The policy's run: the shared decode loop's prefill, every width decided as in generation.
     session.clear();
-    const std::vector<float>& logits = session.forward(chunk, n_ctx, first, nullptr, bits.data());
-    for (int i = first; i < n_ctx - 1; ++i) {
-      const float* li = logits.data() + static_cast<size_t>(i - first) * vocab;
-      const double nll = nll_of(li, vocab, chunk[i + 1]);
+    PolicyRunner runner(session, policy);
+    runner.prefill_scored(chunk, first, [&](int i, const float* li) {
+      if (i >= n_ctx - 1) return;
+      const double nll = nll_of(li, vocab, chunk[static_cast<size_t>(i) + 1]);
       r.nll_sum += nll;
       r.nll2_sum += nll * nll;
       r.n_scored++;
@@ -102,10 +93,18 @@ PerplexityResult perplexity(SessionBase& session, KvPolicy& policy, const std::v
         r.kl_sum += kl_divergence(ri, li, vocab);
         agree += std::max_element(ri, ri + vocab) - ri == std::max_element(li, li + vocab) - li;
       }
-    }
-    for (int i = 0; i < n_ctx; ++i) {
-      bits_sum += bits[i];
-      stored_sum += layout.effective_bits(bits[i]);
+    });
+    // Decided widths (a CPU session knows each token's; another counts what its cache reports).
+    if (auto* cpu = dynamic_cast<Session*>(&session)) {
+      for (int i = 0; i < n_ctx; ++i) {
+        const int b = cpu->cache().token_bits(cpu->seq(), i);
+        bits_sum += b;
+        stored_sum += layout.effective_bits(b);
+      }
+    } else {
+      const KvStats st = session.kv_stats();
+      bits_sum += st.avg_bits() * n_ctx;
+      stored_sum += st.effective_bits * n_ctx;
     }
     r.avg_bits = bits_sum / (static_cast<double>(c + 1) * n_ctx);
     r.stored_bits = stored_sum / (static_cast<double>(c + 1) * n_ctx);

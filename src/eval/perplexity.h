@@ -1,6 +1,8 @@
 // WikiText-style perplexity with llama-perplexity's convention: the tokenized text is cut into
 // chunks of n_ctx tokens, each run as its own sequence, and only the second half of each chunk is
-// scored (logits at positions n_ctx/2 .. n_ctx-2 predict the tokens after them).
+// scored (logits at positions n_ctx/2 .. n_ctx-2 predict the tokens after them). Each chunk runs through
+// PolicyRunner's prefill, the loop generate uses, so a policy decides every width from the features it
+// would see in generation.
 #pragma once
 #include <cstdint>
 #include <functional>
@@ -14,7 +16,7 @@ namespace kvd {
 
 struct PerplexityOptions {
   int n_ctx = 512;
-  int max_chunks = 0;  // 0 = all
+  int max_chunks = 0;            // 0 = all
   bool kl_against_fp16 = false;  // also run every chunk with a 16-bit cache and report KL(fp16 || policy)
 };
 
@@ -28,9 +30,9 @@ struct PerplexityResult {
   double ppl_stderr() const;  // from the NLL's standard error, as llama-perplexity reports it
   double kl_sum = 0;          // sum of KL(fp16 || policy) over scored tokens
   double kl_mean() const { return n_scored ? kl_sum / static_cast<double>(n_scored) : 0; }
-  double top1_agree = 0;      // share of scored tokens whose argmax equals the fp16 run's
-  double avg_bits = 0;        // mean KV bit-width over all tokens run
-  double stored_bits = 0;     // mean stored bits per K/V element, scales included
+  double top1_agree = 0;   // share of scored tokens whose argmax equals the fp16 run's
+  double avg_bits = 0;     // mean KV bit-width over all tokens run
+  double stored_bits = 0;  // mean stored bits per K/V element, scales included
   double seconds = 0;
 };
 
