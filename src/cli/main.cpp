@@ -11,6 +11,7 @@
 #include "cli/bench.h"
 #include "cli/collect.h"
 #include "cli/common.h"
+#include "cli/info.h"
 #include "cli/stats.h"
 #include "eval/perplexity.h"
 #include "eval/runner.h"
@@ -199,8 +200,12 @@ int main(int argc, char** argv) {
   CLI::App* st = app.add_subcommand("stats", "summary of a collected CSV");
   add_stats_options(st, stats);
 
+  InfoArgs info;
+  add_info_command(app, info);
+
   try {
     app.parse(argc, argv);
+    if (info.cmd->parsed()) return run_info(info);
     if (bn->parsed()) return run_bench(bench);
     if (co->parsed()) return run_collect(collect);
     if (st->parsed()) return run_stats(stats);
