@@ -79,8 +79,17 @@ void Session::forward_batch(const int32_t* tokens, int n, int logits_from, float
     if (!L.bv.empty())
       for (int i = 0; i < n; ++i)
         for (int j = 0; j < kv_dim; ++j) v_[i * kv_dim + j] += L.bv[j];
-    backend_.rope(q_.data(), n, c.n_heads, hd, c.rope_dim, pos0, c.rope_theta, c.rope_style);
-    backend_.rope(k_.data(), n, c.n_kv_heads, hd, c.rope_dim, pos0, c.rope_theta, c.rope_style);
+    if (!L.q_norm.empty()) {  // Qwen3: RMSNorm of each head's q and k
+      backend_.rmsnorm(q_.data(), L.q_norm.data(), q_.data(), n * c.n_heads, hd, c.rms_eps);
+      backend_.rmsnorm(k_.data(), L.k_norm.data(), k_.data(), n * c.n_kv_heads, hd, c.rms_eps);
+    }
+    if (c.rope_scaling.active()) {
+      rope_scaled(c.rope_scaling, q_.data(), n, c.n_heads, hd, pos0, c.rope_style);
+      rope_scaled(c.rope_scaling, k_.data(), n, c.n_kv_heads, hd, pos0, c.rope_style);
+    } else {
+      backend_.rope(q_.data(), n, c.n_heads, hd, c.rope_dim, pos0, c.rope_theta, c.rope_style);
+      backend_.rope(k_.data(), n, c.n_kv_heads, hd, c.rope_dim, pos0, c.rope_theta, c.rope_style);
+    }
     // Write this layer's K and V of every token of the batch, then attend (causal) over the cache.
     for (int i = 0; i < n; ++i) {
       const float* ki = k_.data() + static_cast<size_t>(i) * kv_dim;
