@@ -101,6 +101,8 @@ std::pair<uint64_t, uint64_t> test_block(uint32_t type) {
       return {256, 210};
     case 23:
       return {256, 136};
+    case 16:  // IQ2_XXS (unsupported; for the any_type test)
+      return {256, 66};
     default:
       return {1, 1};
   }
@@ -854,6 +856,26 @@ TEST(GgufRobust, TruncatedDataOfEveryType) {
     expect_error(bytes, "truncated: tensor #0 'w' data (" + std::to_string(6 * bi.bytes) + " bytes");
   }
   EXPECT_EQ(n_types, 15);
+}
+
+// any_type (kvdial info): tensors of known but unsupported types parse, sized from ggml's block table and
+// bounds-checked like the rest; unknown numbers and truncated data are still errors.
+TEST(GgufParse, AnyTypeKeepsUnsupportedTensors) {
+  const auto bytes = one_tensor({512}, 16).build();  // IQ2_XXS: 256 elements in 66 bytes
+  EXPECT_THROW(parse(bytes), Error);
+  const auto f = File::parse(bytes.data(), bytes.size(), "t.gguf", true);
+  const TensorInfo& t = f->tensors().at(0);
+  EXPECT_FALSE(t.supported);
+  EXPECT_EQ(t.n_bytes, 132u);
+  EXPECT_STREQ(tensor_type_name(t.type), "IQ2_XXS");
+  EXPECT_THROW(block_info(t.type), Error);
+  auto cut = bytes;
+  cut.pop_back();
+  EXPECT_THROW(File::parse(cut.data(), cut.size(), "t.gguf", true), Error);
+  const auto unknown = one_tensor({4}, 99).build();
+  EXPECT_THROW(File::parse(unknown.data(), unknown.size(), "t.gguf", true), Error);
+  EXPECT_FALSE(ggml_block_info(9).has_value());  // Q8_1: never in files
+  EXPECT_EQ(ggml_block_info(35)->bytes, 66u);    // TQ2_0
 }
 
 // Every byte of the header replaced by a few values: either parses or throws kvd::Error, never anything else.
