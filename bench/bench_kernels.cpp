@@ -31,12 +31,23 @@ std::vector<uint8_t> random_weights(TensorType type, int64_t rows, int64_t cols,
   for (size_t off = 0; off < data.size(); off += bi.bytes) {
     switch (type) {
       case TensorType::Q4_1:
+      case TensorType::Q5_1:
         std::memcpy(&data[off + 2], &m, 2);
         [[fallthrough]];
       case TensorType::Q4_0:
       case TensorType::Q8_0:
       case TensorType::Q4_K:
+      case TensorType::Q5_0:
+      case TensorType::Q5_K:
+      case TensorType::IQ4_NL:
+      case TensorType::IQ4_XS:
         std::memcpy(&data[off], &d, 2);
+        break;
+      case TensorType::Q2_K:
+        std::memcpy(&data[off + 80], &d, 2);
+        break;
+      case TensorType::Q3_K:
+        std::memcpy(&data[off + 108], &d, 2);
         break;
       case TensorType::Q6_K:
         std::memcpy(&data[off + 208], &d, 2);
@@ -129,9 +140,11 @@ void MatmulArgs(benchmark::internal::Benchmark* b) {
   }
   // Other weight types at an FFN shape (K-quants need cols % 256 == 0: the down projection), decode and
   // prompt.
-  for (TensorType t : {TensorType::F32, TensorType::F16, TensorType::BF16, TensorType::Q4_0, TensorType::Q8_0,
-                       TensorType::Q4_K, TensorType::Q6_K}) {
-    const bool k_quant = t == TensorType::Q4_K || t == TensorType::Q6_K;
+  for (TensorType t :
+       {TensorType::F32, TensorType::F16, TensorType::BF16, TensorType::Q4_0, TensorType::Q8_0,
+        TensorType::Q4_K, TensorType::Q6_K, TensorType::Q5_0, TensorType::Q5_1, TensorType::IQ4_NL,
+        TensorType::Q2_K, TensorType::Q3_K, TensorType::Q5_K, TensorType::IQ4_XS}) {
+    const bool k_quant = gguf::block_info(t).elems == 256;
     const int64_t rows = k_quant ? kDim : kFfn, cols = k_quant ? kFfn : kDim;
     b->Args({static_cast<int64_t>(t), rows, cols, 1, kFastF32, 2});
     b->Args({static_cast<int64_t>(t), rows, cols, 512, kFastF32, 2});

@@ -1,10 +1,14 @@
 // libFuzzer target for the GGUF reader: parses the input as a GGUF image and reads every metadata value
 // and every tensor byte. Only kvd::Error may escape File::parse; anything else (a crash, a sanitizer
 // report, another exception) is a bug.
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <vector>
 
 #include "gguf/gguf.h"
+#include "kernels/cpu/matmul_internal.h"
+#include "kernels/kernels.h"
 
 namespace {
 
@@ -51,6 +55,14 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       h += f->tensor(t.name).n_elements;
       h += kvd::gguf::block_info(t.type).bytes + kvd::gguf::tensor_type_name(t.type)[0];
       for (uint64_t i = 0; i < t.n_bytes; ++i) h += t.data[i];
+      // Decode the first blocks of the tensor (every supported type) with the plain and the SIMD
+      // dequantizer: the block reads must stay inside the bytes the reader vouched for.
+      const kvd::gguf::BlockInfo bi = kvd::gguf::block_info(t.type);
+      const uint64_t n = std::min<uint64_t>(t.n_elements, 4 * 256) / bi.elems * bi.elems;
+      std::vector<float> a(n), b(n);
+      kvd::ref::dequantize_row(t.type, t.data, a.data(), static_cast<int64_t>(n));
+      kvd::cpu::dequantize_row_fast(t.type, t.data, b.data(), static_cast<int64_t>(n));
+      for (uint64_t i = 0; i < n; ++i) h += a[i] == b[i];
     }
     h += static_cast<uint64_t>(f->get_int("general.alignment", 0));
     g_sink = h;

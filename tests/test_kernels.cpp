@@ -24,30 +24,12 @@ namespace {
 
 using gguf::TensorType;
 
-constexpr TensorType kAllTypes[] = {TensorType::F32,  TensorType::F16,  TensorType::BF16, TensorType::Q4_0,
-                                    TensorType::Q4_1, TensorType::Q8_0, TensorType::Q4_K, TensorType::Q6_K};
+constexpr TensorType kAllTypes[] = {TensorType::F32,  TensorType::F16,    TensorType::BF16,  TensorType::Q4_0,
+                                    TensorType::Q4_1, TensorType::Q8_0,   TensorType::Q4_K,  TensorType::Q6_K,
+                                    TensorType::Q5_0, TensorType::Q5_1,   TensorType::Q2_K,  TensorType::Q3_K,
+                                    TensorType::Q5_K, TensorType::IQ4_NL, TensorType::IQ4_XS};
 
-const char* name(TensorType t) {
-  switch (t) {
-    case TensorType::F32:
-      return "F32";
-    case TensorType::F16:
-      return "F16";
-    case TensorType::BF16:
-      return "BF16";
-    case TensorType::Q4_0:
-      return "Q4_0";
-    case TensorType::Q4_1:
-      return "Q4_1";
-    case TensorType::Q8_0:
-      return "Q8_0";
-    case TensorType::Q4_K:
-      return "Q4_K";
-    case TensorType::Q6_K:
-      return "Q6_K";
-  }
-  return "?";
-}
+const char* name(TensorType t) { return gguf::tensor_type_name(t); }
 
 void put_half(uint8_t* p, float v) {
   const uint16_t h = float_to_fp16(v);
@@ -81,15 +63,31 @@ void random_block(TensorType type, uint8_t* p, std::mt19937& rng) {
     }
     case TensorType::Q4_0:
     case TensorType::Q8_0:
+    case TensorType::Q5_0:
       put_half(p, (u(rng) < 0.5f ? -1.0f : 1.0f) * scale(1e-3f, 0.05f));
       break;
+    case TensorType::IQ4_NL:
+      put_half(p, (u(rng) < 0.5f ? -1.0f : 1.0f) * scale(1e-5f, 5e-4f));
+      break;
     case TensorType::Q4_1:
+    case TensorType::Q5_1:
       put_half(p, scale(1e-3f, 0.05f));
       put_half(p + 2, -scale(1e-2f, 0.4f));
       break;
     case TensorType::Q4_K:
+    case TensorType::Q5_K:
       put_half(p, scale(1e-4f, 2e-3f));
       put_half(p + 2, scale(1e-4f, 2e-3f));
+      break;
+    case TensorType::Q2_K:
+      put_half(p + 80, scale(1e-4f, 2e-3f));
+      put_half(p + 82, scale(1e-4f, 2e-3f));
+      break;
+    case TensorType::Q3_K:
+      put_half(p + 108, (u(rng) < 0.5f ? -1.0f : 1.0f) * scale(1e-4f, 2e-3f));
+      break;
+    case TensorType::IQ4_XS:
+      put_half(p, (u(rng) < 0.5f ? -1.0f : 1.0f) * scale(1e-6f, 2e-5f));
       break;
     case TensorType::Q6_K:
       put_half(p + 208, scale(1e-4f, 2e-3f));
@@ -185,7 +183,7 @@ TEST(KernelDequant, RefMatchesGgufPyFixture) {
     EXPECT_EQ(off_by_one_ulp, 0) << c.at("type") << ": elements 1 ulp off (allowed; note it)";
     ++n_cases;
   }
-  EXPECT_EQ(n_cases, 8);
+  EXPECT_EQ(n_cases, 15);
 }
 
 // The SIMD dequantizer agrees with ref up to the rounding of q * d + m (FMA vs. mul then add).

@@ -110,6 +110,26 @@ Engine make_engine(const EngineOptions& o, int ctx_override, std::shared_ptr<Mod
   return e;
 }
 
+EngineOptions with_policy(const EngineOptions& base, const std::string& spec) {
+  EngineOptions o = base;
+  std::string s = spec;
+  for (size_t at; (at = s.rfind(';')) != std::string::npos; s.resize(at)) {
+    const std::string opt = s.substr(at + 1);
+    const size_t eq = opt.find('=');
+    const std::string k = opt.substr(0, eq), v = eq == std::string::npos ? "" : opt.substr(eq + 1);
+    if (k == "rotate" && (v == "0" || v == "1"))
+      o.kv_rotate = v[0] - '0';
+    else if (k == "clip" && (v == "0" || v == "1"))
+      o.kv_clip = v[0] - '0';
+    else if (k == "ladder" && !v.empty())
+      o.kv_ladder = v;
+    else
+      throw Error("policy '" + spec + "': unknown option '" + opt + "' (rotate=0|1, clip=0|1, ladder=L)");
+  }
+  o.kv_policy = s;
+  return o;
+}
+
 Session& cpu_session(Engine& e, const char* what) {
   auto* s = dynamic_cast<Session*>(e.session.get());
   if (!s) throw Error(std::string(what) + " runs on the CPU only (drop --device cuda)");

@@ -158,8 +158,7 @@ constexpr int kProbeSteps = 16;
 
 // The child's side: fill mem_depth tokens, generate 16, print what the cache and the process hold.
 int run_probe(const CompareArgs& a) {
-  EngineOptions eo = a.eng;
-  eo.kv_policy = a.mem_probe;
+  EngineOptions eo = with_policy(a.eng, a.mem_probe);
   Engine e = make_engine(eo, a.mem_depth + kProbeSteps + 1);
   const std::vector<int32_t> ids = probe_tokens(a, e.model->tokenizer(), a.mem_depth + kProbeSteps);
   PolicyRunner runner(*e.session, *e.policy);
@@ -242,12 +241,19 @@ int run_compare(const CompareArgs& a) {
   // Everything that can be wrong with the input is found before any model runs.
   std::vector<std::string> specs = split_list(a.policies);
   if (specs.empty()) throw Error("--policies: no policy given");
-  for (const std::string& s : specs) make_policy(s);
+  // Cheap checks of every spec (options, setting, ladder, budget) before the model is mapped.
+  for (const std::string& s : specs) {
+    const EngineOptions eo = with_policy(a.eng, s);
+    const KvPlan pre = make_kv_plan(1, 1, 64, KvQuantOptions{eo.kv_group, eo.kv_ladder, 0, eo.kv_clip}, policy_spec(eo));
+    PolicyContext pc = policy_context(pre.layout);
+    pc.quantizer.clear();
+    make_policy(pre.policy_spec, pc);
+  }
   const std::string ref_spec = "static:16";
   bool ref_added = false;
   {
     auto it = std::find_if(specs.begin(), specs.end(),
-                           [&](const std::string& s) { return make_policy(s)->describe() == ref_spec; });
+                           [&](const std::string& s) { return s == ref_spec; });
     if (it == specs.end()) {
       specs.insert(specs.begin(), ref_spec);
       ref_added = true;
@@ -304,8 +310,7 @@ int run_compare(const CompareArgs& a) {
   // Every policy's engine is built once before the work (a controller made for another model or cache
   // is refused here).
   for (const std::string& s : specs) {
-    EngineOptions eo = a.eng;
-    eo.kv_policy = s;
+    EngineOptions eo = with_policy(a.eng, s);
     make_engine(eo, ctx, model);
   }
 
@@ -373,17 +378,21 @@ int run_compare(const CompareArgs& a) {
   }
   report["policies"] = nlohmann::json::array();
 
-  EngineOptions ro = a.eng;
-  ro.kv_policy = ref_spec;
+  EngineOptions ro = with_policy(a.eng, ref_spec);
   Engine ref = make_engine(ro, ctx, model);
   std::vector<HellaSwagRow> ref_rows;
   for (size_t pi = 0; pi < specs.size(); ++pi) {
     const auto t_pol = Clock::now();
-    EngineOptions eo = a.eng;
-    eo.kv_policy = specs[pi];
+    EngineOptions eo = with_policy(a.eng, specs[pi]);
     Engine e = make_engine(eo, ctx, model);
     Engine hs_engine = make_scoring_engine(eo, max_tokens, model);
-    const std::string name = e.policy->describe();
+    // The policy as the user named it (static:K5V4g64 and static:4;rotate=0 both run as static:4), with a
+    // controller's directory left out.
+    std::string name = specs[pi];
+    if (const size_t at = name.find("learned:"); at != std::string::npos) {
+      const size_t slash = name.rfind('/', name.find('@') == std::string::npos ? std::string::npos : name.find('@'));
+      if (slash != std::string::npos && slash > at) name = name.substr(0, at + 8) + name.substr(slash + 1);
+    }
     nlohmann::json p = {{"policy", name}, {"spec", specs[pi]}, {"reference", pi == 0}};
 
     // Next-token accuracy, KL and decode latency on the HellaSwag texts.

@@ -14,6 +14,7 @@
 #include "cli/common.h"
 #include "cli/compare.h"
 #include "cli/hellaswag_cmd.h"
+#include "cli/info.h"
 #include "cli/stats.h"
 #include "cli/train.h"
 #include "eval/perplexity.h"
@@ -213,6 +214,9 @@ int main(int argc, char** argv) {
   CLI::App* st = app.add_subcommand("stats", "summary of a collected CSV");
   add_stats_options(st, stats);
 
+  InfoArgs info;
+  add_info_command(app, info);
+
   TrainArgs train;
   CLI::App* tr = app.add_subcommand("train", "train a learned KV controller from collected CSVs");
   add_train_options(tr, train);
@@ -237,6 +241,7 @@ int main(int argc, char** argv) {
     if (tr->parsed()) return run_train(train);
     if (cm->parsed()) return run_compare(cmp);
     if (hsw->parsed()) return run_hellaswag(hs);
+    if (info.cmd->parsed()) return run_info(info);
     if (bn->parsed()) return run_bench(bench);
     if (co->parsed()) return run_collect(collect);
     if (st->parsed()) return run_stats(stats);

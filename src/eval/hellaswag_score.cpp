@@ -95,7 +95,9 @@ HellaSwagRow score_hellaswag(Session& session, KvPolicy& policy, const HellaSwag
     throw Error("HellaSwag scoring with a residual window needs a stage_only cache");
   cache.clear(seq);
   PolicyRunner runner(session, policy);
-  const float* last = runner.prefill(item.context);
+  // One token per step for policies that decide after the forward pass, as in generation: no context token
+  // reads another at fp16 before its width is decided (static policies decide in advance).
+  const float* last = runner.prefill(item.context, 1);
   const std::vector<float> ctx_logits(last, last + vocab);  // the next run overwrites the session's logits
   const int n_ctx = cache.n_tokens(seq);
   HellaSwagRow row;

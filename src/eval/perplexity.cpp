@@ -82,6 +82,9 @@ PerplexityResult perplexity(SessionBase& session, KvPolicy& policy, const std::v
     // The policy's run: the shared decode loop's prefill, every width decided as in generation.
     session.clear();
     PolicyRunner runner(session, policy);
+    // Dynamic policies decide each token after its forward pass; one token per step, as in generation, so
+    // no token of a batch reads another at fp16 before its width is decided (which a static policy, deciding
+    // in advance, never allows either: equal conditions at equal memory).
     runner.prefill_scored(chunk, first, [&](int i, const float* li) {
       if (i >= n_ctx - 1) return;
       const double nll = nll_of(li, vocab, chunk[static_cast<size_t>(i) + 1]);
@@ -93,7 +96,7 @@ PerplexityResult perplexity(SessionBase& session, KvPolicy& policy, const std::v
         r.kl_sum += kl_divergence(ri, li, vocab);
         agree += std::max_element(ri, ri + vocab) - ri == std::max_element(li, li + vocab) - li;
       }
-    });
+    }, 1);
     // Decided widths (a CPU session knows each token's; another counts what its cache reports).
     if (auto* cpu = dynamic_cast<Session*>(&session)) {
       for (int i = 0; i < n_ctx; ++i) {

@@ -126,7 +126,8 @@ struct Parsed {
 
 class Parser {
  public:
-  Parser(const uint8_t* base, size_t size, const std::string& name) : base_(base), size_(size), name_(name) {}
+  Parser(const uint8_t* base, size_t size, const std::string& name, bool any_type)
+      : base_(base), size_(size), name_(name), any_type_(any_type) {}
 
   Parsed run() {
     Parsed out;
@@ -372,16 +373,17 @@ class Parser {
     }
     t.n_elements = n_elements;
     const uint32_t raw = u32("type");
-    if (!tensor_type_supported(raw)) {
+    t.supported = tensor_type_supported(raw);
+    if (!t.supported && !(any_type_ && ggml_block_info(raw))) {
       const char* known = ggml_type_name(raw);
       if (known != nullptr) {
         fail(where_ + ": unsupported tensor type " + num(raw) + " (" + known +
-             "); supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K, Q6_K");
+             "); supported: " + supported_tensor_types());
       }
       fail(where_ + ": unknown tensor type " + num(raw));
     }
     t.type = static_cast<TensorType>(raw);
-    const BlockInfo bi = block_info(t.type);
+    const BlockInfo bi = t.supported ? block_info(t.type) : *ggml_block_info(raw);
     if (t.dims[0] % bi.elems != 0) {
       fail(where_ + ": dims[0] = " + num(t.dims[0]) + " is not a multiple of the " +
            tensor_type_name(t.type) + " block size " + num(bi.elems));
@@ -442,6 +444,7 @@ class Parser {
   const uint8_t* base_;
   size_t size_;
   const std::string& name_;
+  bool any_type_;
   size_t pos_ = 0;
   uint64_t kv_count_ = 0;
   uint64_t tensor_count_ = 0;
@@ -516,10 +519,24 @@ BlockInfo block_info(TensorType t) {
       return {32, 20};
     case TensorType::Q8_0:
       return {32, 34};
+    case TensorType::Q5_0:
+      return {32, 22};
+    case TensorType::Q5_1:
+      return {32, 24};
+    case TensorType::IQ4_NL:
+      return {32, 18};
+    case TensorType::Q2_K:
+      return {256, 84};
+    case TensorType::Q3_K:
+      return {256, 110};
     case TensorType::Q4_K:
       return {256, 144};
+    case TensorType::Q5_K:
+      return {256, 176};
     case TensorType::Q6_K:
       return {256, 210};
+    case TensorType::IQ4_XS:
+      return {256, 136};
   }
   throw Error("block_info: unsupported tensor type " + num(static_cast<uint32_t>(t)) + " (" +
               tensor_type_name(t) + ")");
@@ -533,11 +550,37 @@ bool tensor_type_supported(uint32_t raw) {
     case TensorType::Q4_0:
     case TensorType::Q4_1:
     case TensorType::Q8_0:
+    case TensorType::Q5_0:
+    case TensorType::Q5_1:
+    case TensorType::IQ4_NL:
+    case TensorType::Q2_K:
+    case TensorType::Q3_K:
     case TensorType::Q4_K:
+    case TensorType::Q5_K:
     case TensorType::Q6_K:
+    case TensorType::IQ4_XS:
       return true;
   }
   return false;
+}
+
+std::optional<BlockInfo> ggml_block_info(uint32_t raw) {
+  // ggml's block sizes (elements, bytes) by type number (as gguf-py's GGML_QUANT_SIZES); {0, 0}: no such
+  // type, or Q8_1 (an activation format, never stored in model files).
+  static constexpr BlockInfo kBlocks[] = {
+      {1, 4},    {1, 2},    {32, 18},  {32, 20},   {0, 0},     {0, 0},     {32, 22},   {32, 24},
+      {32, 34},  {0, 0},    {256, 84}, {256, 110}, {256, 144}, {256, 176}, {256, 210}, {256, 292},
+      {256, 66}, {256, 74}, {256, 98}, {256, 50},  {32, 18},   {256, 110}, {256, 82},  {256, 136},
+      {1, 1},    {1, 2},    {1, 4},    {1, 8},     {1, 8},     {256, 56},  {1, 2},     {0, 0},
+      {0, 0},    {0, 0},    {256, 54}, {256, 66},  {0, 0},     {0, 0},     {0, 0},     {32, 17},
+  };
+  if (raw >= std::size(kBlocks) || kBlocks[raw].elems == 0 || ggml_type_name(raw) == nullptr)
+    return std::nullopt;
+  return kBlocks[raw];
+}
+
+const char* supported_tensor_types() {
+  return "F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS";
 }
 
 // ---- Value ----
@@ -622,7 +665,7 @@ std::string Value::to_string(size_t max_items) const {
 
 // ---- File ----
 
-std::unique_ptr<File> File::open(const std::string& path, bool use_mmap) {
+std::unique_ptr<File> File::open(const std::string& path, bool use_mmap, bool any_type) {
   Fd fd{::open(path.c_str(), O_RDONLY | O_CLOEXEC)};
   if (fd.fd < 0) throw Error(path + ": cannot open: " + errno_text(errno));
   struct stat st {};
@@ -654,17 +697,17 @@ std::unique_ptr<File> File::open(const std::string& path, bool use_mmap) {
   }
   f->size_ = size;
   f->name_ = path;
-  f->parse_all();
+  f->parse_all(any_type);
   return f;
 }
 
-std::unique_ptr<File> File::parse(const uint8_t* data, size_t size, const std::string& name) {
+std::unique_ptr<File> File::parse(const uint8_t* data, size_t size, const std::string& name, bool any_type) {
   KVD_ASSERT(data != nullptr || size == 0);
   std::unique_ptr<File> f(new File());
   f->base_ = data;
   f->size_ = size;
   f->name_ = name;
-  f->parse_all();
+  f->parse_all(any_type);
   return f;
 }
 
@@ -672,8 +715,8 @@ File::~File() {
   if (mapping_ != nullptr) ::munmap(mapping_, size_);
 }
 
-void File::parse_all() {
-  Parsed p = Parser(base_, size_, name_).run();
+void File::parse_all(bool any_type) {
+  Parsed p = Parser(base_, size_, name_, any_type).run();
   version_ = p.version;
   alignment_ = p.alignment;
   kv_ = std::move(p.kv);

@@ -26,7 +26,8 @@ enum class ValueType : uint32_t {
 
 // Tensor data types, numbered as in ggml. Only the listed ones are supported; others are an error.
 enum class TensorType : uint32_t {
-  F32 = 0, F16 = 1, Q4_0 = 2, Q4_1 = 3, Q8_0 = 8, Q4_K = 12, Q6_K = 14, BF16 = 30,
+  F32 = 0, F16 = 1, Q4_0 = 2, Q4_1 = 3, Q5_0 = 6, Q5_1 = 7, Q8_0 = 8, Q2_K = 10, Q3_K = 11, Q4_K = 12,
+  Q5_K = 13, Q6_K = 14, IQ4_NL = 20, IQ4_XS = 23, BF16 = 30,
 };
 // clang-format on
 
@@ -42,6 +43,11 @@ struct BlockInfo {
 };
 BlockInfo block_info(TensorType t);  // throws kvd::Error for unsupported types
 bool tensor_type_supported(uint32_t raw);
+// "F32, F16, BF16, Q8_0, ..." (the supported types, for messages).
+const char* supported_tensor_types();
+// Block size of any ggml type number this reader knows by name (supported or not), e.g. IQ2_XXS; nullopt
+// for numbers it does not know.
+std::optional<BlockInfo> ggml_block_info(uint32_t raw);
 
 struct Value;
 using Array = std::vector<Value>;
@@ -70,15 +76,21 @@ struct TensorInfo {
   uint64_t n_elements = 0;
   uint64_t n_bytes = 0;
   const uint8_t* data = nullptr;  // points into the mapping, inside the file (checked)
+  // False only in files opened with any_type for a type this reader cannot decode (then `type` holds the
+  // raw ggml number, which block_info rejects; n_bytes and the bounds come from ggml_block_info).
+  bool supported = true;
 };
 
 class File {
  public:
   // Maps (or, with use_mmap false, reads into memory this process owns, as llama.cpp's --no-mmap) and
   // parses the file at `path`. Throws kvd::Error on any problem.
-  static std::unique_ptr<File> open(const std::string& path, bool use_mmap = true);
+  // any_type: accept tensors of every ggml type known by name (for `kvdial info`), marking the ones this
+  // reader cannot decode instead of failing on them.
+  static std::unique_ptr<File> open(const std::string& path, bool use_mmap = true, bool any_type = false);
   // Parses an in-memory image (used by tests and the fuzzer); the buffer must outlive the File.
-  static std::unique_ptr<File> parse(const uint8_t* data, size_t size, const std::string& name);
+  static std::unique_ptr<File> parse(const uint8_t* data, size_t size, const std::string& name,
+                                     bool any_type = false);
   ~File();
   File(const File&) = delete;
   File& operator=(const File&) = delete;
@@ -104,7 +116,7 @@ class File {
 
  private:
   File() = default;
-  void parse_all();
+  void parse_all(bool any_type);
 
   std::string name_;
   const uint8_t* base_ = nullptr;

@@ -117,15 +117,24 @@ void Session::forward_batch(const std::vector<SeqTokens>& parts, int logits_from
     if (!L.bv.empty())
       for (int i = 0; i < n; ++i)
         for (int j = 0; j < kv_dim; ++j) v_[i * kv_dim + j] += L.bv[j];
+    if (!L.q_norm.empty()) {  // Qwen3: RMSNorm of each head's q and k
+      backend_.rmsnorm(q_.data(), L.q_norm.data(), q_.data(), n * c.n_heads, hd, c.rms_eps);
+      backend_.rmsnorm(k_.data(), L.k_norm.data(), k_.data(), n * c.n_kv_heads, hd, c.rms_eps);
+    }
     // Per part: RoPE on q and k at its positions, write this layer's K and V of its tokens, then attend
     // (causal) over its sequence.
     for (size_t p = 0; p < parts.size(); ++p) {
       const int np = parts[p].n, r = row0[p];
       if (np == 0) continue;
-      backend_.rope(q_.data() + static_cast<size_t>(r) * q_dim, np, c.n_heads, hd, c.rope_dim, pos0[p],
-                    c.rope_theta, c.rope_style);
-      backend_.rope(k_.data() + static_cast<size_t>(r) * kv_dim, np, c.n_kv_heads, hd, c.rope_dim, pos0[p],
-                    c.rope_theta, c.rope_style);
+      float* qp = q_.data() + static_cast<size_t>(r) * q_dim;
+      float* kp = k_.data() + static_cast<size_t>(r) * kv_dim;
+      if (c.rope_scaling.active()) {
+        rope_scaled(c.rope_scaling, qp, np, c.n_heads, hd, pos0[p], c.rope_style);
+        rope_scaled(c.rope_scaling, kp, np, c.n_kv_heads, hd, pos0[p], c.rope_style);
+      } else {
+        backend_.rope(qp, np, c.n_heads, hd, c.rope_dim, pos0[p], c.rope_theta, c.rope_style);
+        backend_.rope(kp, np, c.n_kv_heads, hd, c.rope_dim, pos0[p], c.rope_theta, c.rope_style);
+      }
       for (int i = r; i < r + np; ++i)
         cache_.write(parts[p].seq, l, pos0[p] + i - r, k_.data() + static_cast<size_t>(i) * kv_dim,
                      v_.data() + static_cast<size_t>(i) * kv_dim);

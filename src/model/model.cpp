@@ -62,8 +62,9 @@ std::unique_ptr<Model> Model::load(const std::string& path, bool use_mmap) {
   const gguf::File& f = *m->file_;
   ModelConfig& c = m->config_;
   c.arch = f.get_string("general.architecture", "");
-  if (c.arch != "llama" && c.arch != "qwen2" && c.arch != "mistral")
-    throw Error(path + ": architecture '" + c.arch + "' is not supported (llama, mistral, qwen2 are)");
+  if (c.arch != "llama" && c.arch != "mistral" && c.arch != "qwen2" && c.arch != "qwen3")
+    throw Error(path + ": architecture '" + c.arch +
+                "' is not supported (supported: llama, mistral, qwen2, qwen3)");
   const std::string a = c.arch + ".";
   c.name = f.get_string("general.name", "");
   c.n_layers = positive(f, a + "block_count", f.get_int(a + "block_count"));
@@ -78,12 +79,16 @@ std::unique_ptr<Model> Model::load(const std::string& path, bool use_mmap) {
   c.head_dim = static_cast<int>(f.get_int(a + "attention.key_length", c.dim / c.n_heads));
   if (c.head_dim <= 0 || c.head_dim > 256 || c.head_dim % 2 != 0)
     throw Error(path + ": head dimension " + std::to_string(c.head_dim) + " is not supported");
+  if (f.get_int(a + "attention.value_length", c.head_dim) != c.head_dim)
+    throw Error(path + ": attention.value_length differs from key_length (not supported)");
   c.rope_dim = static_cast<int>(f.get_int(a + "rope.dimension_count", c.head_dim));
   if (c.rope_dim <= 0 || c.rope_dim > c.head_dim || c.rope_dim % 2)
     throw Error(path + ": bad rope.dimension_count");
   c.rope_theta = static_cast<float>(f.get_float(a + "rope.freq_base", 10000.0));
   c.rms_eps = static_cast<float>(f.get_float(a + "attention.layer_norm_rms_epsilon", 1e-5));
-  c.rope_style = c.arch == "qwen2" ? RopeStyle::Halves : RopeStyle::Adjacent;
+  // llama.cpp's converters permute Llama/Mistral Q and K rows for adjacent-pair RoPE; Qwen's stay NeoX.
+  c.rope_style = c.arch == "qwen2" || c.arch == "qwen3" ? RopeStyle::Halves : RopeStyle::Adjacent;
+  c.rope_scaling = rope_scaling_from_gguf(f, c.arch, c.rope_dim, c.rope_theta);
 
   const gguf::TensorInfo& emb = f.tensor("token_embd.weight");
   if (emb.dims.size() != 2) throw Error(path + ": token_embd.weight is not 2-D");
@@ -105,6 +110,11 @@ std::unique_ptr<Model> Model::load(const std::string& path, bool use_mmap) {
     L.bq = vector(f, p + "attn_q.bias", q_dim, false);
     L.bk = vector(f, p + "attn_k.bias", kv_dim, false);
     L.bv = vector(f, p + "attn_v.bias", kv_dim, false);
+    L.q_norm = vector(f, p + "attn_q_norm.weight", c.head_dim, c.arch == "qwen3");
+    L.k_norm = vector(f, p + "attn_k_norm.weight", c.head_dim, c.arch == "qwen3");
+    if (L.q_norm.empty() != L.k_norm.empty())
+      throw Error(path + ": layer " + std::to_string(l) + " has only one of attn_q_norm and attn_k_norm");
+    c.qk_norm = !L.q_norm.empty();
     L.wo = matrix(f, p + "attn_output.weight", c.dim, q_dim);
     L.ffn_norm = vector(f, p + "ffn_norm.weight", c.dim);
     L.w_gate = matrix(f, p + "ffn_gate.weight", c.ffn_dim, c.dim);

@@ -7,6 +7,7 @@
 
 #include "gguf/gguf.h"
 #include "kernels/kernels.h"
+#include "model/rope_scaling.h"
 #include "tokenizer/tokenizer.h"
 
 namespace kvd {
@@ -28,7 +29,9 @@ struct ModelConfig {
   float rope_theta = 10000.0f;
   float rms_eps = 1e-5f;
   RopeStyle rope_style = RopeStyle::Adjacent;
+  RopeScaling rope_scaling;  // linear / yarn / llama3 frequency scaling (type "none": plain RoPE)
   bool tied_output = false;  // output matrix is token_embd
+  bool qk_norm = false;      // per-head RMSNorm of q and k before RoPE (Qwen3)
 };
 
 // An owned small vector (norm weights, biases), dequantized to fp32 at load.
@@ -45,6 +48,9 @@ struct LayerWeights {
   WeightView w_gate;  // (ffn_dim, dim)
   WeightView w_up;    // (ffn_dim, dim)
   WeightView w_down;  // (dim, ffn_dim)
+
+  // (head_dim) per-head RMSNorm weights of q and k (Qwen3); empty when absent.
+  Vec q_norm, k_norm;
 };
 
 struct Weights {

@@ -34,19 +34,29 @@ def make_blocks(rng, qtype, n_blocks):
     _, type_size = GGML_QUANT_SIZES[qtype]
     raw = rng.integers(0, 256, size=(n_blocks, type_size), dtype=np.uint8)
     sp = special_halves().view(np.uint8).reshape(-1, 2)
-    if qtype in (Q.Q4_0, Q.Q8_0):
+    if qtype in (Q.Q4_0, Q.Q8_0, Q.Q5_0, Q.IQ4_NL):
         raw[:, 0:2] = halves(rng, n_blocks, 1e-4, 0.1, neg_frac=0.3)
         raw[: len(sp), 0:2] = sp
         if qtype == Q.Q8_0:
             raw[0, 2:6] = [0x80, 0x7F, 0x81, 0x00]  # -128, 127, -127, 0
-    elif qtype == Q.Q4_1:
+    elif qtype in (Q.Q4_1, Q.Q5_1):
         raw[:, 0:2] = halves(rng, n_blocks, 1e-4, 0.1)
         raw[:, 2:4] = halves(rng, n_blocks, 1e-3, 1.0, neg_frac=0.8)  # m: usually the (negative) minimum
         raw[: len(sp), 0:2] = sp
-    elif qtype == Q.Q4_K:
+    elif qtype in (Q.Q4_K, Q.Q5_K):
         raw[:, 0:2] = halves(rng, n_blocks, 1e-5, 1e-2)
         raw[:, 2:4] = halves(rng, n_blocks, 1e-5, 1e-2)
         raw[0, 0:2] = sp[2]  # subnormal d
+    elif qtype == Q.Q2_K:
+        raw[:, 80:82] = halves(rng, n_blocks, 1e-5, 1e-2)
+        raw[:, 82:84] = halves(rng, n_blocks, 1e-5, 1e-2)
+        raw[1, 80:82] = sp[2]
+    elif qtype == Q.Q3_K:
+        raw[:, 108:110] = halves(rng, n_blocks, 1e-5, 1e-2, neg_frac=0.2)
+        raw[1, 108:110] = sp[2]
+    elif qtype == Q.IQ4_XS:
+        raw[:, 0:2] = halves(rng, n_blocks, 1e-5, 1e-2, neg_frac=0.2)
+        raw[1, 0:2] = sp[2]
     elif qtype == Q.Q6_K:
         raw[:, 208:210] = halves(rng, n_blocks, 1e-5, 1e-2, neg_frac=0.2)
         raw[0, 192:196] = [0x80, 0x7F, 0x00, 0xFF]  # scales -128, 127, 0, -1
@@ -68,9 +78,10 @@ def make_blocks(rng, qtype, n_blocks):
 def main():
     out = sys.argv[1] if len(sys.argv) > 1 else "tests/fixtures/dequant_ref.json"
     rng = np.random.default_rng(20240611)
-    # Block counts keep the fixture small (~60 KB) while covering many random scales and nibbles.
+    # Block counts keep the fixture small (~110 KB) while covering many random scales and nibbles.
     plan = [(Q.F32, 64), (Q.F16, 512), (Q.BF16, 512), (Q.Q4_0, 24), (Q.Q4_1, 24), (Q.Q8_0, 24),
-            (Q.Q4_K, 4), (Q.Q6_K, 4)]
+            (Q.Q4_K, 4), (Q.Q6_K, 4),
+            (Q.Q5_0, 24), (Q.Q5_1, 24), (Q.IQ4_NL, 24), (Q.Q2_K, 4), (Q.Q3_K, 4), (Q.Q5_K, 4), (Q.IQ4_XS, 4)]
     cases = []
     for qtype, n_blocks in plan:
         block_elems, _ = GGML_QUANT_SIZES[qtype]

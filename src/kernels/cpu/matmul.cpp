@@ -346,9 +346,19 @@ float DotRow(TensorType type, const uint8_t* row, const float* x, const float* s
       return DotQ4K(row, x, sx, n / 256);
     case TensorType::Q6_K:
       return DotQ6K(row, x, n / 256);
+    case TensorType::Q5_0:
+    case TensorType::Q5_1:
+    case TensorType::IQ4_NL:
+    case TensorType::Q2_K:
+    case TensorType::Q3_K:
+    case TensorType::Q5_K:
+    case TensorType::IQ4_XS:
+      break;  // BufferedRows, below
   }
   return 0.0f;
 }
+
+void BufferedRows(const WeightView& w, const float* x, float* y, int64_t n_tokens, int64_t r0, int64_t r1);
 
 // Q4_0 / Q4_1 / Q8_0 rows [r0, r1) for every token, up to 4 tokens per pass over a row: the unpacked
 // block is reused from registers for each token.
@@ -408,6 +418,14 @@ void MatvecRows(const WeightView& w, const float* x, const float* sx, int64_t n_
       return BlockRowsT<TensorType::Q4_1>(w, x, sx, n_sx, y, n_tokens, r0, r1);
     case TensorType::Q8_0:
       return BlockRowsT<TensorType::Q8_0>(w, x, sx, n_sx, y, n_tokens, r0, r1);
+    case TensorType::Q5_0:
+    case TensorType::Q5_1:
+    case TensorType::IQ4_NL:
+    case TensorType::Q2_K:
+    case TensorType::Q3_K:
+    case TensorType::Q5_K:
+    case TensorType::IQ4_XS:
+      return BufferedRows(w, x, y, n_tokens, r0, r1);
     default:
       break;
   }
@@ -610,6 +628,155 @@ void DequantQ6K(const uint8_t* src, float* dst, int64_t nb) {
   }
 }
 
+// Q5_0 / Q5_1: as Q4_0 / Q4_1, with bit 4 of element j at bit j of the little-endian 32-bit qh.
+template <bool kQ50>
+void DequantQ5(const uint8_t* src, float* dst, int64_t nb) {
+  const DF df;
+  const DI di;
+  const hn::RebindToUnsigned<DF> du;
+  const VI mask = hn::Set(di, 0x0f), k16 = hn::Set(di, 16);
+  const auto one = hn::Set(du, 1u);
+  for (int64_t b = 0; b < nb; ++b, src += kQ50 ? 22 : 24, dst += 32) {
+    const VF vd = hn::Set(df, Half(src));
+    const VF vm = hn::Set(df, kQ50 ? 0.0f : Half(src + 2));
+    uint32_t qh;
+    std::memcpy(&qh, src + (kQ50 ? 2 : 4), 4);
+    const auto vqh = hn::Set(du, qh);
+    const uint8_t* qs = src + (kQ50 ? 6 : 8);
+    for (size_t j = 0; j < 16; j += kN) {
+      const VI q = LoadU8(qs + j);
+      const auto sh = hn::Iota(du, static_cast<uint32_t>(j));
+      const VI h_lo = hn::BitCast(di, hn::ShiftLeft<4>(hn::And(vqh >> sh, one)));
+      const VI h_hi = hn::BitCast(di, hn::ShiftLeft<4>(hn::And(vqh >> hn::Add(sh, hn::Set(du, 16u)), one)));
+      const VI lo = hn::Or(hn::And(q, mask), h_lo), hi = hn::Or(hn::ShiftRight<4>(q), h_hi);
+      if constexpr (kQ50) {
+        hn::StoreU(hn::Mul(ToF(hn::Sub(lo, k16)), vd), df, dst + j);
+        hn::StoreU(hn::Mul(ToF(hn::Sub(hi, k16)), vd), df, dst + 16 + j);
+      } else {
+        hn::StoreU(hn::MulAdd(ToF(lo), vd, vm), df, dst + j);
+        hn::StoreU(hn::MulAdd(ToF(hi), vd, vm), df, dst + 16 + j);
+      }
+    }
+  }
+}
+
+// Q2_K: element 128 h + 32 s + l is bits 2s..2s+1 of qs[32 h + l]; scale and min per 16 elements.
+void DequantQ2K(const uint8_t* src, float* dst, int64_t nb) {
+  const DF df;
+  const VI m3 = hn::Set(DI(), 3);
+  for (int64_t b = 0; b < nb; ++b, src += 84, dst += 256) {
+    const uint8_t* sc = src;
+    const float d = Half(src + 80), dmin = Half(src + 82);
+    for (int h = 0; h < 2; ++h)
+      for (int s = 0; s < 4; ++s)
+        for (size_t l = 0; l < 32; l += kN) {
+          const size_t i = 128 * h + 32 * s + l;
+          const VI q = hn::And(hn::ShiftRightSame(LoadU8(src + 16 + 32 * h + l), 2 * s), m3);
+          const VF dl = hn::Set(df, d * static_cast<float>(sc[i / 16] & 0x0f));
+          const VF ml = hn::Set(df, dmin * static_cast<float>(sc[i / 16] >> 4));
+          hn::StoreU(hn::MulSub(ToF(q), dl, ml), df, dst + i);
+        }
+  }
+}
+
+HWY_INLINE int Q3KScale(int i, const uint8_t* sc) {
+  const int lo = i < 8 ? sc[i] & 0x0f : sc[i - 8] >> 4;
+  const int hi = (sc[8 + i % 4] >> (2 * (i / 4))) & 3;
+  return (lo | (hi << 4)) - 32;
+}
+
+// Q3_K: 2 low bits as Q2_K, the third from bit (i / 32) of hmask[l] (clear: subtract 4).
+void DequantQ3K(const uint8_t* src, float* dst, int64_t nb) {
+  const DF df;
+  const DI di;
+  const VI m3 = hn::Set(di, 3), one = hn::Set(di, 1);
+  for (int64_t b = 0; b < nb; ++b, src += 110, dst += 256) {
+    const uint8_t* hm = src;
+    const uint8_t* sc = src + 96;
+    const float d = Half(src + 108);
+    for (int h = 0; h < 2; ++h)
+      for (int s = 0; s < 4; ++s)
+        for (size_t l = 0; l < 32; l += kN) {
+          const size_t i = 128 * h + 32 * s + l;
+          const VI low = hn::And(hn::ShiftRightSame(LoadU8(src + 32 + 32 * h + l), 2 * s), m3);
+          const VI bit = hn::And(hn::ShiftRightSame(LoadU8(hm + l), 4 * h + s), one);
+          const VI q = hn::Sub(low, hn::ShiftLeft<2>(hn::Xor(bit, one)));
+          const VF dl = hn::Set(df, d * static_cast<float>(Q3KScale(static_cast<int>(i / 16), sc)));
+          hn::StoreU(hn::Mul(ToF(q), dl), df, dst + i);
+        }
+  }
+}
+
+// Q5_K: Q4_K's nibbles and scales, bit 4 of sub-block j's element l at bit j of qh[l].
+void DequantQ5K(const uint8_t* src, float* dst, int64_t nb) {
+  const DF df;
+  const DI di;
+  const VI mask = hn::Set(di, 0x0f), one = hn::Set(di, 1);
+  for (int64_t b = 0; b < nb; ++b, src += 176, dst += 256) {
+    const float d = Half(src), dmin = Half(src + 2);
+    const uint8_t* qh = src + 16;
+    for (int j = 0; j < 8; ++j) {
+      int sc, mn;
+      Q4KScaleMin(j, src + 4, &sc, &mn);
+      const VF dl = hn::Set(df, d * static_cast<float>(sc)), ml = hn::Set(df, dmin * static_cast<float>(mn));
+      const uint8_t* qj = src + 48 + 32 * (j / 2);
+      for (size_t l = 0; l < 32; l += kN) {
+        const VI lo = hn::And(hn::ShiftRightSame(LoadU8(qj + l), 4 * (j % 2)), mask);
+        const VI hi = hn::ShiftLeft<4>(hn::And(hn::ShiftRightSame(LoadU8(qh + l), j), one));
+        hn::StoreU(hn::MulSub(ToF(hn::Or(lo, hi)), dl, ml), df, dst + 32 * j + l);
+      }
+    }
+  }
+}
+
+// IQ4_NL / IQ4_XS: the grid values of 16 bytes of nibbles (low nibbles, then high) as 32 int8, by byte
+// shuffle (pshufb / tbl) of the 16-entry table.
+alignas(16) constexpr int8_t kIq4Grid[16] = {-127, -104, -83, -65, -49, -35, -22, -10,
+                                             1,    13,   25,  38,  53,  69,  89,  113};
+HWY_INLINE void Iq4Lookup(const uint8_t* qs, int8_t* out) {
+#if HWY_TARGET == HWY_SCALAR
+  for (int j = 0; j < 16; ++j) {
+    out[j] = kIq4Grid[qs[j] & 0x0f];
+    out[j + 16] = kIq4Grid[qs[j] >> 4];
+  }
+#else
+  const hn::Full128<uint8_t> d8;
+  const hn::Full128<int8_t> di8;
+  const auto table = hn::Load(di8, kIq4Grid);
+  const auto q = hn::LoadU(d8, qs);
+  hn::StoreU(hn::TableLookupBytes(table, hn::BitCast(di8, hn::And(q, hn::Set(d8, 0x0f)))), di8, out);
+  hn::StoreU(hn::TableLookupBytes(table, hn::BitCast(di8, hn::ShiftRight<4>(q))), di8, out + 16);
+#endif
+}
+
+void DequantIQ4NL(const uint8_t* src, float* dst, int64_t nb) {
+  const DF df;
+  for (int64_t b = 0; b < nb; ++b, src += 18, dst += 32) {
+    HWY_ALIGN int8_t v[32];
+    Iq4Lookup(src + 2, v);
+    const VF vd = hn::Set(df, Half(src));
+    for (size_t j = 0; j < 32; j += kN)
+      hn::StoreU(hn::Mul(ToF(LoadI8(reinterpret_cast<const uint8_t*>(v) + j)), vd), df, dst + j);
+  }
+}
+
+void DequantIQ4XS(const uint8_t* src, float* dst, int64_t nb) {
+  const DF df;
+  for (int64_t b = 0; b < nb; ++b, src += 136) {
+    const float d = Half(src);
+    uint16_t sh;
+    std::memcpy(&sh, src + 2, 2);
+    for (int j = 0; j < 8; ++j, dst += 32) {
+      const int ls = ((src[4 + j / 2] >> (4 * (j % 2))) & 0x0f) | (((sh >> (2 * j)) & 3) << 4);
+      const VF dl = hn::Set(df, d * static_cast<float>(ls - 32));
+      HWY_ALIGN int8_t v[32];
+      Iq4Lookup(src + 8 + 16 * j, v);
+      for (size_t l = 0; l < 32; l += kN)
+        hn::StoreU(hn::Mul(ToF(LoadI8(reinterpret_cast<const uint8_t*>(v) + l)), dl), df, dst + l);
+    }
+  }
+}
+
 template <TensorType kType>
 void DequantPlain(const uint8_t* src, float* dst, int64_t n) {
   const DF df;
@@ -644,6 +811,72 @@ void DequantRow(TensorType type, const uint8_t* src, float* dst, int64_t n) {
     case TensorType::Q6_K:
       DequantQ6K(src, dst, n / 256);
       break;
+    case TensorType::Q5_0:
+      DequantQ5<true>(src, dst, n / 32);
+      break;
+    case TensorType::Q5_1:
+      DequantQ5<false>(src, dst, n / 32);
+      break;
+    case TensorType::IQ4_NL:
+      DequantIQ4NL(src, dst, n / 32);
+      break;
+    case TensorType::Q2_K:
+      DequantQ2K(src, dst, n / 256);
+      break;
+    case TensorType::Q3_K:
+      DequantQ3K(src, dst, n / 256);
+      break;
+    case TensorType::Q5_K:
+      DequantQ5K(src, dst, n / 256);
+      break;
+    case TensorType::IQ4_XS:
+      DequantIQ4XS(src, dst, n / 256);
+      break;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Decode path of the types without a fused dot (Q5_0, Q5_1, IQ4_NL, Q2_K, Q3_K, Q5_K, IQ4_XS): each
+// 256-element chunk of a row is dequantized (SIMD, as above) into an L1 buffer once and dotted with up to
+// 4 tokens from there; two accumulators per token.
+template <size_t T>
+void DotBufferedT(TensorType type, size_t elems, size_t bytes, const uint8_t* row, const float* const* xs,
+                  int64_t n, float* out) {
+  const DF df;
+  VF acc0[T], acc1[T];
+#pragma GCC unroll 4
+  for (size_t t = 0; t < T; ++t) acc0[t] = acc1[t] = hn::Zero(df);
+  HWY_ALIGN float buf[256];
+  for (int64_t c0 = 0; c0 < n; c0 += 256) {
+    const int64_t len = std::min<int64_t>(256, n - c0);  // a multiple of 32
+    DequantRow(type, row + static_cast<size_t>(c0) / elems * bytes, buf, len);
+    for (int64_t j = 0; j < len; j += 2 * static_cast<int64_t>(kN)) {
+      const VF w0 = hn::Load(df, buf + j), w1 = hn::Load(df, buf + j + kN);
+#pragma GCC unroll 4
+      for (size_t t = 0; t < T; ++t) {
+        acc0[t] = hn::MulAdd(w0, hn::LoadU(df, xs[t] + c0 + j), acc0[t]);
+        acc1[t] = hn::MulAdd(w1, hn::LoadU(df, xs[t] + c0 + j + kN), acc1[t]);
+      }
+    }
+  }
+#pragma GCC unroll 4
+  for (size_t t = 0; t < T; ++t) out[t] = hn::GetLane(hn::SumOfLanes(df, hn::Add(acc0[t], acc1[t])));
+}
+
+void BufferedRows(const WeightView& w, const float* x, float* y, int64_t n_tokens, int64_t r0, int64_t r1) {
+  const gguf::BlockInfo bi = gguf::block_info(w.type);
+  using Fn = void (*)(TensorType, size_t, size_t, const uint8_t*, const float* const*, int64_t, float*);
+  static constexpr Fn kFns[4] = {DotBufferedT<1>, DotBufferedT<2>, DotBufferedT<3>, DotBufferedT<4>};
+  for (int64_t r = r0; r < r1; ++r) {
+    const uint8_t* row = w.data + r * static_cast<int64_t>(w.row_bytes);
+    for (int64_t t0 = 0; t0 < n_tokens; t0 += 4) {
+      const int64_t nt = std::min<int64_t>(4, n_tokens - t0);
+      const float* xs[4];
+      for (int64_t t = 0; t < nt; ++t) xs[t] = x + (t0 + t) * w.cols;
+      float out[4];
+      kFns[nt - 1](w.type, bi.elems, bi.bytes, row, xs, w.cols, out);
+      for (int64_t t = 0; t < nt; ++t) y[(t0 + t) * w.rows + r] = out[t];
+    }
   }
 }
 
