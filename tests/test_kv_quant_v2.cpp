@@ -133,11 +133,13 @@ struct LadderFixture {
     std::normal_distribution<float> nd;
     std::vector<float> k(layout.kv_dim()), v(layout.kv_dim());
     std::vector<uint8_t> bits(static_cast<size_t>(n_ctx + n_q));
-    for (size_t i = 0; i < bits.size(); ++i) bits[i] = static_cast<uint8_t>(classes[(i * 7 + i / 3) % classes.size()]);
+    for (size_t i = 0; i < bits.size(); ++i)
+      bits[i] = static_cast<uint8_t>(classes[(i * 7 + i / 3) % classes.size()]);
     auto write = [&](int first, int n) {
       for (int i = 0; i < n; ++i)
         for (int l = 0; l < 2; ++l) {
-          for (int e = 0; e < layout.kv_dim(); ++e) k[e] = nd(rng) + (e % 17 == 3 ? 6.0f : 0.0f);  // outlier channels
+          for (int e = 0; e < layout.kv_dim(); ++e)
+            k[e] = nd(rng) + (e % 17 == 3 ? 6.0f : 0.0f);  // outlier channels
           for (auto& x : v) x = nd(rng);
           cache->write(0, l, first + i, k.data(), v.data());
         }
@@ -165,7 +167,8 @@ TEST_P(LadderAttention, FastMatchesReference) {
   const auto [ladder, rotate] = GetParam();
   ThreadPool pool(2);
   for (int hd : {64, 128})
-    for (const std::vector<int>& classes : std::vector<std::vector<int>>{{16, 2, 4, 8, 4, 2, 2}, {2}, {4}, {8}}) {
+    for (const std::vector<int>& classes :
+         std::vector<std::vector<int>>{{16, 2, 4, 8, 4, 2, 2}, {2}, {4}, {8}}) {
       const LadderFixture s(ladder, rotate, hd, 3, 2, cpu::detail::kKeyChunk + 41, 3, classes);
       ASSERT_TRUE(cpu::detail::simd_supported(s.layout, s.shape)) << ladder;
       for (int l = 0; l < 2; ++l) {
@@ -174,9 +177,11 @@ TEST_P(LadderAttention, FastMatchesReference) {
         for (int i = 0; i < 3; ++i) {
           std::vector<float> ref(s.stride()), one(s.stride());
           ref::attend(*s.cache, 0, l, s.shape, s.q.data() + i * s.stride(), s.n_ctx + i, ref.data(), nullptr);
-          cpu::attend(*s.cache, 0, l, s.shape, s.q.data() + i * s.stride(), s.n_ctx + i, 1, one.data(), nullptr, pool);
-          const std::string what = ladder + (rotate ? " rotated" : "") + " hd " + std::to_string(hd) + " classes[0] " +
-                                   std::to_string(classes[0]) + " query " + std::to_string(i);
+          cpu::attend(*s.cache, 0, l, s.shape, s.q.data() + i * s.stride(), s.n_ctx + i, 1, one.data(),
+                      nullptr, pool);
+          const std::string what = ladder + (rotate ? " rotated" : "") + " hd " + std::to_string(hd) +
+                                   " classes[0] " + std::to_string(classes[0]) + " query " +
+                                   std::to_string(i);
           expect_close(batch.data() + i * s.stride(), ref.data(), s.stride(), what + " batched");
           expect_close(one.data(), ref.data(), s.stride(), what + " single");
         }
@@ -195,7 +200,8 @@ TEST_P(LadderAttention, BatchMatchesReference) {
     for (int i = 0; i < 40; i += 7) {
       std::vector<float> ref(s.stride());
       ref::attend(*s.cache, 0, l, s.shape, s.q.data() + i * s.stride(), s.n_ctx + i, ref.data(), nullptr);
-      expect_close(batch.data() + i * s.stride(), ref.data(), s.stride(), ladder + " batch query " + std::to_string(i));
+      expect_close(batch.data() + i * s.stride(), ref.data(), s.stride(),
+                   ladder + " batch query " + std::to_string(i));
     }
   }
 }

@@ -38,16 +38,17 @@ struct Geometry {
   int hd = 0, nq = 0, n_kv = 0, n_heads = 0;
   float scale = 0;  // 1 / sqrt(hd)
   // Per width class, in ChunkViews order (16, 8, 4, 2): stored K and V widths and groups, the bytes of one kv
-  // head's slice of a K and of a V row, and the domains the kernels read the query in (K) and accumulate in (V).
+  // head's slice of a K and of a V row, and the domains the kernels read the query in (K) and accumulate in
+  // (V).
   int kbits[4] = {}, vbits[4] = {}, kgroup[4] = {}, vgroup[4] = {};
   size_t kslice[4] = {}, vslice[4] = {};
   int kdom[4] = {}, vdom[4] = {};
   int n_dom = 1;
-  size_t partial_stride = 0;            // floats of one (chunk, kv head) partial result
-  size_t partial_acc = 0;               // offset of the accumulators within a partial
-  const int* perm[kDomains] = {};       // domain index -> element index (nullptr: identity)
-  bool dom_rot[kDomains] = {};          // the domain is in the rotated basis
-  const float* signs = nullptr;         // the layer's rotation signs (n_kv x hd) when any domain is rotated
+  size_t partial_stride = 0;       // floats of one (chunk, kv head) partial result
+  size_t partial_acc = 0;          // offset of the accumulators within a partial
+  const int* perm[kDomains] = {};  // domain index -> element index (nullptr: identity)
+  bool dom_rot[kDomains] = {};     // the domain is in the rotated basis
+  const float* signs = nullptr;    // the layer's rotation signs (n_kv x hd) when any domain is rotated
 };
 
 // The keys of one chunk as one query reads them, sorted by width class (16, 8, 4, 2; positions ascending

@@ -6,7 +6,8 @@
 
 namespace kvd {
 
-KvPlan make_kv_plan(int n_layers, int n_kv_heads, int head_dim, const KvQuantOptions& q, const std::string& policy) {
+KvPlan make_kv_plan(int n_layers, int n_kv_heads, int head_dim, const KvQuantOptions& q,
+                    const std::string& policy) {
   KvPlan p;
   p.display = policy;
   p.policy_spec = policy;
@@ -26,7 +27,8 @@ KvPlan make_kv_plan(int n_layers, int n_kv_heads, int head_dim, const KvQuantOpt
   if (policy.rfind(prefix, 0) == 0) {
     const std::string arg = policy.substr(prefix.size());
     const KvSetting s = parse_kv_setting(arg, q.group);
-    // Classes 2, 4, 8 hold the setting (the policy chooses 4); 16 stays fp16 (staged tokens, the KL reference).
+    // Classes 2, 4, 8 hold the setting (the policy chooses 4); 16 stays fp16 (staged tokens, the KL
+    // reference).
     for (auto& c : l.ladder) c = s;
     l.ladder[static_cast<size_t>(kv_class_index(16))] = KvSetting{16, 16, q.group, q.group};
     l.has_ladder = true;

@@ -14,10 +14,10 @@ namespace kvd {
 inline constexpr const char* kDefaultKvLadder = "2=K3V2g64,4=K5V4g64,8=K8V8g32,16=F16";
 
 struct KvQuantOptions {
-  int group = 32;                       // --kv-group: default group size
+  int group = 32;                         // --kv-group: default group size
   std::string ladder = kDefaultKvLadder;  // --kv-ladder
-  int rotate = 1;                       // --kv-rotate: randomized Hadamard on quantized rows
-  int clip = -1;                        // --kv-clip: MSE clip search; -1 = as --kv-rotate (0 0 = the original cache)
+  int rotate = 1;                         // --kv-rotate: randomized Hadamard on quantized rows
+  int clip = -1;  // --kv-clip: MSE clip search; -1 = as --kv-rotate (0 0 = the original cache)
 };
 
 struct KvPlan {
@@ -27,6 +27,7 @@ struct KvPlan {
 };
 
 // Throws kvd::Error for a bad setting, ladder or group.
-KvPlan make_kv_plan(int n_layers, int n_kv_heads, int head_dim, const KvQuantOptions& q, const std::string& policy);
+KvPlan make_kv_plan(int n_layers, int n_kv_heads, int head_dim, const KvQuantOptions& q,
+                    const std::string& policy);
 
 }  // namespace kvd

@@ -62,7 +62,8 @@ struct KvLayout {
   static size_t group_bytes_of(int bits, int g) { return 4 + static_cast<size_t>(g) * bits / 8; }
   // Bytes of one row (kv_dim elements) at b bits in groups of g.
   size_t plain_row_bytes(int bits, int g) const {
-    return bits == 16 ? 2 * static_cast<size_t>(kv_dim()) : static_cast<size_t>(kv_dim() / g) * group_bytes_of(bits, g);
+    return bits == 16 ? 2 * static_cast<size_t>(kv_dim())
+                      : static_cast<size_t>(kv_dim() / g) * group_bytes_of(bits, g);
   }
   // Bytes of one quantized group at b bits at the default group.
   size_t group_bytes(int bits) const { return group_bytes_of(bits, group); }

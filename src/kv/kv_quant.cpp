@@ -174,10 +174,12 @@ void kv_dequantize_head(const KvLayout& layout, int bits, const uint8_t* src, in
 }
 
 void kv_dequantize_row(const KvLayout& layout, int bits, const uint8_t* src, float* dst) {
-  for (int h = 0; h < layout.n_kv_heads; ++h) kv_dequantize_head(layout, bits, src, h, dst + h * layout.head_dim);
+  for (int h = 0; h < layout.n_kv_heads; ++h)
+    kv_dequantize_head(layout, bits, src, h, dst + h * layout.head_dim);
 }
 
-void kv_store_row(const KvLayout& layout, int cls, bool is_v, const uint16_t* src, const float* signs, uint8_t* dst) {
+void kv_store_row(const KvLayout& layout, int cls, bool is_v, const uint16_t* src, const float* signs,
+                  uint8_t* dst) {
   const KvSetting s = layout.setting(cls);
   const int bits = is_v ? s.vbits : s.kbits, group = is_v ? s.vgroup : s.kgroup;
   const int n = layout.kv_dim(), hd = layout.head_dim;
@@ -198,8 +200,8 @@ void kv_store_row(const KvLayout& layout, int cls, bool is_v, const uint16_t* sr
   kv_encode(x, n, bits, group, layout.clip, dst);
 }
 
-void kv_load_head(const KvLayout& layout, int cls, bool is_v, const uint8_t* row, int head, const float* signs,
-                  float* dst) {
+void kv_load_head(const KvLayout& layout, int cls, bool is_v, const uint8_t* row, int head,
+                  const float* signs, float* dst) {
   const KvSetting s = layout.setting(cls);
   const int bits = is_v ? s.vbits : s.kbits, group = is_v ? s.vgroup : s.kgroup;
   const int hd = layout.head_dim;

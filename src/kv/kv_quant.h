@@ -33,10 +33,11 @@ void kv_dequantize_head(const KvLayout& layout, int bits, const uint8_t* src, in
 // The cache's quantizer: K (is_v false) or V of one token at width class cls, from its fp16 row, with the
 // layout's clip and rotation (signs: the layer's kv_rotation_signs, n_kv_heads x head_dim; unused when the
 // layout does not rotate). Writes layout.k_row_bytes(cls) (or v_row_bytes) bytes.
-void kv_store_row(const KvLayout& layout, int cls, bool is_v, const uint16_t* src, const float* signs, uint8_t* dst);
+void kv_store_row(const KvLayout& layout, int cls, bool is_v, const uint16_t* src, const float* signs,
+                  uint8_t* dst);
 // One head's slice of a row stored by kv_store_row, back in the original (unrotated) basis.
-void kv_load_head(const KvLayout& layout, int cls, bool is_v, const uint8_t* row, int head, const float* signs,
-                  float* dst);
+void kv_load_head(const KvLayout& layout, int cls, bool is_v, const uint8_t* row, int head,
+                  const float* signs, float* dst);
 // Whether rows of this width are stored rotated under this layout.
 inline bool kv_row_rotated(const KvLayout& layout, int bits) { return layout.rotate && bits != 16; }
 

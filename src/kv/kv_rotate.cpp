@@ -36,7 +36,9 @@ std::vector<float> kv_rotation_signs(int n_layers, int n_kv_heads, int head_dim,
   return s;
 }
 
-bool kv_rotation_supported(int head_dim) { return head_dim > 0 && head_dim <= 256 && (head_dim & (head_dim - 1)) == 0; }
+bool kv_rotation_supported(int head_dim) {
+  return head_dim > 0 && head_dim <= 256 && (head_dim & (head_dim - 1)) == 0;
+}
 
 void kv_rotate(float* x, const float* signs, int n) {
   for (int i = 0; i < n; ++i) x[i] *= signs[i];

@@ -72,7 +72,8 @@ KvSetting parse_kv_setting(const std::string& text, int default_group) {
   if (!kv_width_valid(s.kbits)) bad_setting(text, "K width " + std::to_string(s.kbits) + " is not supported");
   if (!kv_width_valid(s.vbits)) bad_setting(text, "V width " + std::to_string(s.vbits) + " is not supported");
   for (int g : {s.kgroup, s.vgroup})
-    if (g != 16 && g != 32 && g != 64 && g != 128) bad_setting(text, "group " + std::to_string(g) + " is not 16, 32, 64 or 128");
+    if (g != 16 && g != 32 && g != 64 && g != 128)
+      bad_setting(text, "group " + std::to_string(g) + " is not 16, 32, 64 or 128");
   if (s.kbits == 16) s.kgroup = default_group;
   if (s.vbits == 16) s.vgroup = default_group;
   return s;
@@ -114,14 +115,16 @@ void parse_kv_ladder(const std::string& text, int default_group, KvLayout& layou
   }
   for (int c : kKvClasses)
     if (!seen[kv_class_index(c)])
-      throw Error("--kv-ladder '" + text + "': class " + std::to_string(c) + " is missing (give 2, 4, 8 and 16)");
+      throw Error("--kv-ladder '" + text + "': class " + std::to_string(c) +
+                  " is missing (give 2, 4, 8 and 16)");
   layout.ladder = ladder;
   layout.has_ladder = true;
 }
 
 std::string format_kv_ladder(const KvLayout& layout) {
   std::string s;
-  for (int c : kKvClasses) s += (s.empty() ? "" : ",") + std::to_string(c) + "=" + format_kv_setting(layout.setting(c));
+  for (int c : kKvClasses)
+    s += (s.empty() ? "" : ",") + std::to_string(c) + "=" + format_kv_setting(layout.setting(c));
   return s;
 }
 
@@ -140,13 +143,14 @@ void validate_kv_layout(const KvLayout& layout) {
     const KvSetting s = layout.setting(c);
     for (auto [bits, g, what] : {std::tuple{s.kbits, s.kgroup, "K"}, std::tuple{s.vbits, s.vgroup, "V"}}) {
       if (!kv_width_valid(bits))
-        throw Error(std::string("KV class ") + std::to_string(c) + ": " + what + " width " + std::to_string(bits) +
-                    " is not supported");
+        throw Error(std::string("KV class ") + std::to_string(c) + ": " + what + " width " +
+                    std::to_string(bits) + " is not supported");
       if (bits == 16) continue;
-      if (g <= 0 || (g * kv_lo_bits(bits)) % 8 != 0 || (g * kv_hi_bits(bits)) % 8 != 0 || layout.head_dim % g != 0)
+      if (g <= 0 || (g * kv_lo_bits(bits)) % 8 != 0 || (g * kv_hi_bits(bits)) % 8 != 0 ||
+          layout.head_dim % g != 0)
         throw Error("KV group " + std::to_string(g) + " (class " + std::to_string(c) + ", " + what + " at " +
-                    std::to_string(bits) + " bits) must divide the head dimension (" + std::to_string(layout.head_dim) +
-                    ") and pack into whole bytes");
+                    std::to_string(bits) + " bits) must divide the head dimension (" +
+                    std::to_string(layout.head_dim) + ") and pack into whole bytes");
     }
   }
 }
