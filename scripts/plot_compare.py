@@ -22,9 +22,16 @@ import matplotlib.pyplot as plt  # noqa: E402
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*", "<", ">"]
 
 
+def short_name(p):
+    """The policy's short name (compare's `policy`: a controller's directory left out)."""
+    return re.sub(r"^learned:[^@]*", "learned", p.get("policy", p["spec"]))
+
+
 def family(p):
     """static, rule, learned, random, pattern, ...: the part of the spec before ':' or '@'."""
-    return re.split(r"[:@]", p["spec"])[0]
+    f = re.split(r"[:@;]", p["spec"])[0]
+    # The original (unrotated) cache is its own line beside the v2 quantizer's static settings.
+    return f + " (original cache)" if "rotate=0" in p["spec"] else f
 
 
 def families(policies):
@@ -62,7 +69,7 @@ def pareto(report, path):
             else:
                 ax.plot(xs, ys, MARKERS[i % len(MARKERS)] + style, label=fam)
             for p, x, y in zip(ps, xs, ys):
-                ax.annotate(p["spec"], (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+                ax.annotate(short_name(p), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
         if logy:
             ax.set_yscale("log")
         ax.set_xlabel("stored bits per K/V element (scales included)")
@@ -91,7 +98,7 @@ def widths(report, path):
     ax.set_xlim(0, n)
     ax.set_ylim(-0.1, len(pol))
     ax.set_yticks([r + 0.45 for r in range(len(pol))])
-    ax.set_yticklabels([p["spec"] for p in pol], fontsize=8)
+    ax.set_yticklabels([short_name(p) for p in pol], fontsize=8)
     ax.set_xticks([t + 0.5 for t in range(n)])
     ax.set_xticklabels([repr(s)[1:-1] if s.strip() != s or not s.isprintable() else s for s in pieces],
                        rotation=90, fontsize=7, family="monospace")
@@ -117,7 +124,7 @@ def latency(report, path):
     data = [p["latency_ms_samples"] for p in pol]
     ax.boxplot(data, showfliers=False, whis=(5, 95))
     ax.set_xticks(range(1, len(pol) + 1))
-    ax.set_xticklabels([p["spec"] for p in pol], rotation=30, ha="right", fontsize=8)
+    ax.set_xticklabels([short_name(p) for p in pol], rotation=30, ha="right", fontsize=8)
     for i, p in enumerate(pol, start=1):
         ax.plot(i, p["latency_ms_mean"], "k^", markersize=5)
     ax.set_ylabel("decode step (ms): box = p25–p75, line = p50, whiskers = p5–p95, ▲ = mean")
