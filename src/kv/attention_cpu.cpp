@@ -532,15 +532,21 @@ HWY_INLINE void AccumBlock(const SegJob& a, const Decoder<BITS, G>& dec, int kvh
 using ScoreFn = void (*)(const SegJob&, int k0, int nb);
 using AccumFn = void (*)(const SegJob&, int kvh, int k0, int nb);
 
+// A width's decoder holds only constants (masks, shifts, lane selections): built once per width and group,
+// not once per block of keys.
+template <int BITS, int G>
+const Decoder<BITS, G>& DecoderOf() {
+  static const Decoder<BITS, G> dec;
+  return dec;
+}
+
 template <int BITS, int G, int NQT>
 void ScoreStep(const SegJob& a, int k0, int nb) {
-  [[maybe_unused]] const Decoder<BITS, G> dec;
-  ScoreBlock<BITS, G, NQT>(a, dec, k0, nb);
+  ScoreBlock<BITS, G, NQT>(a, DecoderOf<BITS, G>(), k0, nb);
 }
 template <int BITS, int G, int NQT>
 void AccumStep(const SegJob& a, int kvh, int k0, int nb) {
-  [[maybe_unused]] const Decoder<BITS, G> dec;
-  AccumBlock<BITS, G, NQT>(a, dec, kvh, k0, nb);
+  AccumBlock<BITS, G, NQT>(a, DecoderOf<BITS, G>(), kvh, k0, nb);
 }
 
 // The keys of one width class, a block of kN at a time: scores (K row by K row), online softmax, then the
