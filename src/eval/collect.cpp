@@ -23,6 +23,7 @@
 #include <random>
 #include <thread>
 
+#include "eval/data_split.h"
 #include "eval/hellaswag.h"
 #include "eval/labels.h"
 #include "eval/runner.h"
@@ -79,22 +80,6 @@ std::string utc_now() {
   char buf[32];
   std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
   return buf;
-}
-
-// 80/10/10 of the examples, by a Fisher-Yates shuffle driven by mt19937_64 (both fully specified, so
-// the split is the same on every platform). Returns the split name of each example.
-std::vector<std::string> split_examples(int n, uint64_t seed) {
-  std::vector<int> order(static_cast<size_t>(n));
-  std::iota(order.begin(), order.end(), 0);
-  std::mt19937_64 rng(seed);
-  for (int i = n - 1; i > 0; --i)
-    std::swap(order[i], order[static_cast<int>(rng() % static_cast<uint64_t>(i + 1))]);
-  int n_val = static_cast<int>(std::lround(0.1 * n)), n_test = static_cast<int>(std::lround(0.1 * n));
-  if (n >= 3) n_val = std::max(n_val, 1), n_test = std::max(n_test, 1);
-  const int n_train = n - n_val - n_test;
-  std::vector<std::string> split(static_cast<size_t>(n));
-  for (int i = 0; i < n; ++i) split[order[i]] = i < n_train ? "train" : i < n_train + n_val ? "val" : "test";
-  return split;
 }
 
 std::string fmt(const char* f, double v) {
