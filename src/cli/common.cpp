@@ -27,9 +27,10 @@ void add_engine_options(CLI::App* app, EngineOptions& o, bool with_ctx) {
                   "static:B (B=2,4,8,16) or static:SETTING (e.g. static:K5V4g64), rule[:T1,T2,T3], "
                   "pattern:W1/W2/.. or learned:FILE");
   app->add_option("--kv-ladder", o.kv_ladder,
-                  "stored setting of each width class of dynamic policies (default " + std::string(kDefaultKvLadder) +
-                      ")");
-  app->add_option("--kv-rotate", o.kv_rotate, "randomized Hadamard rotation of quantized K/V (1, default) or none (0)")
+                  "stored setting of each width class of dynamic policies (default " +
+                      std::string(kDefaultKvLadder) + ")");
+  app->add_option("--kv-rotate", o.kv_rotate,
+                  "randomized Hadamard rotation of quantized K/V (1, default) or none (0)")
       ->check(CLI::Range(0, 1));
   app->add_option("--kv-clip", o.kv_clip, "per-group MSE clip search (1/0; default: as --kv-rotate)")
       ->check(CLI::Range(0, 1));
@@ -56,17 +57,20 @@ std::string policy_spec(const EngineOptions& o) {
 
 PolicyContext policy_context(const KvLayout& layout) { return policy_context_for(layout); }
 
+void check_engine_options(const EngineOptions& o) {
+  const KvPlan pre =
+      make_kv_plan(1, 1, 64, KvQuantOptions{o.kv_group, o.kv_ladder, 0, o.kv_clip}, policy_spec(o));
+  PolicyContext ctx = policy_context(pre.layout);
+  ctx.quantizer.clear();  // the controller file's quantizer is checked against the model's layout later
+  make_policy(pre.policy_spec, ctx);
+}
+
 Engine make_engine(const EngineOptions& o, int ctx_override, std::shared_ptr<Model> model) {
   Engine e;
-  // Check the cheap things before mapping the model (the controller file's quantizer is checked after).
-  {
-    const KvPlan pre = make_kv_plan(1, 1, 64, KvQuantOptions{o.kv_group, o.kv_ladder, 0, o.kv_clip}, policy_spec(o));
-    PolicyContext ctx = policy_context(pre.layout);
-    ctx.quantizer.clear();
-    make_policy(pre.policy_spec, ctx);
-  }
+  check_engine_options(o);  // the cheap things, before mapping the model
 #ifndef KVDIAL_HAVE_CUDA
-  if (o.device == "cuda") throw Error("--device cuda: this kvdial was built without CUDA (no nvcc at configure time)");
+  if (o.device == "cuda")
+    throw Error("--device cuda: this kvdial was built without CUDA (no nvcc at configure time)");
 #endif
   e.model = model ? std::move(model) : std::shared_ptr<Model>(Model::load(o.model_path, !o.no_mmap));
   const ModelConfig& c = e.model->config();
@@ -86,8 +90,9 @@ Engine make_engine(const EngineOptions& o, int ctx_override, std::shared_ptr<Mod
       const KvSetting s = l.setting(cls);
       if (s.kbits != s.vbits || !kv_bits_valid(s.kbits) || (s.kbits != 16 && s.kgroup != s.vgroup) ||
           (s.kbits != 16 && s.kgroup != o.kv_group))
-        throw Error("--device cuda: the GPU cache stores K = V at 2, 4, 8 or 16 bits in groups of --kv-group; '" +
-                    format_kv_setting(s) + "' is not (use static:B or pattern policies with --kv-rotate 0)");
+        throw Error(
+            "--device cuda: the GPU cache stores K = V at 2, 4, 8 or 16 bits in groups of --kv-group; '" +
+            format_kv_setting(s) + "' is not (use static:B or pattern policies with --kv-rotate 0)");
     }
     if (l.rotate || l.clip)
       throw Error("--device cuda: the GPU cache has no rotation or clipping yet: add --kv-rotate 0");
@@ -151,11 +156,12 @@ std::string human_bytes(double b) {
 
 std::string kv_summary(const KvStats& s, const KvLayout& l) {
   char buf[512];
-  std::snprintf(buf, sizeof buf,
-                "KV cache: %lld tokens, %.3f bits/elem stored (avg class %.2f), %s stored (%zu B), %s allocated;",
-                static_cast<long long>(s.tokens), s.effective_bits, s.avg_bits(),
-                human_bytes(static_cast<double>(s.bytes_stored)).c_str(), s.bytes_stored,
-                human_bytes(static_cast<double>(s.bytes_allocated)).c_str());
+  std::snprintf(
+      buf, sizeof buf,
+      "KV cache: %lld tokens, %.3f bits/elem stored (avg class %.2f), %s stored (%zu B), %s allocated;",
+      static_cast<long long>(s.tokens), s.effective_bits, s.avg_bits(),
+      human_bytes(static_cast<double>(s.bytes_stored)).c_str(), s.bytes_stored,
+      human_bytes(static_cast<double>(s.bytes_allocated)).c_str());
   std::string out = buf;
   for (int c : kKvClasses) {
     const double share = s.tokens ? 100.0 * static_cast<double>(s.tokens_at_bits[c]) / s.tokens : 0.0;

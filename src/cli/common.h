@@ -23,7 +23,7 @@ struct EngineOptions {
   int batch = 256;
   std::string backend = "cpu";
   std::string device = "cpu";  // cpu, or cuda: the whole forward pass on the GPU (cuda/gpu_session.h)
-  bool no_mmap = false;  // read the model into memory instead of mapping it
+  bool no_mmap = false;        // read the model into memory instead of mapping it
   std::string kv_policy = "static:16";
   int kv_group = 32;
   int kv_residual = 0;
@@ -49,7 +49,8 @@ struct Engine {
   std::unique_ptr<KvCache> cache;
   std::unique_ptr<KvPolicy> policy;
   std::unique_ptr<SessionBase> session;
-  std::string policy_name;  // the policy as the user named it (static:K5V4g64 runs as static:4 over that setting)
+  std::string
+      policy_name;  // the policy as the user named it (static:K5V4g64 runs as static:4 over that setting)
 };
 // The options with a policy spec that may carry quantizer options for this policy alone:
 // "SPEC;rotate=0;clip=0;ladder=L" (compare and the benchmarks put the original cache beside v2 this way).
@@ -57,6 +58,8 @@ EngineOptions with_policy(const EngineOptions& base, const std::string& spec);
 // The CPU session of an engine; throws kvd::Error naming `what` when the engine runs on another device.
 Session& cpu_session(Engine& e, const char* what);
 // Loads the model unless one is given (benchmarks share one mapping across policies).
+// Throws kvd::Error for options make_engine would refuse before it maps a model (policy, ladder, group).
+void check_engine_options(const EngineOptions& o);
 Engine make_engine(const EngineOptions& o, int ctx_override = 0, std::shared_ptr<Model> model = nullptr);
 
 // "KV cache: 1234 tokens, 5.00 bits/elem (avg width 4.00), 12.3 MiB; 2: 0%, 4: 100%, 8: 0%, 16: 0%"

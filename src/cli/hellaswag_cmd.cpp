@@ -78,8 +78,12 @@ nlohmann::json rows_json(const std::vector<HellaSwagRow>& rows) {
 
 int run_hellaswag(const HellaSwagArgs& a) {
   // Everything that can be wrong with the input is found before the model runs.
-  make_policy(a.eng.kv_policy);
-  if (!a.ref.empty()) make_policy(a.ref);
+  check_engine_options(a.eng);
+  if (!a.ref.empty()) {
+    EngineOptions ro = a.eng;
+    ro.kv_policy = a.ref;
+    check_engine_options(ro);
+  }
   std::vector<HellaSwagExample> ex =
       select_split(read_hellaswag(a.data), a.split, a.split_seed, a.split_from);
   if (a.limit > 0 && static_cast<int>(ex.size()) > a.limit) ex.resize(static_cast<size_t>(a.limit));

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <iterator>
 #include <vector>
 
 #include "kv/kv_rotate.h"
@@ -27,6 +28,10 @@ uint16_t fp16_up(float x) {
 }
 
 constexpr float kClipGrid[] = {1.0f, 0.95f, 0.9f, 0.85f, 0.8f, 0.75f, 0.7f, 0.65f, 0.6f, 0.55f, 0.5f};
+// The grid's best few ranges are then refitted by least squares (refit_range). WikiText-2 -c 512, 8 chunks,
+// KL vs the 16-bit cache: K3V2g64 0.295 (grid alone) -> 0.289 (best refitted) -> 0.275 (best 3, 3 rounds);
+// K5V4g64 0.0128 -> 0.0113 -> 0.0102. One round instead of three: 0.289 / 0.0106.
+constexpr int kRefitCandidates = 3, kRefitRounds = 3;
 
 // fp16 minimum and scale coding [lo, hi] with qmax steps.
 void range_params(float lo, float hi, int qmax, uint16_t* min_h, uint16_t* scale_h) {
@@ -41,14 +46,73 @@ void range_params(float lo, float hi, int qmax, uint16_t* min_h, uint16_t* scale
   }
 }
 
-// Round half to even of (x - min) / scale, clamped to [0, qmax]: the same as nearbyint in the default
-// rounding mode (clamping first keeps |v| < 2^22, where adding and subtracting 1.5 * 2^23 rounds exactly),
-// without the library call (the clip search codes every group 11 times).
-int code_of(float x, float min_f, float inv, int qmax) {
-  float v = std::clamp((x - min_f) * inv, -1.0f, static_cast<float>(qmax) + 1.0f);
+// Round half to even of (x - min) / scale, clamped to [0, qmax] (NaN codes as 0), as a float: the same
+// as nearbyint in the default rounding mode (clamping first keeps v < 2^22, where adding and subtracting
+// 1.5 * 2^23 rounds exactly), without the library call, and in a form the compiler vectorizes (the clip
+// search codes every group 11 to 29 times).
+inline float code_value(float x, float min_f, float inv, float qmax) {
+  float v = (x - min_f) * inv;
+  v = v > 0.0f ? v : 0.0f;
+  v = v < qmax ? v : qmax;
   constexpr float magic = 12582912.0f;  // IEEE rules (no -ffast-math) keep the two additions
-  v = (v + magic) - magic;
-  return std::clamp(static_cast<int>(v), 0, qmax);
+  return (v + magic) - magic;
+}
+int code_of(float x, float min_f, float inv, int qmax) {
+  return static_cast<int>(code_value(x, min_f, inv, static_cast<float>(qmax)));
+}
+
+// Squared error of the group coded with this fp16 minimum and scale. Eight partial sums, added in a fixed
+// order, so the loop vectorizes and the result does not depend on the machine.
+double group_sq_error(const float* x, int n, int qmax, uint16_t min_h, uint16_t scale_h) {
+  const float mf = fp16_to_float(min_h), sf = fp16_to_float(scale_h);
+  const float inv = sf > 0 ? 1.0f / sf : 0.0f, qm = static_cast<float>(qmax);
+  double acc[8] = {};
+  const int n8 = n & ~7;
+  for (int i = 0; i < n8; i += 8)
+    for (int j = 0; j < 8; ++j) {
+      const float e = code_value(x[i + j], mf, inv, qm) * sf + mf - x[i + j];
+      acc[j] += static_cast<double>(e) * e;
+    }
+  for (int i = n8; i < n; ++i) {  // groups of 4 (the smallest --kv-group)
+    const float e = code_value(x[i], mf, inv, qm) * sf + mf - x[i];
+    acc[i - n8] += static_cast<double>(e) * e;
+  }
+  return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+}
+
+// Least-squares refit of (scale, minimum) to the codes of the current range, repeated while it lowers the
+// group's squared error: with the codes q fixed, the best affine decoder is the regression of x on q.
+// Kept only when it helps, so the clip search's guarantee (never worse than the unclipped range) holds.
+void refit_range(const float* x, int n, int qmax, int rounds, double* best, uint16_t* min_h,
+                 uint16_t* scale_h) {
+  for (int it = 0; it < rounds; ++it) {
+    const float mf = fp16_to_float(*min_h), sf = fp16_to_float(*scale_h);
+    if (!(sf > 0)) return;
+    const float inv = 1.0f / sf, qm = static_cast<float>(qmax);
+    double sq[8] = {}, sx[8] = {}, sqq[8] = {}, sqx[8] = {};
+    for (int i = 0; i < n; ++i) {  // lane i % 8: vectorizes when n is a multiple of 8
+      const double q = code_value(x[i], mf, inv, qm), v = x[i];
+      sq[i & 7] += q;
+      sx[i & 7] += v;
+      sqq[i & 7] += q * q;
+      sqx[i & 7] += q * v;
+    }
+    const auto sum = [](const double* a) {
+      return ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
+    };
+    const double tq = sum(sq), tx = sum(sx), var = sum(sqq) - tq * tq / n;
+    if (!(var > 0)) return;
+    const double s = (sum(sqx) - tq * tx / n) / var, m = (tx - s * tq) / n;
+    if (!(s > 0)) return;
+    const uint16_t nm = float_to_fp16(static_cast<float>(m)), ns = float_to_fp16(static_cast<float>(s));
+    const float nmf = fp16_to_float(nm), nsf = fp16_to_float(ns);
+    if (!(nsf > 0) || !std::isfinite(nsf) || !std::isfinite(nmf)) return;
+    const double err = group_sq_error(x, n, qmax, nm, ns);
+    if (!(err < *best)) return;
+    *best = err;
+    *min_h = nm;
+    *scale_h = ns;
+  }
 }
 
 void quantize_group(const float* x, int n, int bits, bool clip, uint8_t* dst) {
@@ -62,23 +126,23 @@ void quantize_group(const float* x, int n, int bits, bool clip, uint8_t* dst) {
   range_params(lo, hi, qmax, &min_h, &scale_h);
   if (clip) {
     const float mid = 0.5f * (lo + hi), half = 0.5f * (hi - lo);
-    double best = INFINITY;
-    for (float r : kClipGrid) {
-      uint16_t mh, sh;
-      range_params(mid - r * half, mid + r * half, qmax, &mh, &sh);
-      const float mf = fp16_to_float(mh), sf = fp16_to_float(sh);
-      const float inv = sf > 0 ? 1.0f / sf : 0.0f;
-      double err = 0;
-      for (int i = 0; i < n; ++i) {
-        const float y = static_cast<float>(code_of(x[i], mf, inv, qmax)) * sf + mf;
-        err += static_cast<double>(y - x[i]) * (y - x[i]);
-      }
-      if (err < best) {
-        best = err;
-        min_h = mh;
-        scale_h = sh;
-      }
+    constexpr int kGrid = static_cast<int>(std::size(kClipGrid));
+    uint16_t mh[kGrid], sh[kGrid];
+    double err[kGrid];
+    int order[kGrid];
+    for (int c = 0; c < kGrid; ++c) {
+      range_params(mid - kClipGrid[c] * half, mid + kClipGrid[c] * half, qmax, &mh[c], &sh[c]);
+      err[c] = group_sq_error(x, n, qmax, mh[c], sh[c]);
+      order[c] = c;
     }
+    std::stable_sort(order, order + kGrid, [&](int a, int b) { return err[a] < err[b]; });
+    for (int j = 0; j < kRefitCandidates; ++j)
+      refit_range(x, n, qmax, kRefitRounds, &err[order[j]], &mh[order[j]], &sh[order[j]]);
+    int b = 0;
+    for (int c = 1; c < kGrid; ++c)
+      if (err[c] < err[b]) b = c;
+    min_h = mh[b];
+    scale_h = sh[b];
   }
   std::memcpy(dst, &scale_h, 2);
   std::memcpy(dst + 2, &min_h, 2);

@@ -5,10 +5,13 @@
 //
 // Error bound (every width, every group): the minimum is rounded down and the scale up to fp16 before
 // coding, so every element inside the coded range [min, min + scale * (2^b - 1)] is within half a step
-// (scale / 2) of its dequantized value. Without clipping the range covers the group. With clipping the
-// coded range is [mid - r*half, mid + r*half] for the r in {1, 0.95, ..., 0.5} with the least squared
-// error (r = 1 is among the candidates, so the group's squared error never exceeds the unclipped
-// quantizer's); an element outside it is clamped, its error at most (1 - r) * half + scale / 2.
+// (scale / 2) of its dequantized value. Without clipping the range covers the group. With clipping, the
+// candidates are the ranges [mid - r*half, mid + r*half] for r in {1, 0.95, ..., 0.5}; the three with the
+// least squared error are refitted (up to three rounds of: codes fixed, least-squares scale and minimum,
+// rounded to fp16, kept only while the error falls) and the best of all is stored. r = 1 is among the
+// candidates and refitting never raises an error, so the group's squared error never exceeds the unclipped
+// quantizer's; an element outside the coded range is clamped to it, so its error is at most that group
+// bound: sqrt(group squared error of the unclipped quantizer) <= sqrt(G) * unclipped scale / 2.
 #pragma once
 #include <cstdint>
 
