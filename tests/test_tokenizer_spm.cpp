@@ -236,6 +236,7 @@ TEST(TokenizerSpm, Decode) {
   const Ids hello = tok.encode("Hello", false);
   Ids with_bos = {1};
   with_bos.insert(with_bos.end(), hello.begin(), hello.end());
+  // llama.cpp's detokenize keeps the space after a leading BOS; sentencepiece's decode gives "Hello".
   EXPECT_EQ(tok.decode(with_bos), " Hello");
   EXPECT_EQ(tok.decode(with_bos, true), "<s> Hello");
   EXPECT_EQ(tok.token_bytes(1), "<s>");
@@ -357,6 +358,15 @@ TEST(TokenizerSpmRules, TiesGoToTheLeftmostPair) {
   Tokenizer t(small_vocab({{kS, -1}, {"a", -1}, {"aa", -2}}));
   EXPECT_EQ(pieces(t, t.encode("aaa", false)), (Strs{kS, "aa", "a"}));
   EXPECT_EQ(pieces(t, t.encode("aaaa", false)), (Strs{kS, "aa", "aa"}));
+}
+
+// A piece with "▁" inside: merges then run across words (no word-by-word shortcut).
+TEST(TokenizerSpmRules, PieceSpanningASpace) {
+  Tokenizer t(small_vocab({{kS, -1}, {"a", -1}, {"b", -1}, {"a" + kS, -2}, {"a" + kS + "b", -3}}));
+  EXPECT_EQ(pieces(t, t.encode("a b", false)), (Strs{kS, "a" + kS + "b"}));
+  EXPECT_EQ(t.decode(t.encode("a b a", false)), "a b a");
+  Tokenizer words(small_vocab({{kS, -1}, {"a", -1}, {"b", -1}, {kS + kS, -2}, {kS + "a", -3}}));
+  EXPECT_EQ(pieces(words, words.encode("a  b", false)), (Strs{kS + "a", kS + kS, "b"}));
 }
 
 TEST(TokenizerSpmRules, ByteFallbackAndPrefix) {

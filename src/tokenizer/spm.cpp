@@ -93,12 +93,24 @@ SpmTokenizer::SpmTokenizer(const Vocab& v)
       throw Error("SentencePiece vocabulary: token " + std::to_string(i) + " has type byte but is spelled '" +
                   p + "', not <0xXX>");
     }
-    if (p.empty()) continue;                                      // cannot be matched; decodes to nothing
+    if (p.empty()) continue;  // cannot be matched; decodes to nothing
+    max_piece_ = std::max(max_piece_, p.size());
     token_to_id_[std::string_view(p)] = static_cast<int32_t>(i);  // a duplicate: its last id, as llama.cpp
     if (t == type_of(TokenType::CONTROL) || t == type_of(TokenType::USER_DEFINED) ||
         t == type_of(TokenType::UNKNOWN)) {
       specials_.push_back(static_cast<int32_t>(i));
     }
+  }
+  // Merges never cross a "▁" that follows something else when no token holds "▁" after other text
+  // (SentencePiece splits words at spaces in training, so real vocabularies qualify); tokenize_escaped
+  // then merges each word on its own (same result, smaller queues).
+  words_independent_ = true;
+  for (const std::string& p : pieces_) {
+    for (size_t at = p.find(kSpace, 1); at != std::string::npos && words_independent_;
+         at = p.find(kSpace, at + 1)) {
+      words_independent_ = at >= kSpace.size() && p.compare(at - kSpace.size(), kSpace.size(), kSpace) == 0;
+    }
+    if (!words_independent_) break;
   }
   std::stable_sort(specials_.begin(), specials_.end(),
                    [&](int32_t a, int32_t b) { return pieces_[a].size() > pieces_[b].size(); });
@@ -175,52 +187,64 @@ void SpmTokenizer::tokenize_escaped(std::string_view text, std::vector<int32_t>&
     throw Error("tokenizer: text of " + std::to_string(text.size()) + " bytes is too long");
   std::vector<Symbol> sym;
   sym.reserve(text.size());
+  std::vector<int32_t> starts = {0};  // first symbol of each independent segment
   for (size_t off = 0; off < text.size();) {
     const size_t len = std::min(utf8_len(static_cast<unsigned char>(text[off])), text.size() - off);
     const auto i = static_cast<int32_t>(sym.size());
-    sym.push_back({i - 1, off + len == text.size() ? -1 : i + 1, off, len});
+    // A "▁" that does not follow one starts a new segment when no token spans such a place.
+    const bool cut = words_independent_ && i > 0 && text.compare(off, len, kSpace) == 0 &&
+                     (off < kSpace.size() || text.compare(off - kSpace.size(), kSpace.size(), kSpace) != 0);
+    if (cut) {
+      sym.back().next = -1;
+      starts.push_back(i);
+    }
+    sym.push_back({cut ? -1 : i - 1, off + len == text.size() ? -1 : i + 1, off, len});
     off += len;
   }
 
-  std::priority_queue<Bigram, std::vector<Bigram>, BigramOrder> queue;
+  std::vector<Bigram> storage;
+  std::priority_queue<Bigram, std::vector<Bigram>, BigramOrder> queue(BigramOrder{}, std::move(storage));
   auto try_pair = [&](int32_t l, int32_t r) {
     if (l < 0 || r < 0) return;
     const size_t len = sym[l].length + sym[r].length;
+    if (len > max_piece_) return;
     const int32_t id = lookup(text.substr(sym[l].offset, len));
     if (id >= 0) queue.push({scores_[id], l, r, len});
   };
-  for (int32_t i = 1; i < static_cast<int32_t>(sym.size()); ++i) try_pair(i - 1, i);
 
-  while (!queue.empty()) {
-    const Bigram b = queue.top();
-    queue.pop();
-    Symbol& l = sym[b.left];
-    Symbol& r = sym[b.right];
-    // Stale: one side was merged away or grew since the pair was queued.
-    if (l.length == 0 || r.length == 0 || l.length + r.length != b.length) continue;
-    l.length += r.length;
-    r.length = 0;
-    l.next = r.next;
-    if (r.next >= 0) sym[r.next].prev = b.left;
-    try_pair(l.prev, b.left);
-    try_pair(b.left, l.next);
-  }
-
-  // Every merged symbol is a vocabulary entry; a single character may not be: its bytes then.
-  for (int32_t i = 0; i != -1; i = sym[i].next) {
-    const std::string_view piece = text.substr(sym[i].offset, sym[i].length);
-    const int32_t id = lookup(piece);
-    if (id >= 0) {
-      out.push_back(id);
-      continue;
+  for (const int32_t first : starts) {
+    for (int32_t i = first; sym[i].next >= 0; i = sym[i].next) try_pair(i, sym[i].next);
+    while (!queue.empty()) {
+      const Bigram b = queue.top();
+      queue.pop();
+      Symbol& l = sym[b.left];
+      Symbol& r = sym[b.right];
+      // Stale: one side was merged away or grew since the pair was queued.
+      if (l.length == 0 || r.length == 0 || l.length + r.length != b.length) continue;
+      l.length += r.length;
+      r.length = 0;
+      l.next = r.next;
+      if (r.next >= 0) sym[r.next].prev = b.left;
+      try_pair(l.prev, b.left);
+      try_pair(b.left, l.next);
     }
-    for (unsigned char c : piece) {
-      if (byte_token_[c] < 0) {
-        static constexpr char kHex[] = "0123456789ABCDEF";
-        throw Error(std::string("tokenizer: the vocabulary has no byte token <0x") + kHex[c >> 4] +
-                    kHex[c & 15] + "> for a character it cannot spell (SentencePiece byte fallback)");
+
+    // Every merged symbol is a vocabulary entry; a single character may not be: its bytes then.
+    for (int32_t i = first; i != -1; i = sym[i].next) {
+      const std::string_view piece = text.substr(sym[i].offset, sym[i].length);
+      const int32_t id = lookup(piece);
+      if (id >= 0) {
+        out.push_back(id);
+        continue;
       }
-      out.push_back(byte_token_[c]);
+      for (unsigned char c : piece) {
+        if (byte_token_[c] < 0) {
+          static constexpr char kHex[] = "0123456789ABCDEF";
+          throw Error(std::string("tokenizer: the vocabulary has no byte token <0x") + kHex[c >> 4] +
+                      kHex[c & 15] + "> for a character it cannot spell (SentencePiece byte fallback)");
+        }
+        out.push_back(byte_token_[c]);
+      }
     }
   }
 }

@@ -54,6 +54,8 @@ class SpmTokenizer {
   std::unordered_map<std::string_view, int32_t> token_to_id_;
   std::vector<int32_t> byte_token_;  // 256 entries
   std::vector<int32_t> specials_;    // CONTROL / USER_DEFINED / UNKNOWN ids, longest text first
+  bool words_independent_ = false;   // no token holds a "▁" after other text: merge word by word
+  size_t max_piece_ = 0;             // bytes of the longest token
   int32_t bos_ = -1, eos_ = -1;
   bool add_bos_ = true, add_eos_ = false, add_space_prefix_ = true;
 };
