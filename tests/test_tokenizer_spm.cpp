@@ -191,6 +191,22 @@ TEST(TokenizerSpm, ReferenceFixture) {
   if (skipped) GTEST_SKIP() << skipped << " data cases need " << data_dir() << " (set KVDIAL_DATA_DIR)";
 }
 
+// Seeded random byte strings (invalid UTF-8, stray "▁" bytes, specials): llama.cpp's ids.
+TEST(TokenizerSpm, RandomBytesMatchLlamaCpp) {
+  const Tokenizer& tok = ref_tokenizer();
+  const nlohmann::json& doc = fixture();
+  if (!doc.contains("random") || doc["random"].empty()) GTEST_SKIP() << "fixture made without llama-tokenize";
+  for (const auto& c : doc["random"]) {
+    const std::string hex = c.at("hex").get<std::string>();
+    std::string text;
+    for (size_t i = 0; i + 1 < hex.size(); i += 2)
+      text += static_cast<char>(std::stoi(hex.substr(i, 2), nullptr, 16));
+    EXPECT_EQ(tok.encode(text, false, false), c.at("llama_cpp").get<Ids>()) << "hex " << hex;
+    EXPECT_EQ(tok.encode(text, false, true), c.at("llama_cpp_special").get<Ids>())
+        << "hex " << hex << " (special)";
+  }
+}
+
 // BOS is added by default (add_bos_token = true), never EOS; the empty text gives BOS alone.
 TEST(TokenizerSpm, SpecialTokensAdded) {
   const Tokenizer& tok = ref_tokenizer();

@@ -16,7 +16,8 @@ Two steps, both deterministic:
            lines from the half not used for training, named by 1-based line number and SHA-256):
            `sp` = sentencepiece's encode (no BOS), `sp_decoded` = its decode of those ids, and, when
            --llama-tokenize names a llama.cpp `llama-tokenize` binary, `llama_cpp` /
-           `llama_cpp_special` = its ids with --no-bos, without / with parsing special tokens.
+           `llama_cpp_special` = its ids with --no-bos, without / with parsing special tokens, also for
+           200 seeded random byte strings (invalid UTF-8 too; `random`, as hex).
 
     python3 tools/reference/make_spm_reference.py model --data-dir /work/shared/data \
         --out tests/fixtures/spm/spm_bpe4k.gguf
@@ -157,9 +158,27 @@ EDGE_CASES = [
 ]
 
 
+def random_byte_strings(n, seed=12345):
+    """Strings of pieces that stress the rules: spaces, "▁", specials, multi-byte characters, invalid
+    UTF-8 (stray lead and continuation bytes) and random bytes; as bytes."""
+    import random
+
+    rng = random.Random(seed)
+    alphabet = [b"a", b"e", b"th", b"the", b" ", b"  ", b"\n", b"\t", b"1", b".", b",", "é".encode(), "中".encode(),
+                "😀".encode(), "\u2581".encode(), b"<", b"s>", b"<s>", b"</s>", b"<|sep|>", b"<|sep", b"\xff",
+                b"\x80", b"\xc3", b"\xe2\x96", b"\xf0\x9f"]
+    out = []
+    for k in range(n):
+        if k % 4 == 0:
+            out.append(bytes(rng.randrange(1, 256) for _ in range(rng.randrange(0, 24))))
+        else:
+            out.append(b"".join(rng.choice(alphabet) for _ in range(rng.randrange(0, 16))))
+    return out
+
+
 def llama_tokenize(binary, gguf_path, text, parse_special):
     with tempfile.NamedTemporaryFile("wb", suffix=".txt", delete=False) as f:
-        f.write(text.encode("utf-8"))
+        f.write(text if isinstance(text, bytes) else text.encode("utf-8"))
         name = f.name
     try:
         cmd = [binary, "-m", gguf_path, "-f", name, "--ids", "--no-bos", "--no-escape", "--log-disable"]
@@ -220,6 +239,13 @@ def cmd_fixture(args):
         whole.update(llama_cpp_count=len(ids), llama_cpp_sha256=ids_sha(ids))
     import importlib.metadata as md
 
+    # Random byte strings (llama.cpp only: sentencepiece takes only valid text), stored as hex.
+    random_cases = []
+    if args.llama_tokenize:
+        for b in random_byte_strings(200):
+            random_cases.append({"hex": b.hex(), "llama_cpp": llama_tokenize(args.llama_tokenize, args.gguf, b, False),
+                                 "llama_cpp_special": llama_tokenize(args.llama_tokenize, args.gguf, b, True)})
+
     doc = {
         "command": " ".join(["python3", "tools/reference/make_spm_reference.py"] + sys.argv[1:]),
         "generator": f"sentencepiece {md.version('sentencepiece')}, gguf {md.version('gguf')}"
@@ -230,12 +256,15 @@ def cmd_fixture(args):
                 "llama_cpp_special = llama-tokenize --no-bos --no-escape with --no-parse-special / without. "
                 "Data cases name a line (1-based, CRLF stripped) of a file in the data dir and its SHA-256.",
         "whole_file": whole,
+        "random": random_cases,
         "cases": cases,
     }
     with open(args.out, "w", encoding="utf-8") as f:
         f.write("{\n")
         for k, v in doc.items():
-            if k != "cases":
+            if k == "random":
+                f.write('"random": [\n' + ",\n".join(json.dumps(c) for c in v) + "\n],\n")
+            elif k != "cases":
                 f.write(f"{json.dumps(k)}: {json.dumps(v, ensure_ascii=False)},\n")
         f.write('"cases": [\n')
         f.write(",\n".join(json.dumps(c, ensure_ascii=False) for c in cases))
