@@ -551,3 +551,38 @@ TEST(TokenizerSpmGguf, MalformedFiles) {
 }
 
 }  // namespace
+
+namespace {
+
+// Runs the kvdial command and returns its standard output.
+std::string run_kvdial(const std::string& args) {
+  const std::string cmd = std::string(KVDIAL_BINARY) + " " + args + " 2>&1";
+  std::string out;
+  if (FILE* p = popen(cmd.c_str(), "r")) {
+    char buf[4096];
+    for (size_t n; (n = fread(buf, 1, sizeof buf, p)) > 0;) out.append(buf, n);
+    pclose(p);
+  }
+  return out;
+}
+
+// `kvdial tokenize` on the vocab-only file: BOS plus llama.cpp's ids; `kvdial info` names the tokenizer.
+TEST(TokenizerSpmCli, TokenizeAndInfo) {
+  Ids want = {1};
+  for (const auto& c : fixture().at("cases")) {
+    if (c.contains("text") && c["text"] == "Hello world") {
+      const Ids ids = c.at("llama_cpp").get<Ids>();
+      want.insert(want.end(), ids.begin(), ids.end());
+    }
+  }
+  ASSERT_GT(want.size(), 1u);
+  EXPECT_EQ(run_kvdial("tokenize -m " + gguf_path() + " -p 'Hello world'"), show(want) + "\n");
+  const std::string pieces = run_kvdial("tokenize -m " + gguf_path() + " -p 'Hello world' --show-pieces");
+  EXPECT_NE(pieces.find("     1 -> '<s>'"), std::string::npos) << pieces;
+  EXPECT_NE(pieces.find("' world'"), std::string::npos) << pieces;
+  const std::string info = run_kvdial("info " + gguf_path());
+  EXPECT_NE(info.find("SentencePiece (llama.cpp SPM rules), 4000 tokens, 256 byte tokens"), std::string::npos)
+      << info;
+}
+
+}  // namespace
