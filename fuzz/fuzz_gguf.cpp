@@ -1,14 +1,17 @@
 // libFuzzer target for the GGUF reader: parses the input as a GGUF image and reads every metadata value
-// and every tensor byte. Only kvd::Error may escape File::parse; anything else (a crash, a sanitizer
-// report, another exception) is a bug.
+// and every tensor byte, then builds the tokenizer from its tokenizer.ggml.* keys (byte-level BPE or
+// SentencePiece) and round-trips a few texts through it. Only kvd::Error may escape; anything else (a
+// crash, a sanitizer report, another exception) is a bug.
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "gguf/gguf.h"
 #include "kernels/cpu/matmul_internal.h"
 #include "kernels/kernels.h"
+#include "tokenizer/tokenizer.h"
 
 namespace {
 
@@ -33,6 +36,29 @@ uint64_t touch(const kvd::gguf::Value& v) {
   }
   try {
     for (const kvd::gguf::Value& e : v.as_array()) h += touch(e);
+  } catch (const kvd::Error&) {
+  }
+  return h;
+}
+
+// Tokenizer from the file's vocabulary (when it has one): encode texts with specials, spaces, bytes
+// that need byte fallback and the input's own tail, and decode the ids again.
+uint64_t touch_tokenizer(const kvd::gguf::File& f, const uint8_t* data, size_t size) {
+  if (!f.find("tokenizer.ggml.model")) return 0;
+  uint64_t h = 0;
+  try {
+    const kvd::Tokenizer tok(kvd::vocab_from_gguf(f));
+    const std::string tail(reinterpret_cast<const char*>(data) + size - std::min<size_t>(size, 48),
+                           std::min<size_t>(size, 48));
+    for (const std::string& text :
+         {std::string("<s>Hello  world\n\t\xC3\xA9 <|sep|>\xF0\x9F\x98\x80 ab"), tail}) {
+      for (bool special : {false, true}) {
+        const std::vector<int32_t> ids = tok.encode(text, special, special);
+        h += ids.size() + tok.decode(ids, special).size();
+        for (int32_t id : ids) h += tok.token_bytes(id).size();
+      }
+    }
+    h += tok.summary().size();
   } catch (const kvd::Error&) {
   }
   return h;
@@ -65,6 +91,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       for (uint64_t i = 0; i < n; ++i) h += a[i] == b[i];
     }
     h += static_cast<uint64_t>(f->get_int("general.alignment", 0));
+    h += touch_tokenizer(*f, data, size);
     g_sink = h;
   } catch (const kvd::Error&) {
   }

@@ -961,6 +961,35 @@ TEST(GgufSeeds, WriteFuzzCorpus) {
       .set_alignment(16)
       .tensor("token_embd.weight", {32, 3}, TensorType::Q8_0);
   seeds.emplace_back("tokenizer.gguf", tok.build());
+  // A SentencePiece vocabulary: unk / bos / eos, byte tokens for 'a', 0xC3 and 0xA9, pieces with
+  // scores, one user-defined token.
+  const std::vector<std::pair<std::string, int>> spm = {{"<unk>", 2},
+                                                        {"<s>", 3},
+                                                        {"</s>", 3},
+                                                        {"<0x61>", 6},
+                                                        {"<0xC3>", 6},
+                                                        {"<0xA9>", 6},
+                                                        {"\xE2\x96\x81", 1},
+                                                        {"\xE2\x96\x81"
+                                                         "a",
+                                                         1},
+                                                        {"b", 1},
+                                                        {"ab", 1},
+                                                        {"<|sep|>", 4}};
+  Bytes spm_tokens, spm_scores, spm_types;
+  for (size_t i = 0; i < spm.size(); ++i) {
+    spm_tokens.str(spm[i].first);
+    spm_scores.f32(spm[i].second == 1 ? -static_cast<float>(i) : 0.0f);
+    spm_types.u32(static_cast<uint32_t>(spm[i].second));
+  }
+  Builder sp;
+  sp.kv_str("tokenizer.ggml.model", "llama")
+      .kv("tokenizer.ggml.tokens", ValueType::ARRAY, array_of(ValueType::STRING, spm.size(), spm_tokens))
+      .kv("tokenizer.ggml.scores", ValueType::ARRAY, array_of(ValueType::FLOAT32, spm.size(), spm_scores))
+      .kv("tokenizer.ggml.token_type", ValueType::ARRAY, array_of(ValueType::INT32, spm.size(), spm_types))
+      .kv_u32("tokenizer.ggml.bos_token_id", 1)
+      .kv_u32("tokenizer.ggml.eos_token_id", 2);
+  seeds.emplace_back("tokenizer_spm.gguf", sp.build());
   for (const auto& [name, bytes] : seeds) {
     std::ofstream(std::filesystem::path(dir) / name, std::ios::binary)
         .write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));

@@ -11,6 +11,7 @@
 #include "cli/common.h"
 #include "gguf/gguf.h"
 #include "model/model.h"
+#include "tokenizer/tokenizer.h"
 #include "util/error.h"
 
 namespace kvd::cli {
@@ -105,10 +106,20 @@ int run_info(const InfoArgs& a) {
   print_kv("merges", merges && merges->type == gguf::ValueType::ARRAY
                          ? std::to_string(merges->as_array().size())
                          : std::string("-"));
+  const gguf::Value* scores = f->find("tokenizer.ggml.scores");
+  print_kv("scores", scores && scores->type == gguf::ValueType::ARRAY
+                         ? std::to_string(scores->as_array().size())
+                         : std::string("-"));
   print_kv("bos / eos id",
            meta(*f, "tokenizer.ggml.bos_token_id") + " / " + meta(*f, "tokenizer.ggml.eos_token_id"));
   print_kv("add_bos_token", meta(*f, "tokenizer.ggml.add_bos_token"));
+  print_kv("add_space_prefix", meta(*f, "tokenizer.ggml.add_space_prefix"));
   print_kv("chat_template", f->find("tokenizer.chat_template") ? "present" : "-");
+  try {
+    print_kv("kvdial", Tokenizer(vocab_from_gguf(*f)).summary());
+  } catch (const Error& e) {
+    print_kv("kvdial", std::string("error: ") + e.what());
+  }
 
   // Tensor types with counts and bytes, and what kvdial does with each.
   struct TypeRow {

@@ -18,6 +18,7 @@
 #include "cli/stats.h"
 #include "cli/train.h"
 #include "eval/perplexity.h"
+#include "gguf/gguf.h"
 #include "kv/kv_setting.h"
 #include "eval/runner.h"
 #include "model/sampler.h"
@@ -152,8 +153,9 @@ struct TokenizeArgs {
 };
 
 int run_tokenize(const TokenizeArgs& a) {
-  std::unique_ptr<Model> m = Model::load(a.model_path);
-  const Tokenizer& tok = m->tokenizer();
+  // Only the vocabulary is read (as llama-tokenize's vocab_only): a vocab-only GGUF works too.
+  const std::unique_ptr<gguf::File> f = gguf::File::open(a.model_path, true, true);
+  const Tokenizer tok(vocab_from_gguf(*f));
   const std::vector<int32_t> ids = tok.encode(a.prompt, true, !a.no_special);
   if (a.show_pieces) {
     for (int32_t id : ids) std::printf("%6d -> '%s'\n", id, tok.token_bytes(id).c_str());
@@ -196,7 +198,7 @@ int main(int argc, char** argv) {
 
   TokenizeArgs tk;
   CLI::App* t = app.add_subcommand("tokenize", "print the token ids of a text");
-  t->add_option("-m,--model", tk.model_path, "GGUF model file")->required();
+  t->add_option("-m,--model", tk.model_path, "GGUF file (its tokenizer.ggml.* keys are enough)")->required();
   t->add_option("-p,--prompt", tk.prompt, "text")->required();
   t->add_flag("--no-parse-special", tk.no_special, "treat special-token text as plain text");
   t->add_flag("--show-pieces", tk.show_pieces, "print each id with its text");

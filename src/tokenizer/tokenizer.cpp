@@ -1,6 +1,6 @@
 // Byte-level BPE tokenizer: vocabulary from GGUF metadata, special tokens split out first, then the
 // pre-tokenizer named by tokenizer.ggml.pre, the GPT-2 byte-to-unicode mapping and merges by rank.
-// Decoding concatenates the raw bytes of the tokens.
+// Decoding concatenates the raw bytes of the tokens. SentencePiece vocabularies go to spm.cpp.
 #include "tokenizer/tokenizer.h"
 
 #include <algorithm>
@@ -10,6 +10,7 @@
 
 #include "gguf/gguf.h"
 #include "tokenizer/pretokenize.h"
+#include "tokenizer/spm.h"
 #include "util/error.h"
 
 namespace kvd {
@@ -107,16 +108,10 @@ struct Candidate {
 
 }  // namespace
 
-Vocab vocab_from_gguf(const gguf::File& file) {
-  Vocab v;
-  v.model = file.get("tokenizer.ggml.model").as_string();
-  if (v.model != "gpt2") {
-    throw Error(file.path() + ": unsupported tokenizer.ggml.model '" + v.model +
-                "' (only byte-level BPE, 'gpt2', is implemented)");
-  }
-  if (const gguf::Value* pre = file.find("tokenizer.ggml.pre")) v.pre = pre->as_string();
-  const pretok::SchemeInfo info = pretok::scheme_from_name(v.pre);
+namespace {
 
+// tokenizer.ggml.tokens and tokenizer.ggml.token_type (optional, one type per token, 0..6).
+void read_tokens(const gguf::File& file, Vocab& v) {
   const gguf::Array& tokens = file.get("tokenizer.ggml.tokens").as_array();
   v.tokens.reserve(tokens.size());
   for (const gguf::Value& t : tokens) v.tokens.push_back(t.as_string());
@@ -127,30 +122,96 @@ Vocab vocab_from_gguf(const gguf::File& file) {
                   " entries for " + std::to_string(v.tokens.size()) + " tokens");
     }
     v.token_types.reserve(a.size());
-    for (const gguf::Value& t : a) v.token_types.push_back(static_cast<int32_t>(t.as_int()));
+    for (size_t i = 0; i < a.size(); ++i) {
+      const int64_t t = a[i].as_int();
+      if (t < 0 || t > static_cast<int64_t>(TokenType::BYTE)) {
+        throw Error(file.path() + ": tokenizer.ggml.token_type[" + std::to_string(i) + "] is " +
+                    std::to_string(t) + ", not a token type (0..6)");
+      }
+      v.token_types.push_back(static_cast<int32_t>(t));
+    }
   }
+}
+
+// A token id key: `fallback` when absent or outside the vocabulary (llama.cpp keeps its default).
+int32_t token_id(const gguf::File& file, const Vocab& v, const char* key, int32_t fallback) {
+  const int64_t n = static_cast<int64_t>(v.tokens.size());
+  if (const gguf::Value* val = file.find(key)) {
+    const int64_t i = val->as_int();
+    if (i >= 0 && i < n) return static_cast<int32_t>(i);
+  }
+  return fallback >= 0 && fallback < n ? fallback : -1;
+}
+
+bool flag(const gguf::File& file, const char* key, bool fallback) {
+  const gguf::Value* val = file.find(key);
+  return val ? val->as_bool() : fallback;
+}
+
+// SentencePiece ("llama"): scores are required; llama.cpp's defaults: BOS 1, EOS 2, UNK 0, BOS added,
+// a space prefixed.
+Vocab spm_vocab_from_gguf(const gguf::File& file, Vocab v) {
+  read_tokens(file, v);
+  const gguf::Value* scores = file.find("tokenizer.ggml.scores");
+  if (!scores) {
+    throw Error(file.path() +
+                ": tokenizer.ggml.scores is missing (a SentencePiece vocabulary needs a score per token)");
+  }
+  const gguf::Array& a = scores->as_array();
+  if (a.size() != v.tokens.size()) {
+    throw Error(file.path() + ": tokenizer.ggml.scores has " + std::to_string(a.size()) + " entries for " +
+                std::to_string(v.tokens.size()) + " tokens");
+  }
+  v.scores.reserve(a.size());
+  for (const gguf::Value& x : a) v.scores.push_back(static_cast<float>(x.as_float()));
+  v.bos_id = token_id(file, v, "tokenizer.ggml.bos_token_id", 1);
+  v.eos_id = token_id(file, v, "tokenizer.ggml.eos_token_id", 2);
+  v.unk_id = token_id(file, v, "tokenizer.ggml.unknown_token_id", 0);
+  v.pad_id = token_id(file, v, "tokenizer.ggml.padding_token_id", -1);
+  v.add_bos = flag(file, "tokenizer.ggml.add_bos_token", true);
+  v.add_eos = flag(file, "tokenizer.ggml.add_eos_token", false);
+  v.add_space_prefix = flag(file, "tokenizer.ggml.add_space_prefix", true);
+  return v;
+}
+
+}  // namespace
+
+Vocab vocab_from_gguf(const gguf::File& file) {
+  Vocab v;
+  v.model = file.get("tokenizer.ggml.model").as_string();
+  if (v.model == "llama") return spm_vocab_from_gguf(file, std::move(v));
+  if (v.model != "gpt2") {
+    throw Error(file.path() + ": unsupported tokenizer.ggml.model '" + v.model +
+                "' (implemented: byte-level BPE 'gpt2' and SentencePiece 'llama')");
+  }
+  if (const gguf::Value* pre = file.find("tokenizer.ggml.pre")) v.pre = pre->as_string();
+  const pretok::SchemeInfo info = pretok::scheme_from_name(v.pre);
+
+  read_tokens(file, v);
   const gguf::Array& merges = file.get("tokenizer.ggml.merges").as_array();
   v.merges.reserve(merges.size());
   for (const gguf::Value& m : merges) v.merges.push_back(m.as_string());
 
-  auto id = [&](const char* key) -> int32_t {
-    const gguf::Value* val = file.find(key);
-    if (!val) return -1;
-    const int64_t i = val->as_int();
-    return (i >= 0 && i < static_cast<int64_t>(v.tokens.size())) ? static_cast<int32_t>(i) : -1;
-  };
-  v.bos_id = id("tokenizer.ggml.bos_token_id");
-  v.eos_id = id("tokenizer.ggml.eos_token_id");
-  v.unk_id = id("tokenizer.ggml.unknown_token_id");
-  v.pad_id = id("tokenizer.ggml.padding_token_id");
-  const gguf::Value* add_bos = file.find("tokenizer.ggml.add_bos_token");
-  const gguf::Value* add_eos = file.find("tokenizer.ggml.add_eos_token");
-  v.add_bos = add_bos ? add_bos->as_bool() : info.default_add_bos;
-  v.add_eos = add_eos ? add_eos->as_bool() : false;
+  v.bos_id = token_id(file, v, "tokenizer.ggml.bos_token_id", -1);
+  v.eos_id = token_id(file, v, "tokenizer.ggml.eos_token_id", -1);
+  v.unk_id = token_id(file, v, "tokenizer.ggml.unknown_token_id", -1);
+  v.pad_id = token_id(file, v, "tokenizer.ggml.padding_token_id", -1);
+  v.add_bos = flag(file, "tokenizer.ggml.add_bos_token", info.default_add_bos);
+  v.add_eos = flag(file, "tokenizer.ggml.add_eos_token", false);
   return v;
 }
 
 Tokenizer::Tokenizer(Vocab vocab) : vocab_(std::move(vocab)) {
+  if (vocab_.model == "llama") {
+    spm_ = std::make_shared<const SpmTokenizer>(vocab_);
+    token_to_id_.reserve(vocab_.tokens.size());
+    for (size_t i = 0; i < vocab_.tokens.size(); ++i)
+      token_to_id_[vocab_.tokens[i]] = static_cast<int32_t>(i);
+    for (int32_t* id : {&vocab_.bos_id, &vocab_.eos_id, &vocab_.unk_id, &vocab_.pad_id}) {
+      if (*id < 0 || static_cast<size_t>(*id) >= vocab_.tokens.size()) *id = -1;
+    }
+    return;
+  }
   if (vocab_.model != "gpt2") throw Error("unsupported tokenizer model '" + vocab_.model + "'");
   const pretok::SchemeInfo info = pretok::scheme_from_name(vocab_.pre);
   scheme_ = static_cast<int>(info.scheme);
@@ -295,6 +356,7 @@ void Tokenizer::encode_plain(std::string_view text, std::vector<int32_t>& out) c
 }
 
 std::vector<int32_t> Tokenizer::encode(std::string_view text, bool add_special, bool parse_special) const {
+  if (spm_) return spm_->encode(text, add_special, parse_special);
   std::vector<int32_t> out;
   out.reserve(text.size() / 3 + 2);
   if (add_special && vocab_.add_bos && vocab_.bos_id >= 0) out.push_back(vocab_.bos_id);
@@ -329,6 +391,7 @@ std::vector<int32_t> Tokenizer::encode(std::string_view text, bool add_special, 
 }
 
 std::string Tokenizer::decode(const std::vector<int32_t>& ids, bool keep_special) const {
+  if (spm_) return spm_->decode(ids, keep_special);
   std::string out;
   for (int32_t id : ids) {
     if (id < 0 || static_cast<size_t>(id) >= id_to_bytes_.size()) {
@@ -342,6 +405,7 @@ std::string Tokenizer::decode(const std::vector<int32_t>& ids, bool keep_special
 }
 
 std::string Tokenizer::token_bytes(int32_t id) const {
+  if (spm_) return spm_->token_bytes(id);
   if (id < 0 || static_cast<size_t>(id) >= id_to_bytes_.size()) {
     throw Error("token id " + std::to_string(id) + " is outside the vocabulary");
   }
@@ -351,6 +415,22 @@ std::string Tokenizer::token_bytes(int32_t id) const {
 bool Tokenizer::is_control(int32_t id) const {
   if (id < 0 || static_cast<size_t>(id) >= vocab_.token_types.size()) return false;
   return vocab_.token_types[id] == static_cast<int32_t>(TokenType::CONTROL);
+}
+
+std::string Tokenizer::summary() const {
+  const std::string n = std::to_string(vocab_.tokens.size()) + " tokens";
+  auto id = [&](int32_t i) {
+    return i >= 0 ? std::to_string(i) + " '" + vocab_.tokens[i] + "'" : std::string("-");
+  };
+  const std::string ids = ", BOS " + id(vocab_.bos_id) + ", EOS " + id(vocab_.eos_id) +
+                          (vocab_.add_bos ? ", BOS added" : ", no BOS added") +
+                          (vocab_.add_eos ? ", EOS added" : "");
+  if (spm_) {
+    return "SentencePiece (llama.cpp SPM rules), " + n + ", " + std::to_string(spm_->n_byte_tokens()) +
+           " byte tokens" + ids + (vocab_.add_space_prefix ? ", space prefix" : ", no space prefix");
+  }
+  return "byte-level BPE, pre-tokenizer '" + vocab_.pre + "', " + n + ", " + std::to_string(merges_.size()) +
+         " merges" + ids;
 }
 
 int32_t Tokenizer::find(std::string_view token) const {
