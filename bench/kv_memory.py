@@ -26,15 +26,21 @@ def main():
     a = ap.parse_args()
     rows = []
     for pol in a.policies.split(","):
+        # "SPEC;rotate=0" (or ;clip=0/1, ;ladder=L): quantizer options for this row alone.
+        spec, *opts = pol.split(";")
         cmd = [a.kvdial, "bench", "-m", a.model, "-p", "0", "-n", "16", "-d", str(a.depth), "-r", "1",
-               "-o", "json", "--kv-policy", pol, "--kv-residual", str(a.kv_residual)]
+               "-o", "json", "--kv-policy", spec, "--kv-residual", str(a.kv_residual)]
+        for o in opts:
+            k, v = o.split("=", 1)
+            cmd += ["--kv-" + k, v]
         if a.threads:
             cmd += ["-t", str(a.threads)]
         print("running:", " ".join(cmd), file=sys.stderr)
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
         r = json.loads(out)[0]
+        r["spec"] = pol  # static:K5V4g64 runs as static:4 over that setting: name rows as asked
         rows.append(r)
-    base = next((r for r in rows if r["kv_policy"] == "static:16"), rows[0])
+    base = next((r for r in rows if r["spec"] == "static:16"), rows[0])
     model_bytes = os.path.getsize(a.model)
     lines = [f"KV memory after {a.depth} tokens of context + 16 generated (kv-residual {a.kv_residual}); "
              f"each policy in its own process. Budget = model file ({model_bytes / 2**20:.1f} MiB) + KV bytes "
@@ -47,7 +53,7 @@ def main():
         kv_saved = base["kv_bytes"] - r["kv_bytes"]
         rss_saved = base["peak_rss_bytes"] - r["peak_rss_bytes"]
         budget = model_bytes + r["kv_bytes"] + 64 * 2**20
-        lines.append(f"| {r['kv_policy']} | {int(r['kv_bytes']):,} | {r['kv_bytes'] / base['kv_bytes']:.4f} | "
+        lines.append(f"| {r['spec']} | {int(r['kv_bytes']):,} | {r['kv_bytes'] / base['kv_bytes']:.4f} | "
                      f"{r['kv_bits_per_elem']:.3f} | {r['kv_avg_width']:.2f} | {r['peak_rss_bytes'] / 2**20:.1f} MiB | "
                      f"{rss_saved / 2**20:.1f} MiB | {kv_saved / 2**20:.1f} MiB | "
                      f"{budget / 2**20:.1f} MiB | {(budget - r['peak_rss_bytes']) / 2**20:.1f} MiB |")

@@ -265,3 +265,32 @@ TEST(KvConfig, StaticSettingsAndErrors) {
 
 }  // namespace
 }  // namespace kvd
+
+// Memory: after 4096 tokens, every v2 setting stores exactly its nominal bytes (bits per element, scales
+// included, times the elements) and allocates less than one page per layer beyond them.
+TEST(KvQuantV2, BytesAt4096EqualNominal) {
+  for (const char* spec : {"static:K5V4g64", "static:K4V3g64", "static:K4V2g64", "static:K3V2g64"}) {
+    const KvPlan p = make_kv_plan(2, 3, 64, KvQuantOptions{}, spec);
+    KvCacheOptions o;
+    o.max_tokens = 4096;
+    KvCache cache(p.layout, o);
+    const int n = 4096;
+    const int first = cache.begin_tokens(0, n);
+    std::mt19937 rng(11);
+    std::normal_distribution<float> nd;
+    std::vector<float> k(p.layout.kv_dim()), v(p.layout.kv_dim());
+    for (int i = 0; i < n; ++i)
+      for (int layer = 0; layer < p.layout.n_layers; ++layer) {
+        for (auto& x : k) x = nd(rng);
+        for (auto& x : v) x = nd(rng);
+        cache.write(0, layer, first + i, k.data(), v.data());
+      }
+    for (int i = 0; i < n; ++i) cache.decide(0, first + i, 4);  // static:SETTING stores class 4
+    cache.flush_window(0);
+    const KvStats s = cache.stats(0);
+    const double elements = 2.0 * n * p.layout.n_layers * p.layout.kv_dim();  // K and V
+    EXPECT_EQ(static_cast<double>(s.bytes_stored), elements * p.layout.effective_bits(4) / 8) << spec;
+    EXPECT_DOUBLE_EQ(s.effective_bits, p.layout.effective_bits(4)) << spec;
+    EXPECT_LT(s.bytes_allocated, s.bytes_stored + p.layout.n_layers * o.page_bytes + 4096) << spec;
+  }
+}
