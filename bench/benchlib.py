@@ -1,5 +1,8 @@
 """Helpers the bench scripts share."""
+import datetime
 import os
+import subprocess
+import sys
 
 
 def emit_table(lines, out):
@@ -9,3 +12,29 @@ def emit_table(lines, out):
     os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
     with open(out, "w") as f:
         f.write(text)
+
+
+def sh(cmd):
+    """Runs cmd (a list), returns its stdout; exits with its stderr's tail when it fails."""
+    print("running:", " ".join(cmd), file=sys.stderr, flush=True)
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    if p.returncode != 0:
+        sys.exit(f"failed ({p.returncode}): {' '.join(cmd)}\n{p.stderr[-2000:]}")
+    return p.stdout
+
+
+def cpu_model():
+    return next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+
+
+def git_commit(fallback="unknown"):
+    git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    return git.stdout.strip() if git.returncode == 0 else fallback
+
+
+def machine_line(kvdial_version="unknown"):
+    """'Measured DATE on CPU (N logical CPUs; ISA extensions); kvdial COMMIT' for a results file."""
+    flags = open("/proc/cpuinfo").read()
+    isa = ", ".join(f for f in ("avx512_vnni", "avx512_bf16", "amx_tile") if f in flags) or "no AVX-512 VNNI/BF16/AMX"
+    return (f"Measured {datetime.date.today().isoformat()} on {cpu_model()} ({os.cpu_count()} logical CPUs; {isa}); "
+            f"kvdial {git_commit(kvdial_version)}")

@@ -9,22 +9,11 @@ Beside each decode figure: bytes read per token (weights + KV cache) and the imp
 This script never downloads or builds llama.cpp: pass the paths of binaries you built.
 """
 import argparse
-import datetime
 import json
 import os
-import re
-import subprocess
 import sys
 
-from benchlib import emit_table
-
-
-def sh(cmd):
-    print("running:", " ".join(cmd), file=sys.stderr, flush=True)
-    p = subprocess.run(cmd, capture_output=True, text=True)
-    if p.returncode != 0:
-        sys.exit(f"failed ({p.returncode}): {' '.join(cmd)}\n{p.stderr[-2000:]}")
-    return p.stdout
+from benchlib import emit_table, machine_line, sh
 
 
 def kvdial_bench(a, args, backend="cpu"):
@@ -69,13 +58,7 @@ def main():
     ap.add_argument("--out", default="results/compare_llamacpp.md")
     a = ap.parse_args()
     weights = os.path.getsize(a.model)
-    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
-    git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-    commit = git.stdout.strip() if git.returncode == 0 else a.kvdial_version
-    flags = open("/proc/cpuinfo").read()
-    isa = ", ".join(f for f in ("avx512_vnni", "avx512_bf16", "amx_tile") if f in flags) or "no AVX-512 VNNI/BF16/AMX"
-    lines = [f"Measured {datetime.date.today().isoformat()} on {cpu} ({os.cpu_count()} logical CPUs; {isa}); "
-             f"kvdial {commit}", ""]
+    lines = [machine_line(a.kvdial_version), ""]
 
     # Short context.
     rows = []

@@ -1,7 +1,9 @@
 // libFuzzer target for the GGUF reader: parses the input as a GGUF image and reads every metadata value
-// and every tensor byte, then builds the tokenizer from its tokenizer.ggml.* keys (byte-level BPE or
-// SentencePiece) and round-trips a few texts through it. Only kvd::Error may escape; anything else (a
-// crash, a sanitizer report, another exception) is a bug.
+// and every tensor byte, dequantizes the first blocks of every tensor, runs every tensor's first rows
+// through the matmul kernels of its type (plain, decode with fp32 and int8 activations, GEMM), then builds
+// the tokenizer from its tokenizer.ggml.* keys (byte-level BPE or SentencePiece) and round-trips a few
+// texts through it. Only kvd::Error may escape; anything else (a crash, a sanitizer report, another
+// exception) is a bug.
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
@@ -12,6 +14,7 @@
 #include "kernels/cpu/matmul_internal.h"
 #include "kernels/kernels.h"
 #include "tokenizer/tokenizer.h"
+#include "util/thread_pool.h"
 
 namespace {
 
@@ -64,11 +67,43 @@ uint64_t touch_tokenizer(const kvd::gguf::File& f, const uint8_t* data, size_t s
   return h;
 }
 
+// The first rows (at most 8, at most 64 Ki elements in all) of a tensor as a weight matrix of dims[0]
+// columns, multiplied with 1 token (the decode kernels, fp32 and int8 activations) and kGemmMinTokens
+// tokens (the GEMM) by the fast kernels and by the plain reference. Each kernel reads rows * row_bytes
+// bytes from t.data: no more than the n_bytes the reader checked against the file size.
+uint64_t matmul_rows(const kvd::gguf::TensorInfo& t, kvd::ThreadPool& pool) {
+  const kvd::gguf::BlockInfo bi = kvd::gguf::block_info(t.type);
+  const auto cols = static_cast<int64_t>(t.dims[0]);
+  if (cols > (int64_t{1} << 16)) return 0;
+  const int64_t rows = std::min<int64_t>({static_cast<int64_t>(t.n_elements) / cols, 8, (1 << 16) / cols});
+  kvd::WeightView w;
+  w.type = t.type;
+  w.data = t.data;
+  w.rows = rows;
+  w.cols = cols;
+  w.row_bytes = static_cast<size_t>(cols / bi.elems) * bi.bytes;
+  const int64_t nt = kvd::cpu::kGemmMinTokens;
+  std::vector<float> x(static_cast<size_t>(nt * cols)), y(static_cast<size_t>(nt * rows)), y_ref(y.size());
+  for (size_t i = 0; i < x.size(); ++i) x[i] = static_cast<float>(static_cast<int>(i % 17) - 8) * 0.125f;
+  uint64_t h = 0;
+  kvd::ref::matmul(w, x.data(), y_ref.data(), nt);
+  for (int64_t n : {int64_t{1}, nt}) {
+    kvd::cpu::matmul(w, x.data(), y.data(), n, pool, kvd::ActQuant::F32);
+    for (int64_t i = 0; i < n * rows; ++i) h += y[static_cast<size_t>(i)] == y_ref[static_cast<size_t>(i)];
+  }
+  if (cols % 32 == 0) {
+    kvd::cpu::matmul(w, x.data(), y.data(), 1, pool, kvd::ActQuant::Q8);
+    for (int64_t i = 0; i < rows; ++i) h += y[static_cast<size_t>(i)] > 0;
+  }
+  return h;
+}
+
 volatile uint64_t g_sink;
 
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  static kvd::ThreadPool pool(2);
   try {
     const auto f = kvd::gguf::File::parse(data, size, "fuzz.gguf");
     uint64_t h = f->version() + f->alignment();
@@ -89,6 +124,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       kvd::ref::dequantize_row(t.type, t.data, a.data(), static_cast<int64_t>(n));
       kvd::cpu::dequantize_row_fast(t.type, t.data, b.data(), static_cast<int64_t>(n));
       for (uint64_t i = 0; i < n; ++i) h += a[i] == b[i];
+      h += matmul_rows(t, pool);
     }
     h += static_cast<uint64_t>(f->get_int("general.alignment", 0));
     h += touch_tokenizer(*f, data, size);

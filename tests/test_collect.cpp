@@ -130,6 +130,22 @@ TEST(CsvStats, SmallTable) {
   fs::remove(path);
 }
 
+// From a stream (as fuzz/fuzz_csv.cpp reads): the same table, and errors named by the given name.
+TEST(CsvStats, FromStream) {
+  std::istringstream in(kSmallCsv);
+  const CsvTable t = read_csv_table(in, "mem.csv");
+  EXPECT_EQ(t.path, "mem.csv");
+  ASSERT_EQ(t.rows(), 4u);
+  EXPECT_DOUBLE_EQ(t.values[t.column("latency")][2], 4.0);
+  std::istringstream bad("entropy,rarity,attn_var,kv_bits,latency,accuracy\n1,2,3\n");
+  try {
+    read_csv_table(bad, "mem.csv");
+    ADD_FAILURE() << "no error";
+  } catch (const Error& e) {
+    EXPECT_EQ(std::string(e.what()), "mem.csv:2: 3 columns, the header has 6");
+  }
+}
+
 // The error message of reading content as a CSV, with the file's path spelled FILE.
 std::string csv_error(const std::string& content) {
   const std::string path = temp_path("bad.csv");

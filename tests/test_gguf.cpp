@@ -858,6 +858,47 @@ TEST(GgufRobust, TruncatedDataOfEveryType) {
   EXPECT_EQ(n_types, 15);
 }
 
+// Every supported type, through File::open (mapped and read): a model-shaped file whose last tensor
+// (of that type, 5 rows of 2 blocks, after an F32 norm and another tensor of the type) is cut short by
+// one byte, inside a block, at a block boundary, or right after its first byte. Each is a one-line error
+// naming the file, the tensor and its size; the file before the cut parses.
+TEST_F(GgufOpen, TruncatedFileOfEveryTypeNamesTheTensor) {
+  for (uint32_t raw = 0; raw < 64; ++raw) {
+    if (!tensor_type_supported(raw)) continue;
+    const auto t = static_cast<TensorType>(raw);
+    SCOPED_TRACE(tensor_type_name(t));
+    const BlockInfo bi = block_info(t);
+    Builder b;
+    b.kv_str("general.architecture", "llama")
+        .tensor("blk.0.attn_norm.weight", {64}, TensorType::F32)
+        .tensor("blk.0.attn_q.weight", {uint64_t{bi.elems}, 3}, t)
+        .tensor("blk.0.ffn_down.weight", {2 * uint64_t{bi.elems}, 5}, t);
+    Layout lay;
+    const auto bytes = b.build(&lay);
+    const uint64_t n_bytes = 10u * bi.bytes, start = lay.data_start + lay.offsets[2];
+    ASSERT_EQ(bytes.size(), start + n_bytes);
+    ASSERT_NO_THROW(File::open(write("whole.gguf", bytes)));
+    for (const uint64_t keep : {n_bytes - 1, n_bytes / 2 + 1, uint64_t{4} * bi.bytes, uint64_t{1}}) {
+      SCOPED_TRACE("kept " + std::to_string(keep) + " of " + std::to_string(n_bytes) + " bytes");
+      const std::string path =
+          write("cut.gguf",
+                std::vector<uint8_t>(bytes.begin(), bytes.begin() + static_cast<ptrdiff_t>(start + keep)));
+      for (const bool use_mmap : {true, false}) {
+        const std::string msg = error_of([&] { File::open(path, use_mmap); });
+        EXPECT_EQ(msg.rfind(path + ": truncated: tensor #2 'blk.0.ffn_down.weight' data (" +
+                                std::to_string(n_bytes) + " bytes at data offset ",
+                            0),
+                  0u)
+            << msg;
+        EXPECT_NE(msg.find("runs past end of file (file size " + std::to_string(start + keep) + ")"),
+                  std::string::npos)
+            << msg;
+        EXPECT_EQ(msg.find('\n'), std::string::npos) << msg;
+      }
+    }
+  }
+}
+
 // any_type (kvdial info): tensors of known but unsupported types parse, sized from ggml's block table and
 // bounds-checked like the rest; unknown numbers and truncated data are still errors.
 TEST(GgufParse, AnyTypeKeepsUnsupportedTensors) {
@@ -947,7 +988,10 @@ TEST(GgufSeeds, WriteFuzzCorpus) {
   for (TensorType t : types) {
     Builder b;
     b.kv_str("general.architecture", "llama").kv_u32("llama.block_count", 1);
-    b.tensor("w", {block_info(t).elems, 2}, t).tensor("v", {block_info(t).elems}, t);
+    // 2 rows of one block, one block, and 3 rows of 2 blocks (the matmul kernels split odd row counts).
+    b.tensor("w", {block_info(t).elems, 2}, t)
+        .tensor("v", {block_info(t).elems}, t)
+        .tensor("u", {2 * uint64_t{block_info(t).elems}, 3}, t);
     seeds.emplace_back(std::string("tensor_") + tensor_type_name(t) + ".gguf", b.build());
   }
   // Shaped like a real model's tokenizer metadata, with 16-byte alignment.

@@ -4,6 +4,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <sstream>
 #include <string>
 
 #include "eval/hellaswag.h"
@@ -75,6 +76,22 @@ TEST(HellaSwagReader, ReadsExamplesAndBuildsText) {
   EXPECT_EQ(ex[1].line, 3);  // the blank line is skipped, line numbers stay the file's
   EXPECT_EQ(ex[1].ind, -1);
   EXPECT_EQ(hellaswag_text(ex[1]), "A cat sits on the mat. it washes its paws slowly.");
+}
+
+// From a stream (as fuzz/fuzz_hellaswag.cpp reads): the same examples, errors named by the given name.
+TEST(HellaSwagReader, FromStream) {
+  std::istringstream in(std::string(kGood) + "\n\n" + kGood2 + "\n");
+  const auto ex = read_hellaswag(in, "mem.jsonl");
+  ASSERT_EQ(ex.size(), 2u);
+  EXPECT_EQ(ex[1].line, 3);
+  EXPECT_EQ(ex[1].label, 2);
+  std::istringstream bad("[1]\n");
+  try {
+    read_hellaswag(bad, "mem.jsonl");
+    ADD_FAILURE() << "no error";
+  } catch (const Error& e) {
+    EXPECT_EQ(std::string(e.what()), "mem.jsonl:1: expected a JSON object, got array");
+  }
 }
 
 TEST(HellaSwagReader, LineThatDoesNotParse) {

@@ -68,6 +68,10 @@ int CsvTable::column(const std::string& name) const {
 CsvTable read_csv_table(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) throw Error(path + ": cannot open file");
+  return read_csv_table(in, path);
+}
+
+CsvTable read_csv_table(std::istream& in, const std::string& path) {
   CsvTable t;
   t.path = path;
   std::string line;

@@ -4,6 +4,7 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <istream>
 #include <string>
 #include <vector>
 
@@ -22,6 +23,8 @@ struct CsvTable {
 // Throws kvd::Error "FILE:LINE: ..." for a row of the wrong width or a value that is not a number,
 // "FILE:1: ..." for a header without the seed's six columns, "FILE: ..." for an empty file.
 CsvTable read_csv_table(const std::string& path);
+// The same from a stream; `path` names it in the messages (fuzz/fuzz_csv.cpp reads from memory).
+CsvTable read_csv_table(std::istream& in, const std::string& path);
 
 // Cells joined with commas (no quoting: the cells collect writes hold no commas).
 std::string join_csv(const std::vector<std::string>& cells);

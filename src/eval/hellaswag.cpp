@@ -70,6 +70,10 @@ std::string hellaswag_text(const HellaSwagExample& ex) {
 std::vector<HellaSwagExample> read_hellaswag(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) throw Error(path + ": cannot open file");
+  return read_hellaswag(in, path);
+}
+
+std::vector<HellaSwagExample> read_hellaswag(std::istream& in, const std::string& path) {
   std::vector<HellaSwagExample> out;
   std::string text;
   int line = 0;

@@ -4,6 +4,7 @@
 #pragma once
 #include <array>
 #include <cstdint>
+#include <istream>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -36,5 +37,7 @@ std::string hellaswag_text(const HellaSwagExample& ex);
 // a `label` that is not an integer in 0..3; "FILE: ..." for a file that cannot be read or holds no
 // example.
 std::vector<HellaSwagExample> read_hellaswag(const std::string& path);
+// The same from a stream; `path` names it in the messages (fuzz/fuzz_hellaswag.cpp reads from memory).
+std::vector<HellaSwagExample> read_hellaswag(std::istream& in, const std::string& path);
 
 }  // namespace kvd
