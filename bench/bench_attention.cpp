@@ -14,6 +14,7 @@
 #include "kv/attention.h"
 #include "kv/attention_cpu_internal.h"
 #include "kv/kv_cache.h"
+#include "kv/kv_config.h"
 #include "util/thread_pool.h"
 
 namespace kvd {
@@ -141,6 +142,67 @@ void DecodeArgs(benchmark::internal::Benchmark* b) {
   }
 }
 BENCHMARK(BM_DecodeStep)->Apply(DecodeArgs)->Unit(benchmark::kMillisecond)->UseRealTime();
+
+// One decode step at 4096 tokens, every token at one static setting (as bench_decode_steps' policies name
+// them, ";rotate=0" / ";clip=0" allowed), SIMD, 2 threads: the attention part of those policies' steps.
+const char* const kSettings[] = {"static:16",      "static:4;rotate=0",        "static:K5V4g64",
+                                 "static:K3V2g64", "static:4;rotate=1;clip=0", "static:4"};
+
+KvLayout layout_of(const std::string& spec) {
+  KvQuantOptions q;
+  std::string base = spec;
+  for (size_t at; (at = base.rfind(';')) != std::string::npos; base.resize(at)) {
+    const std::string opt = base.substr(at + 1);
+    if (opt.rfind("rotate=", 0) == 0) q.rotate = opt.back() - '0';
+    if (opt.rfind("clip=", 0) == 0) q.clip = opt.back() - '0';
+  }
+  return make_kv_plan(kLayers, kKvHeads, kHeadDim, q, base).layout;
+}
+
+void BM_DecodeSetting(benchmark::State& state) {
+  const std::string spec = kSettings[state.range(0)];
+  static int cached = -1;
+  static std::unique_ptr<KvCache> cache;
+  const int cls = spec == "static:16" ? 16 : 4;
+  if (cached != state.range(0)) {
+    cache.reset();
+    const KvLayout layout = layout_of(spec);
+    KvCacheOptions o;
+    o.max_tokens = kContext + 1;
+    cache = std::make_unique<KvCache>(layout, o);
+    std::mt19937 rng(7);
+    std::normal_distribution<float> nd;
+    std::vector<float> k(layout.kv_dim()), v(layout.kv_dim());
+    const std::vector<uint8_t> w(256, static_cast<uint8_t>(cls));
+    for (int b = 0; b < kContext; b += 256) {
+      const int first = cache->begin_tokens(0, 256, w.data());
+      for (int i = 0; i < 256; ++i)
+        for (int l = 0; l < kLayers; ++l) {
+          for (auto& x : k) x = nd(rng);
+          for (auto& x : v) x = nd(rng);
+          cache->write(0, l, first + i, k.data(), v.data());
+        }
+      cache->flush_window(0);
+    }
+    const int qt = cache->begin_tokens(0, 1);
+    for (int l = 0; l < kLayers; ++l) cache->write(0, l, qt, k.data(), v.data());
+    cached = static_cast<int>(state.range(0));
+  }
+  ThreadPool& pool = pool_of(static_cast<int>(state.range(1)));
+  const auto q = random_q(1);
+  std::vector<float> out(q.size());
+  for (auto _ : state) {
+    run(true, *cache, q.data(), kContext, 1, out.data(), nullptr, pool);
+    benchmark::DoNotOptimize(out.data());
+    benchmark::ClobberMemory();
+  }
+  state.SetLabel(spec + " " + std::to_string(state.range(1)) + "thr");
+}
+BENCHMARK(BM_DecodeSetting)
+    ->ArgNames({"setting", "thr"})
+    ->ArgsProduct({{0, 1, 2, 3, 4, 5}, {1, 2}})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
 
 // A 512-token prompt batch attending causally over itself, all layers. Args: mix, simd, threads.
 void BM_PromptBatch(benchmark::State& state) {

@@ -70,6 +70,26 @@ TEST(KvRotate, IsOrthogonalAndInvertible) {
   EXPECT_LT(neg, 284);
 }
 
+// The clip search with the candidates in lanes stores the bytes of the plain one: heavy tails, constant
+// groups, tiny and huge ranges, every width and group.
+TEST(KvQuantV2, FastClipSearchStoresPlainBytes) {
+  std::mt19937 rng(11);
+  std::student_t_distribution<float> heavy(2.0f);
+  std::uniform_real_distribution<float> mag(-12.0f, 12.0f);
+  for (int trial = 0; trial < 300; ++trial)
+    for (int bits : {2, 3, 4, 5, 6, 8})
+      for (int group : {16, 32, 64}) {
+        std::vector<float> x(128);
+        const float scale = std::exp2(mag(rng)), offset = trial % 5 == 0 ? 100.0f : 0.0f;
+        for (auto& v : x) v = trial % 37 == 0 ? 1.5f : offset + scale * heavy(rng);
+        const size_t bytes = 128 / group * KvLayout::group_bytes_of(bits, group);
+        std::vector<uint8_t> fast(bytes), plain(bytes);
+        kv_encode(x.data(), 128, bits, group, true, fast.data());
+        kv_encode_plain(x.data(), 128, bits, group, true, plain.data());
+        ASSERT_EQ(fast, plain) << "bits " << bits << " group " << group << " trial " << trial;
+      }
+}
+
 // Every width and group: inside the coded range each element is within half a step; with the clip the
 // group's squared error never exceeds the unclipped quantizer's.
 TEST(KvQuantV2, ErrorBoundEveryWidth) {
@@ -263,8 +283,6 @@ TEST(KvConfig, StaticSettingsAndErrors) {
   EXPECT_THROW(make_kv_plan(30, 3, 64, KvQuantOptions{}, "static:K9V4"), Error);
 }
 
-}  // namespace
-}  // namespace kvd
 
 // Memory: after 4096 tokens, every v2 setting stores exactly its nominal bytes (bits per element, scales
 // included, times the elements) and allocates less than one page per layer beyond them.
@@ -294,3 +312,6 @@ TEST(KvQuantV2, BytesAt4096EqualNominal) {
     EXPECT_LT(s.bytes_allocated, s.bytes_stored + p.layout.n_layers * o.page_bytes + 4096) << spec;
   }
 }
+
+}  // namespace
+}  // namespace kvd

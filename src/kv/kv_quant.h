@@ -21,6 +21,9 @@ namespace kvd {
 
 // Encodes n elements (n % group == 0) at b bits in groups of `group` (bits == 16: fp16).
 void kv_encode(const float* src, int n, int bits, int group, bool clip, uint8_t* dst);
+// kv_encode with the clip search one candidate at a time (the plain form the fast search is tested against:
+// both store the same bytes).
+void kv_encode_plain(const float* src, int n, int bits, int group, bool clip, uint8_t* dst);
 // Decodes n elements stored by kv_encode.
 void kv_decode(const uint8_t* src, int n, int bits, int group, float* dst);
 
