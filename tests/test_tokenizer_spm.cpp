@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "gguf/gguf.h"
+#include "test_util.h"
 #include "tokenizer/spm.h"
 #include "tokenizer/tokenizer.h"
 #include "util/error.h"
@@ -32,15 +33,8 @@ using kvd::TokenType;
 using kvd::Vocab;
 using Ids = std::vector<int32_t>;
 
-std::string source_dir() {
-  const char* env = std::getenv("KVDIAL_SOURCE_DIR");
-  return env ? env : KVDIAL_SOURCE_DIR;
-}
-
-std::string data_dir() {
-  const char* env = std::getenv("KVDIAL_DATA_DIR");
-  return env ? env : source_dir() + "/../shared/data";
-}
+using kvd::test::data_dir;  // empty when ../shared/data is absent: the data cases then skip
+using kvd::test::source_dir;
 
 std::string read_file(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
@@ -188,7 +182,8 @@ TEST(TokenizerSpm, ReferenceFixture) {
   EXPECT_GT(compared, 90u);
   std::printf("spm fixture: %zu cases compared (%zu also against llama.cpp), %zu skipped\n", compared,
               vs_llama, skipped);
-  if (skipped) GTEST_SKIP() << skipped << " data cases need " << data_dir() << " (set KVDIAL_DATA_DIR)";
+  if (skipped)
+    GTEST_SKIP() << skipped << " data cases need ../shared/data beside the checkout (or KVDIAL_DATA_DIR)";
 }
 
 // Seeded random byte strings (invalid UTF-8, stray "▁" bytes, specials): llama.cpp's ids.
