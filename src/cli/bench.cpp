@@ -31,6 +31,7 @@ struct Row {
   double kv_bits = 0;   // stored bits per element, scales included
   double avg_width = 0;
   double weight_bytes = 0;
+  double vram_engine = 0, vram_device = 0;  // peak device memory (engines with one), bytes
 };
 
 std::vector<std::string> split(const std::string& s, char sep) {
@@ -123,6 +124,8 @@ int run_bench(const BenchArgs& a) {
           r.kv_bytes = static_cast<double>(st.bytes_stored);
           r.kv_bits = st.effective_bits;
           r.avg_width = st.avg_bits();
+          r.vram_engine = static_cast<double>(e.session->device_engine_peak_bytes());
+          r.vram_device = static_cast<double>(e.session->device_used_peak_bytes());
           if (a.progress)
             std::fprintf(stderr, "bench: %s %s rep %d: %.2f t/s\n", pol.c_str(), r.test.c_str(), rep + 1,
                          n / s);
@@ -170,7 +173,9 @@ int run_bench(const BenchArgs& a) {
                    {"kv_bytes", r.kv_bytes},
                    {"kv_bits_per_elem", r.kv_bits},
                    {"kv_avg_width", r.avg_width},
-                   {"peak_rss_bytes", peak_rss_bytes()}});
+                   {"peak_rss_bytes", peak_rss_bytes()},
+                   {"vram_engine_peak_bytes", r.vram_engine},
+                   {"vram_device_used_peak_bytes", r.vram_device}});
     out << j.dump(2) << "\n";
   } else if (a.output == "csv") {
     out << "model,size_bytes,n_params,backend,threads,kv_policy,kv_group,kv_residual,test,avg_ts,stddev_ts,"

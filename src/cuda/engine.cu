@@ -76,6 +76,8 @@ class Engine final : public GpuSession {
   std::string memory_summary() const override;
   size_t engine_peak_bytes() const override { return mem_.peak(); }
   size_t device_peak_used_bytes() const override { return mem_.used_peak(); }
+  size_t device_engine_peak_bytes() const override { return mem_.peak(); }
+  size_t device_used_peak_bytes() const override { return mem_.used_peak(); }
 
  private:
   template <typename T>
@@ -117,7 +119,31 @@ class Engine final : public GpuSession {
   cudaGraphExec_t graph_ = nullptr;
   int graph_chunks_ = 0;
   std::vector<float> logits_;
+
+  // $KVDIAL_CUDA_PROFILE=1: decode steps run eagerly with an event after each stage, and the mean time
+  // per stage and step is printed to stderr when the engine ends (where the graph's time goes).
+  enum Stage { kEmbed, kQkv, kRopeAppend, kAttention, kO, kGateUp, kDown, kOutput, kStages };
+  void mark(Stage st);
+  bool profile_ = false;
+  std::vector<cudaEvent_t> events_;
+  std::vector<int> event_stage_;
+  size_t n_marks_ = 0;
+  double stage_ms_[kStages] = {};
+  int64_t profiled_steps_ = 0, profiled_keys_ = 0;
 };
+
+void Engine::mark(Stage st) {
+  if (!profile_) return;
+  if (n_marks_ == events_.size()) {
+    cudaEvent_t e = nullptr;
+    KVD_CUDA(cudaEventCreate(&e));
+    events_.push_back(e);
+    event_stage_.push_back(0);
+  }
+  KVD_CUDA(cudaEventRecord(events_[n_marks_], stream_));
+  event_stage_[n_marks_] = st;  // the stage that ends at this event
+  ++n_marks_;
+}
 
 Engine::Engine(const Model& model, const GpuOptions& opt) : model_(model), opt_(opt), c_(model.config()) {
   KVD_CUDA(cudaSetDevice(0));
@@ -137,6 +163,8 @@ Engine::Engine(const Model& model, const GpuOptions& opt) : model_(model), opt_(
   use_q_ = weights == "q";
   const char* env_g = std::getenv("KVDIAL_CUDA_GRAPHS");
   if (env_g && std::string(env_g) == "0") opt_.graphs = false;
+  const char* env_p = std::getenv("KVDIAL_CUDA_PROFILE");
+  profile_ = env_p && std::string(env_p) == "1";
   opt_.n_batch = std::max(1, opt_.n_batch);
 
   KVD_CUDA(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
@@ -209,6 +237,22 @@ Engine::Engine(const Model& model, const GpuOptions& opt) : model_(model), opt_(
 }
 
 Engine::~Engine() {
+  if (profile_ && profiled_steps_ > 0) {
+    static const char* names[kStages] = {"embed",     "qkv gemv",   "rope+append", "attention",
+                                         "o gemv",    "gate/up gemv", "down gemv", "output gemv"};
+    double total = 0;
+    for (double v : stage_ms_) total += v;
+    std::fprintf(stderr, "cuda profile: %lld decode steps (eager, events between stages), mean context %.0f keys\n",
+                 static_cast<long long>(profiled_steps_),
+                 static_cast<double>(profiled_keys_) / static_cast<double>(profiled_steps_));
+    for (int i = 0; i < kStages; ++i)
+      std::fprintf(stderr, "cuda profile:   %-13s %8.2f us/step  %5.1f%%  (%6.2f us per layer)\n", names[i],
+                   1e3 * stage_ms_[i] / static_cast<double>(profiled_steps_), 100.0 * stage_ms_[i] / total,
+                   1e3 * stage_ms_[i] / static_cast<double>(profiled_steps_) / c_.n_layers);
+    std::fprintf(stderr, "cuda profile:   total         %8.2f us/step\n",
+                 1e3 * total / static_cast<double>(profiled_steps_));
+  }
+  for (cudaEvent_t e : events_) cudaEventDestroy(e);
   if (graph_) cudaGraphExecDestroy(graph_);
   if (blas_) cublasDestroy(blas_);
   if (stream_) cudaStreamDestroy(stream_);
@@ -275,20 +319,30 @@ void Engine::enqueue_decode(int chunks) {
   KVD_CUDA(cudaMemcpyAsync(dparams_, hparams_, sizeof(DecodeParams), cudaMemcpyHostToDevice, stream_));
   const KvDev& kv = kv_->dev();
   const StepParams* P = &dparams_->step;
+  n_marks_ = 0;
+  mark(kEmbed);  // the first event starts the step
   launch_embed(emb_, c_.dim, &dparams_->token, 1, x_, dparams_, kv, stream_);
+  mark(kEmbed);
   const bool halves = c_.rope_style == RopeStyle::Halves;
   for (int l = 0; l < c_.n_layers; ++l) {
     const Layer& L = layers_[static_cast<size_t>(l)];
     gemv(GemvMode::Store, L.qkv, L.qkv.rows, x_, L.attn_norm, L.bqkv, qkv_);
+    mark(kQkv);
     launch_rope_append(kv, l, qkv_, c_.n_heads, c_.rope_dim, halves, rope_, P, 1, stream_);
+    mark(kRopeAppend);
     launch_attention(kv, l, qkv_, qkv_cols_, c_.n_heads, P, 1, chunks, part_, att_, nullptr, stream_);
+    mark(kAttention);
     gemv(GemvMode::Add, L.o, L.o.rows, att_, nullptr, nullptr, x_);
+    mark(kO);
     gemv(GemvMode::SwiGlu, L.gu, c_.ffn_dim, x_, L.ffn_norm, nullptr, h_);
+    mark(kGateUp);
     gemv(GemvMode::Add, L.down, L.down.rows, h_, nullptr, nullptr, x_);
+    mark(kDown);
   }
   gemv(GemvMode::Store, out_, c_.vocab, x_, out_norm_, nullptr, logits_d_);
   KVD_CUDA(cudaMemcpyAsync(hlogits_, logits_d_, static_cast<size_t>(c_.vocab) * sizeof(float),
                            cudaMemcpyDeviceToHost, stream_));
+  mark(kOutput);
 }
 
 void Engine::decode_step(int32_t token, int pos, float* out) {
@@ -297,7 +351,7 @@ void Engine::decode_step(int32_t token, int pos, float* out) {
   hparams_->cls = kv_->cls_at(pos);
   hparams_->off = kv_->off_at(pos);
   const int need = pos / kAttnChunk + 1;
-  if (opt_.graphs) {
+  if (opt_.graphs && !profile_) {
     if (!graph_ || need > graph_chunks_) {
       if (graph_) cudaGraphExecDestroy(graph_);
       graph_ = nullptr;
@@ -315,6 +369,15 @@ void Engine::decode_step(int32_t token, int pos, float* out) {
   }
   KVD_CUDA(cudaStreamSynchronize(stream_));
   KVD_CUDA_LAUNCH("decode step");
+  if (profile_ && n_marks_ > 1) {
+    for (size_t k = 1; k < n_marks_; ++k) {
+      float ms = 0;
+      KVD_CUDA(cudaEventElapsedTime(&ms, events_[k - 1], events_[k]));
+      stage_ms_[event_stage_[k]] += ms;
+    }
+    ++profiled_steps_;
+    profiled_keys_ += pos + 1;
+  }
   if (out) std::memcpy(out, hlogits_, static_cast<size_t>(c_.vocab) * sizeof(float));
 }
 

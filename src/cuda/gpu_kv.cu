@@ -100,6 +100,9 @@ GpuKv::GpuKv(DeviceMemory& mem, const KvLayout& layout, int max_tokens, int resi
       static_cast<uint8_t*>(mem.alloc(static_cast<size_t>(max_tokens), MemKind::Kv, "KV token table"));
   KVD_CUDA(cudaMemset(d.tok_off, 0, static_cast<size_t>(max_tokens) * 4));
   KVD_CUDA(cudaMemset(d.tok_cls, 0, static_cast<size_t>(max_tokens)));
+  d.attn_counters = static_cast<int*>(
+      mem.alloc(static_cast<size_t>(layout.n_kv_heads) * sizeof(int), MemKind::Work, "attention counters"));
+  KVD_CUDA(cudaMemset(d.attn_counters, 0, static_cast<size_t>(layout.n_kv_heads) * sizeof(int)));
   if (static_cast<uint64_t>(max_pages) * page >= (uint64_t{1} << 32))
     throw Error("cuda: context of " + std::to_string(max_tokens) +
                 " tokens exceeds the 4 GiB page space per layer");

@@ -1,6 +1,8 @@
 // Kernels of the GPU KV cache: RoPE + quantize-on-append (the CPU quantizer's bytes, bit for bit) and
 // split-K decode attention over pages of any width mix, with its merge.
 #include <cmath>
+#include <cstdlib>
+#include <string>
 
 #include "cuda/kv_device.cuh"
 
@@ -248,6 +250,165 @@ __global__ void __launch_bounds__(128)
   }
 }
 
+// Decode (one query per head) over any width mix. Block (chunk, KV head), 256 threads: 32 keys at a time,
+// 8 lanes a key and HD/8 elements a lane, for all G query heads of the KV head, so each key's bytes are
+// read once. The chunk's token tables are read into shared memory first (one load each, all in flight),
+// so a key's data load depends on nothing but them. Keys are split evenly over the kDecodeBlocks chunks
+// (multiples of 32), whatever the context, so the grid is fixed and a captured graph needs no
+// re-capture. The last block of a KV head to finish merges the chunks' partial states (max, sum,
+// unnormalized output) and writes the output.
+template <int HD, int G>
+__global__ void __launch_bounds__(256)
+    attn_decode_kernel(KvDev kv, int layer, const float* q, int n_heads, const StepParams* params, float* part,
+                       float* out) {
+  constexpr int E = HD / 8, NT = 256, KPI = NT / 8;  // KPI: keys per iteration
+  constexpr int kMaxChunkKeys = 4096;                // keys of one chunk held in shared tables
+  const int chunk = blockIdx.x, kvh = blockIdx.y;
+  const int pos = params->pos0, n_keys = pos + 1;
+  int per = (n_keys + kDecodeBlocks - 1) / kDecodeBlocks;
+  per = (per + KPI - 1) / KPI * KPI;
+  const int n_chunks = (n_keys + per - 1) / per;
+  if (chunk >= n_chunks) return;  // exactly n_chunks blocks reach the counter below
+  const int t0 = chunk * per, t1 = min(t0 + per, n_keys);
+  __shared__ const uint8_t* s_rec[kMaxChunkKeys / 8];  // per key of the current window: record address
+  __shared__ uint8_t s_cls[kMaxChunkKeys / 8];
+  __shared__ float s_q[G][HD];
+  __shared__ float s_m[NT / 32][G], s_l[NT / 32][G];
+  __shared__ float s_o[NT / 32][G][HD];
+  __shared__ int s_last;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, sub = lane >> 3, sl = lane & 7;
+  const int e0 = sl * E, idx0 = kvh * HD + e0;
+  for (int j = threadIdx.x; j < G * HD; j += NT) s_q[j / HD][j % HD] = q[(kvh * G + j / HD) * HD + j % HD];
+  float m[G], l[G], acc[G][E];
+#pragma unroll
+  for (int h = 0; h < G; ++h) {
+    m[h] = -INFINITY;
+    l[h] = 0;
+#pragma unroll
+    for (int e = 0; e < E; ++e) acc[h][e] = 0;
+  }
+  const float scale = 1.0f / sqrtf(static_cast<float>(HD));
+  const int quant_below = pos - kv.residual;
+  const uint32_t mask = (1u << kv.page_shift) - 1;
+  constexpr int W = kMaxChunkKeys / 8;  // keys per table window
+  for (int w0 = t0; w0 < t1; w0 += W) {
+    const int w1 = min(w0 + W, t1);
+    __syncthreads();
+    for (int t = w0 + threadIdx.x; t < w1; t += NT) {
+      const uint8_t* rec;
+      uint8_t c = 0xff;  // 0xff: read from the fp16 ring (rec: the K row's slot)
+      if (t < quant_below) {
+        c = kv.tok_cls[t];
+        const uint32_t off = kv.tok_off[t];
+        rec = kv.pages[off >> kv.page_shift] + (static_cast<size_t>(layer) << kv.page_shift) + (off & mask);
+      } else {
+        rec = reinterpret_cast<const uint8_t*>(kv.ring_k +
+                                               (static_cast<size_t>(layer) * kv.ring + t % kv.ring) * kv.kv_dim);
+      }
+      s_rec[t - w0] = rec;
+      s_cls[t - w0] = c;
+    }
+    __syncthreads();
+    for (int base = w0; base < w1; base += KPI) {
+      const int t = base + warp * 4 + sub;
+      if (t >= w1) continue;  // no warp-wide shuffles below cross keys: lanes of one key stay together
+      const uint8_t* rec = s_rec[t - w0];
+      const int c = s_cls[t - w0];
+      float kx[E], vx[E];
+      if (c != 0xff) {
+        const KvClass kc = kv.cls[c];
+        load_elems<E>(rec, kc.k_bits, kc.group, idx0, kx);
+        load_elems<E>(rec + kc.k_row_bytes, kc.v_bits, kc.group, idx0, vx);
+      } else {
+        const size_t slot = static_cast<size_t>(rec - reinterpret_cast<const uint8_t*>(kv.ring_k));
+        load_half_elems<E>(rec + 2 * idx0, kx);
+        load_half_elems<E>(reinterpret_cast<const uint8_t*>(kv.ring_v) + slot + 2 * idx0, vx);
+      }
+#pragma unroll
+      for (int h = 0; h < G; ++h) {
+        float s = 0;
+#pragma unroll
+        for (int e = 0; e < E; ++e) s += s_q[h][e0 + e] * kx[e];
+        // The 8 lanes of this key are lanes 8*sub .. 8*sub+7 of the warp; every lane of the warp is
+        // here only when all 4 keys are valid, so reduce with a mask of this key's lanes.
+        const unsigned lanes = 0xffu << (8 * sub);
+        s += __shfl_xor_sync(lanes, s, 1);
+        s += __shfl_xor_sync(lanes, s, 2);
+        s += __shfl_xor_sync(lanes, s, 4);
+        s *= scale;
+        const float mn = fmaxf(m[h], s);
+        const float corr = expf(m[h] - mn), p = expf(s - mn);
+        l[h] = l[h] * corr + p;
+#pragma unroll
+        for (int e = 0; e < E; ++e) acc[h][e] = acc[h][e] * corr + p * vx[e];
+        m[h] = mn;
+      }
+    }
+  }
+  // Merge the 4 keys of each warp (lanes 8 and 16 apart), then the 8 warps through shared memory.
+#pragma unroll
+  for (int h = 0; h < G; ++h) {
+#pragma unroll
+    for (int o = 8; o <= 16; o <<= 1) {
+      const float m2 = __shfl_xor_sync(0xffffffffu, m[h], o), l2 = __shfl_xor_sync(0xffffffffu, l[h], o);
+      const float mn = fmaxf(m[h], m2);
+      const float c1 = m[h] == -INFINITY ? 0.0f : expf(m[h] - mn), c2 = m2 == -INFINITY ? 0.0f : expf(m2 - mn);
+#pragma unroll
+      for (int e = 0; e < E; ++e) acc[h][e] = acc[h][e] * c1 + __shfl_xor_sync(0xffffffffu, acc[h][e], o) * c2;
+      l[h] = l[h] * c1 + l2 * c2;
+      m[h] = mn;
+    }
+    if (sub == 0) {
+      if (sl == 0) {
+        s_m[warp][h] = m[h];
+        s_l[warp][h] = l[h];
+      }
+#pragma unroll
+      for (int e = 0; e < E; ++e) s_o[warp][h][e0 + e] = acc[h][e];
+    }
+  }
+  __syncthreads();
+  for (int j = threadIdx.x; j < G * HD; j += NT) {
+    const int h = j / HD, d = j % HD;
+    float M = -INFINITY;
+    for (int w = 0; w < NT / 32; ++w) M = fmaxf(M, s_m[w][h]);
+    float o = 0, L = 0;
+    for (int w = 0; w < NT / 32; ++w)
+      if (s_m[w][h] != -INFINITY) {
+        const float f = expf(s_m[w][h] - M);
+        o += s_o[w][h][d] * f;
+        L += s_l[w][h] * f;
+      }
+    float* pp = part + (static_cast<size_t>(kvh * G + h) * kDecodeBlocks + chunk) * (HD + 2);
+    pp[d] = o;
+    if (d == 0) {
+      pp[HD] = M;
+      pp[HD + 1] = L;
+    }
+  }
+  // The last block of this KV head merges every chunk.
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) s_last = atomicAdd(&kv.attn_counters[kvh], 1) == n_chunks - 1;
+  __syncthreads();
+  if (!s_last) return;
+  __threadfence();
+  for (int j = threadIdx.x; j < G * HD; j += NT) {
+    const int h = j / HD, d = j % HD;
+    const volatile float* pp = part + static_cast<size_t>(kvh * G + h) * kDecodeBlocks * (HD + 2);
+    float M = -INFINITY;
+    for (int c = 0; c < n_chunks; ++c) M = fmaxf(M, pp[c * (HD + 2) + HD]);
+    float o = 0, L = 0;
+    for (int c = 0; c < n_chunks; ++c) {
+      const float f = expf(pp[c * (HD + 2) + HD] - M);
+      o += pp[c * (HD + 2) + d] * f;
+      L += pp[c * (HD + 2) + HD + 1] * f;
+    }
+    out[(kvh * G + h) * HD + d] = o / L;
+  }
+  if (threadIdx.x == 0) kv.attn_counters[kvh] = 0;
+}
+
 __global__ void attn_merge_kernel(int hd, int n_heads, const StepParams* params, int max_chunks,
                                   const float* part, float* out, __half* out_h) {
   const int i = blockIdx.x, h = blockIdx.y, d = threadIdx.x;
@@ -269,6 +430,39 @@ __global__ void attn_merge_kernel(int hd, int n_heads, const StepParams* params,
   if (out_h) out_h[at] = __float2half_rn(r);
 }
 
+template <int HD, int G>
+void decode_launch(const KvDev& kv, int layer, const float* q, int n_heads, const StepParams* params, float* part,
+                   float* out, cudaStream_t s) {
+  attn_decode_kernel<HD, G><<<dim3(kDecodeBlocks, kv.n_kv_heads), 256, 0, s>>>(kv, layer, q, n_heads, params, part,
+                                                                              out);
+}
+
+// The decode kernel for the shapes it is instantiated for (G query heads per KV head); false otherwise.
+bool launch_decode_attention(const KvDev& kv, int layer, const float* q, int n_heads, int G,
+                             const StepParams* params, float* part, float* out, cudaStream_t s) {
+  if (!kv.attn_counters || G * kv.n_kv_heads != n_heads) return false;
+  if (const char* e = std::getenv("KVDIAL_CUDA_DECODE_ATTN"); e && std::string(e) == "old") return false;
+  if (kv.head_dim == 64) {
+    switch (G) {
+      case 1: decode_launch<64, 1>(kv, layer, q, n_heads, params, part, out, s); return true;
+      case 2: decode_launch<64, 2>(kv, layer, q, n_heads, params, part, out, s); return true;
+      case 3: decode_launch<64, 3>(kv, layer, q, n_heads, params, part, out, s); return true;
+      case 4: decode_launch<64, 4>(kv, layer, q, n_heads, params, part, out, s); return true;
+      case 8: decode_launch<64, 8>(kv, layer, q, n_heads, params, part, out, s); return true;
+      default: return false;
+    }
+  }
+  if (kv.head_dim == 128) {
+    switch (G) {
+      case 1: decode_launch<128, 1>(kv, layer, q, n_heads, params, part, out, s); return true;
+      case 2: decode_launch<128, 2>(kv, layer, q, n_heads, params, part, out, s); return true;
+      case 4: decode_launch<128, 4>(kv, layer, q, n_heads, params, part, out, s); return true;
+      default: return false;
+    }
+  }
+  return false;
+}
+
 }  // namespace
 
 void launch_rope_append(const KvDev& kv, int layer, float* qkv, int n_heads, int rope_dim, bool halves,
@@ -280,6 +474,9 @@ void launch_rope_append(const KvDev& kv, int layer, float* qkv, int n_heads, int
 void launch_attention(const KvDev& kv, int layer, const float* q, int q_stride, int n_heads,
                       const StepParams* params, int n, int max_chunks, float* part, float* out, __half* out_h,
                       cudaStream_t s) {
+  const int G = n_heads / kv.n_kv_heads;
+  if (n == 1 && out_h == nullptr && q_stride >= n_heads * kv.head_dim && launch_decode_attention(kv, layer, q, n_heads, G, params, part, out, s))
+    return;
   const dim3 grid(max_chunks, n_heads, n);
   if (kv.head_dim == 64)
     attn_partial_kernel<64><<<grid, 128, 0, s>>>(kv, layer, q, q_stride, n_heads, params, max_chunks, part);

@@ -29,6 +29,7 @@ struct KvDev {
   uint8_t* tok_cls = nullptr;   // [max_tokens]
   int n_classes = 0;
   KvClass cls[kMaxKvClasses];
+  int* attn_counters = nullptr;  // [n_kv_heads], zero between launches (the decode kernel's merge)
 };
 
 // Step parameters read by kernels from device memory (so that a captured graph replays with new ones).
@@ -38,6 +39,9 @@ struct StepParams {
 };
 
 constexpr int kAttnChunk = 64;  // keys per attention block (split-K)
+// One-query decode attention: blocks per KV head (the keys are split evenly over them, in multiples of
+// 32); the partial buffer needs n_heads * kDecodeBlocks * (head_dim + 2) floats.
+constexpr int kDecodeBlocks = 160;
 
 // qkv: n rows of [q (n_heads*hd) | k (kv_dim) | v (kv_dim)] fp32, bias already added. Rotates q and k in
 // place (rope_cs: [pos][rope_dim/2] (cos, sin) pairs), writes k and v at fp16 into the ring and

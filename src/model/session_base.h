@@ -41,6 +41,10 @@ class SessionBase {
   virtual std::string device_name() const = 0;
   // Device memory line (peak VRAM) for engines that have one; empty otherwise.
   virtual std::string memory_summary() const { return ""; }
+  // Peak device memory in bytes: the engine's own allocations, and the device's in use
+  // (cudaMemGetInfo, the CUDA context included); 0 for engines without device memory.
+  virtual size_t device_engine_peak_bytes() const { return 0; }
+  virtual size_t device_used_peak_bytes() const { return 0; }
 };
 
 }  // namespace kvd

@@ -193,6 +193,21 @@ TEST(CudaKv, LongContextAcrossManyChunks) {
   std::printf("attention, 1281 keys: max relative difference %.3g\n", worst);
 }
 
+TEST(CudaKv, DecodeAfterLongContext) {
+  // One-query steps (the decode kernel: keys split over kDecodeBlocks chunks, more than 32 keys each,
+  // more than one table window) after 5120 keys of mixed widths, with and without a residual window.
+  KVD_REQUIRE_GPU();
+  float worst = 0;
+  std::vector<int> batches(20, 256);
+  batches.insert(batches.end(), {1, 1, 3, 1});
+  int total = 0;
+  for (int b : batches) total += b;
+  check_cache_and_attention({1, 9, 3, 64}, batches, widths_of("mixed", total, 21), 0, 22, &worst);
+  check_cache_and_attention({1, 9, 3, 64}, batches, widths_of("4", total, 23), 33, 24, &worst);
+  check_cache_and_attention({1, 8, 2, 128}, batches, widths_of("mixed", total, 25), 0, 26, &worst);
+  std::printf("attention, one query after 5120 keys: max relative difference %.3g\n", worst);
+}
+
 // ---- the whole model ----
 
 using CudaModel = test::ModelSuite;
