@@ -50,6 +50,8 @@ def main():
     ap.add_argument("--depth-gen", type=int, default=64)
     ap.add_argument("--kv-policies", default="static:16,static:8,static:4,static:2")
     ap.add_argument("--kvdial-version", default=None)
+    ap.add_argument("--kvdial-args", default="--kv-rotate 0 --kv-ladder 2=K2V2g32,4=K4V4g32,8=K8V8g32,16=F16",
+                    help="extra kvdial options (the GPU cache stores the original K = V format)")
     ap.add_argument("--out", default="results/compare_gpu.md")
     a = ap.parse_args()
 
@@ -59,7 +61,7 @@ def main():
 
     # Short context.
     short = []  # (engine, kv, test, ts, sd, vram)
-    for r in json.loads(sh([a.kvdial, "bench", "-m", a.model, "-dev", "cuda", "-p", str(a.n_prompt), "-n", str(a.n_gen),
+    for r in json.loads(sh([a.kvdial, "bench", "-m", a.model, "-dev", "cuda", *a.kvdial_args.split(), "-p", str(a.n_prompt), "-n", str(a.n_gen),
                             "-r", str(a.reps), "-o", "json", "--kv-policy", a.kv_policies])):
         short.append(("kvdial", r["kv_policy"], r["test"], r["avg_ts"], r["stddev_ts"],
                       r.get("vram_device_used_peak_bytes", 0)))
@@ -96,7 +98,7 @@ def main():
     # Long context.
     if a.depth > 0:
         longr = []  # (engine, kv, ts, sd, vram)
-        for r in json.loads(sh([a.kvdial, "bench", "-m", a.model, "-dev", "cuda", "-p", "0", "-n", str(a.depth_gen),
+        for r in json.loads(sh([a.kvdial, "bench", "-m", a.model, "-dev", "cuda", *a.kvdial_args.split(), "-p", "0", "-n", str(a.depth_gen),
                                 "-d", str(a.depth), "-r", str(a.reps), "-o", "json", "--kv-policy", a.kv_policies])):
             longr.append(("kvdial", r["kv_policy"], r["avg_ts"], r["stddev_ts"], r.get("vram_device_used_peak_bytes", 0),
                           r.get("vram_engine_peak_bytes", 0), r.get("kv_bytes", 0)))

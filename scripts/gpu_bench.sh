@@ -14,6 +14,8 @@ MODEL=${MODEL:-/root/models/model.gguf}
 WIKI=${WIKI:-$C/data/wiki.test.raw}
 STAGES=${STAGES:-tests profile compare ppl vram}
 REPS=${REPS:-5}
+# The GPU cache stores the original format (K = V widths, no rotation): the ladder of dynamic policies too.
+KVX=${KVX:---kv-rotate 0 --kv-ladder 2=K2V2g32,4=K4V4g32,8=K8V8g32,16=F16}
 mkdir -p "$OUT"
 export LD_LIBRARY_PATH="$PWD/$C/lib:$PWD/$C/bin:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
 for d in $(python3 -c 'import nvidia.cublas, os; print(os.path.dirname(nvidia.cublas.__file__) + "/lib")' 2>/dev/null); do
@@ -46,18 +48,19 @@ if has profile; then
   # Where a decode step's time goes (events between stages; eager, so the total exceeds the graph's).
   for d in 0 4096; do
     for kv in static:16 static:4; do
-      for attn in new old; do
-        KVDIAL_CUDA_PROFILE=1 KVDIAL_CUDA_DECODE_ATTN=$attn step prof_${d}_${kv/:/}_$attn 120 \
-          $K bench -m $MODEL -dev cuda -p 0 -n 64 -d $d -r 1 --kv-policy $kv
-        grep "cuda profile" "$OUT/prof_${d}_${kv/:/}_$attn.log" | tee -a "$OUT/summary.txt"
-      done
+      KVDIAL_CUDA_PROFILE=1 step prof_${d}_${kv/:/} 120 $K bench -m $MODEL -dev cuda $KVX -p 0 -n 64 -d $d -r 1 --kv-policy $kv
+      grep "cuda profile" "$OUT/prof_${d}_${kv/:/}.log" | tee -a "$OUT/summary.txt"
     done
   done
-  # The graph with either attention kernel, side by side.
-  for attn in old new; do
-    KVDIAL_CUDA_DECODE_ATTN=$attn step graph_$attn 200 $K bench -m $MODEL -dev cuda -p 0 -n 128 -d 0,4096 -r 3 \
-      --kv-policy static:16,static:4,static:2,pattern:2/2/8
-    grep "|" "$OUT/graph_$attn.log" | tee -a "$OUT/summary.txt"
+  # The kernels side by side (graphs): previous decode attention and in-line append, the new decode
+  # attention, and the default (new attention, page records on a side stream); previous / tiled prompt
+  # attention for pp512 and the fill.
+  for v in "old 0 old" "new 0 new" "new 1 new"; do
+    set -- $v
+    KVDIAL_CUDA_DECODE_ATTN=$1 KVDIAL_CUDA_SIDE_APPEND=$2 KVDIAL_CUDA_PREFILL_ATTN=$3 step graph_$1_$2_$3 240 \
+      $K bench -m $MODEL -dev cuda $KVX -p 512 -n 128 -d 0,4096 -r 3 --kv-policy static:16,static:4,static:2
+    log "decode attention $1, side append $2, prompt attention $3:"
+    grep "|" "$OUT/graph_$1_$2_$3.log" | tee -a "$OUT/summary.txt"
   done
 fi
 
@@ -68,9 +71,21 @@ if has compare; then
   python3 -c "import gguf" 2>/dev/null && extra+=(--hf)
   step compare 540 python3 bench/compare_gpu.py --kvdial $K -m $MODEL -r $REPS --depth 4096 --depth-gen 64 \
     --kv-policies "${POLICIES:-static:16,static:8,static:4,static:2,pattern:2/2/8}" --out "$OUT/compare_gpu.md" \
-    --kvdial-version "${KVDIAL_VERSION:-unknown}" "${extra[@]}"
+    --kvdial-version "${KVDIAL_VERSION:-unknown}" --kvdial-args="$KVX" "${extra[@]}"
   cat "$OUT/compare_gpu.md" | tee -a "$OUT/summary.txt"
   grep -E "^failed|Error|error" "$OUT/compare.log" | head -5 | tee -a "$OUT/summary.txt"
+fi
+
+if has policies; then
+  # Policies that decide after the forward pass (features from the GPU's attention statistics).
+  step gen_rule 60 $K generate -m $MODEL -p "The capital of France is" -n 48 --temp 0 -dev cuda $KVX --kv-policy rule
+  tail -n 6 "$OUT/gen_rule.log" | tee -a "$OUT/summary.txt"
+  step bench_rule 200 $K bench -m $MODEL -dev cuda $KVX -p 512 -n 128 -d 0,4096 -r 3 --kv-policy rule,static:4
+  grep "|" "$OUT/bench_rule.log" | tee -a "$OUT/summary.txt"
+  if [ -f "$WIKI" ]; then
+    step ppl40_rule 200 $K perplexity -m $MODEL -f "$WIKI" -c 512 --chunks 40 -dev cuda $KVX --kv-policy rule
+    tail -n 4 "$OUT/ppl40_rule.log" | tee -a "$OUT/summary.txt"
+  fi
 fi
 
 if has ppl && [ -f "$WIKI" ]; then
@@ -81,7 +96,7 @@ fi
 if has vram; then
   # Peak VRAM per KV policy after D tokens (the cache filled through the prompt path), one engine each.
   for d in ${VRAM_DEPTHS:-4096 32768}; do
-    step vram_$d 300 $K bench -m $MODEL -dev cuda -p 0 -n 16 -d $d -r 1 -o json \
+    step vram_$d 300 $K bench -m $MODEL -dev cuda $KVX -p 0 -n 16 -d $d -r 1 -o json \
       --kv-policy "${VRAM_POLICIES:-static:16,static:8,static:4,static:2,pattern:2/2/8}"
     python3 - "$OUT/vram_$d.log" "$d" <<'EOF' | tee -a "$OUT/summary.txt"
 import json, sys

@@ -77,10 +77,6 @@ Engine make_engine(const EngineOptions& o, int ctx_override, std::shared_ptr<Mod
   const KvPlan plan = make_kv_plan(c.n_layers, c.n_kv_heads, c.head_dim, o.kv_quant(), policy_spec(o));
   e.policy = make_policy(plan.policy_spec, policy_context(plan.layout));
   e.policy_name = plan.display;
-  if (o.device == "cuda" && e.policy->needs_features())
-    throw Error("--device cuda: policy '" + o.kv_policy +
-                "' decides from attention statistics after the forward pass, which only the CPU computes; "
-                "use static:B or pattern:W1/W2/..");
 #ifdef KVDIAL_HAVE_CUDA
   if (o.device == "cuda") {
     // The GPU cache stores the original format: K = V width in {2, 4, 8, 16}, one group, no rotation.
@@ -92,7 +88,9 @@ Engine make_engine(const EngineOptions& o, int ctx_override, std::shared_ptr<Mod
           (s.kbits != 16 && s.kgroup != o.kv_group))
         throw Error(
             "--device cuda: the GPU cache stores K = V at 2, 4, 8 or 16 bits in groups of --kv-group; '" +
-            format_kv_setting(s) + "' is not (use static:B or pattern policies with --kv-rotate 0)");
+            format_kv_setting(s) +
+            "' is not (use static:B with --kv-rotate 0; pattern policies also need --kv-ladder "
+            "2=K2V2g32,4=K4V4g32,8=K8V8g32,16=F16)");
     }
     if (l.rotate || l.clip)
       throw Error("--device cuda: the GPU cache has no rotation or clipping yet: add --kv-rotate 0");
@@ -101,6 +99,8 @@ Engine make_engine(const EngineOptions& o, int ctx_override, std::shared_ptr<Mod
     g.n_batch = o.batch;
     g.kv_group = group;
     g.kv_residual = o.kv_residual;
+    g.kv_has_ladder = l.has_ladder;  // static:B may be a one-class ladder (class 4 stored at B bits)
+    g.kv_ladder = l.ladder;
     e.session = cuda::make_gpu_session(*e.model, g);
     return e;
   }

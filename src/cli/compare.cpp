@@ -402,7 +402,7 @@ int run_compare(const CompareArgs& a) {
       ProgressBar bar(stderr, stage(pi, specs.size(), name, "next-token"), static_cast<int64_t>(texts.size()),
                       "texts");
       for (size_t i = 0; i < texts.size(); ++i) {
-        next_token_text(cpu_session(e, "compare"), *e.policy, cpu_session(ref, "compare"), texts[i], nt,
+        next_token_text(*e.session, *e.policy, *ref.session, texts[i], nt,
                         static_cast<int>(i) == a.sample_row ? &sample_widths : nullptr);
         bar.update(static_cast<int64_t>(i + 1));
       }
@@ -428,7 +428,7 @@ int run_compare(const CompareArgs& a) {
       ProgressBar bar(stderr, stage(pi, specs.size(), name, "hellaswag"), static_cast<int64_t>(items.size()),
                       "rows");
       for (const HellaSwagItem& it : items) {
-        rows.push_back(score_hellaswag(cpu_session(hs_engine, "compare"), *hs_engine.policy, it));
+        rows.push_back(score_hellaswag(*hs_engine.session, *hs_engine.policy, it));
         bar.update(static_cast<int64_t>(rows.size()));
       }
       bar.finish();

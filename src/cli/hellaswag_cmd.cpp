@@ -55,7 +55,7 @@ std::vector<HellaSwagRow> run_rows(Engine& e, const std::vector<HellaSwagItem>& 
   std::vector<HellaSwagRow> rows;
   ProgressBar bar(stderr, "hellaswag " + label, static_cast<int64_t>(items.size()), "rows");
   for (const HellaSwagItem& it : items) {
-    rows.push_back(score_hellaswag(cpu_session(e, "hellaswag"), *e.policy, it));
+    rows.push_back(score_hellaswag(*e.session, *e.policy, it));
     bar.update(static_cast<int64_t>(rows.size()));
   }
   bar.finish();

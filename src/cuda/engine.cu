@@ -60,15 +60,20 @@ class Engine final : public GpuSession {
   int n_tokens() const override { return kv_->n_tokens(); }
   const Model& model() const override { return model_; }
   const KvLayout& kv_layout() const override { return kv_->layout(); }
-  void decide(int pos, int bits) override {
-    if (pos < 0 || pos >= kv_->n_tokens() || kv_->cls_at(pos) != kv_->class_of(bits))
-      throw Error(
-          "cuda: KV widths are fixed when tokens are appended (decide after the forward pass is CPU-only)");
+  void decide(int pos, int bits) override;
+  void flush_window() override;
+  void clear() override {
+    pending_.clear();
+    kv_->clear();
   }
-  void flush_window() override {}
-  void clear() override { kv_->clear(); }
-  void truncate(int n) override { kv_->truncate(n); }
+  void truncate(int n) override {
+    flush_window();
+    kv_->truncate(n);
+  }
   KvStats kv_stats() const override { return kv_->stats(); }
+  int token_bits(int pos) const override { return kv_->bits_at(pos); }
+  // The fp16 ring holds the newest tokens only: a rewind inside a residual window would read stale slots.
+  bool rewinds_exactly() const override { return opt_.kv_residual == 0; }
   std::string device_name() const override {
     return "cuda (" + device_ + ", weights " + (use_q_ ? "q4_1" : "f16") + (opt_.graphs ? ", graphs" : "") +
            ")";
@@ -90,8 +95,8 @@ class Engine final : public GpuSession {
             float* y);
   void gemm(const Mat& m, const __half* x, int n, float* y, float beta);
   void enqueue_decode(int chunks);
-  void decode_step(int32_t token, int pos, float* out);
-  void prompt_batch(const int32_t* tokens, int n, int pos0, int from, float* out);
+  void decode_step(int32_t token, int pos, float* out, bool defer, bool want_stats);
+  void prompt_batch(const int32_t* tokens, int n, int pos0, int from, float* out, bool defer, bool want_stats);
 
   const Model& model_;
   GpuOptions opt_;
@@ -102,6 +107,12 @@ class Engine final : public GpuSession {
   DeviceMemory mem_;
   std::unique_ptr<GpuKv> kv_;
   cudaStream_t stream_ = nullptr;
+  // Decode steps quantize their token into the pages on a side stream, joined at the step's end
+  // ($KVDIAL_CUDA_SIDE_APPEND=0: in line, as the prompt path does).
+  bool side_append_ = true;
+  cudaStream_t side_ = nullptr;
+  std::vector<cudaEvent_t> fork_;
+  cudaEvent_t join_ = nullptr;
   cublasHandle_t blas_ = nullptr;
   std::vector<Layer> layers_;
   __half* emb_ = nullptr;
@@ -116,6 +127,19 @@ class Engine final : public GpuSession {
   DecodeParams* hparams_ = nullptr;  // pinned
   float* hlogits_ = nullptr;         // pinned, vocab floats
   int32_t* dtokens_ = nullptr;
+  // Per-token statistics (policies that read features): device buffers of the kernels (KvDev), pinned
+  // host copies, and the widths decided since the last flush (written to the pages by flush_window).
+  float *stat_attn_ = nullptr, *stat_kv_ = nullptr, *hstat_attn_ = nullptr, *hstat_kv_ = nullptr;
+  struct Pending {
+    int pos;
+    uint8_t cls;
+    uint32_t off;
+  };
+  std::vector<Pending> pending_;
+  int* dpend_pos_ = nullptr;
+  uint8_t* dpend_cls_ = nullptr;
+  uint32_t* dpend_off_ = nullptr;
+  void token_stats(int n, std::vector<TokenForwardStats>& out) const;
   cudaGraphExec_t graph_ = nullptr;
   int graph_chunks_ = 0;
   std::vector<float> logits_;
@@ -168,6 +192,12 @@ Engine::Engine(const Model& model, const GpuOptions& opt) : model_(model), opt_(
   opt_.n_batch = std::max(1, opt_.n_batch);
 
   KVD_CUDA(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+  const char* env_s = std::getenv("KVDIAL_CUDA_SIDE_APPEND");
+  side_append_ = !(env_s && std::string(env_s) == "0");
+  KVD_CUDA(cudaStreamCreateWithFlags(&side_, cudaStreamNonBlocking));
+  fork_.resize(static_cast<size_t>(c_.n_layers));
+  for (cudaEvent_t& e : fork_) KVD_CUDA(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+  KVD_CUDA(cudaEventCreateWithFlags(&join_, cudaEventDisableTiming));
   blas_check(cublasCreate(&blas_), "cublasCreate");
   blas_check(cublasSetStream(blas_, stream_), "cublasSetStream");
 
@@ -210,7 +240,9 @@ Engine::Engine(const Model& model, const GpuOptions& opt) : model_(model), opt_(
   }
 
   // KV cache.
-  const KvLayout layout{c_.n_layers, c_.n_kv_heads, c_.head_dim, opt_.kv_group};
+  KvLayout layout{c_.n_layers, c_.n_kv_heads, c_.head_dim, opt_.kv_group};
+  layout.has_ladder = opt_.kv_has_ladder;
+  layout.ladder = opt_.kv_ladder;
   kv_ = std::make_unique<GpuKv>(mem_, layout, opt_.max_tokens, opt_.kv_residual,
                                 opt_.kv_residual + opt_.n_batch, 64 * 1024);
   max_chunks_ = (opt_.max_tokens + kAttnChunk - 1) / kAttnChunk;
@@ -225,8 +257,18 @@ Engine::Engine(const Model& model, const GpuOptions& opt) : model_(model), opt_(
   xh_ = dalloc<__half>(B * std::max({c_.dim, q_dim_, c_.ffn_dim}), MemKind::Work, "activations");
   atth_ = dalloc<__half>(B * q_dim_, MemKind::Work, "activations");
   logits_d_ = dalloc<float>(B * c_.vocab, MemKind::Work, "logits");
-  part_ =
-      dalloc<float>(B * c_.n_heads * max_chunks_ * (c_.head_dim + 2), MemKind::Work, "attention partials");
+  part_ = dalloc<float>(std::max(B * c_.n_heads * max_chunks_ * (c_.head_dim + 2),
+                                 static_cast<size_t>(c_.n_heads) * kDecodeBlocks * (c_.head_dim + 3)),
+                        MemKind::Work, "attention partials");
+  const size_t n_attn_stats = B * c_.n_layers * c_.n_heads * 2, n_kv_stats = B * c_.n_layers * 2;
+  stat_attn_ = dalloc<float>(n_attn_stats, MemKind::Work, "token statistics");
+  stat_kv_ = dalloc<float>(n_kv_stats, MemKind::Work, "token statistics");
+  KVD_CUDA(cudaMallocHost(&hstat_attn_, n_attn_stats * sizeof(float)));
+  KVD_CUDA(cudaMallocHost(&hstat_kv_, n_kv_stats * sizeof(float)));
+  kv_->set_stats(stat_attn_, stat_kv_, c_.n_heads);
+  dpend_pos_ = dalloc<int>(B, MemKind::Work, "decided tokens");
+  dpend_cls_ = dalloc<uint8_t>(B, MemKind::Work, "decided tokens");
+  dpend_off_ = dalloc<uint32_t>(B, MemKind::Work, "decided tokens");
   params_ = dalloc<StepParams>(1, MemKind::Work, "step parameters");
   dparams_ = dalloc<DecodeParams>(1, MemKind::Work, "step parameters");
   dtokens_ = dalloc<int32_t>(B, MemKind::Work, "tokens");
@@ -256,8 +298,13 @@ Engine::~Engine() {
   if (graph_) cudaGraphExecDestroy(graph_);
   if (blas_) cublasDestroy(blas_);
   if (stream_) cudaStreamDestroy(stream_);
+  if (side_) cudaStreamDestroy(side_);
+  for (cudaEvent_t e : fork_) cudaEventDestroy(e);
+  if (join_) cudaEventDestroy(join_);
   if (hparams_) cudaFreeHost(hparams_);
   if (hlogits_) cudaFreeHost(hlogits_);
+  if (hstat_attn_) cudaFreeHost(hstat_attn_);
+  if (hstat_kv_) cudaFreeHost(hstat_kv_);
 }
 
 float* Engine::upload_vec(const std::vector<float>& v) {
@@ -328,7 +375,14 @@ void Engine::enqueue_decode(int chunks) {
     const Layer& L = layers_[static_cast<size_t>(l)];
     gemv(GemvMode::Store, L.qkv, L.qkv.rows, x_, L.attn_norm, L.bqkv, qkv_);
     mark(kQkv);
-    launch_rope_append(kv, l, qkv_, c_.n_heads, c_.rope_dim, halves, rope_, P, 1, stream_);
+    if (side_append_) {
+      launch_rope_ring(kv, l, qkv_, c_.n_heads, c_.rope_dim, halves, rope_, P, 1, stream_);
+      KVD_CUDA(cudaEventRecord(fork_[static_cast<size_t>(l)], stream_));
+      KVD_CUDA(cudaStreamWaitEvent(side_, fork_[static_cast<size_t>(l)], 0));
+      launch_append_pages(kv, l, P, 1, side_);
+    } else {
+      launch_rope_append(kv, l, qkv_, c_.n_heads, c_.rope_dim, halves, rope_, P, 1, stream_);
+    }
     mark(kRopeAppend);
     launch_attention(kv, l, qkv_, qkv_cols_, c_.n_heads, P, 1, chunks, part_, att_, nullptr, stream_);
     mark(kAttention);
@@ -340,13 +394,22 @@ void Engine::enqueue_decode(int chunks) {
     mark(kDown);
   }
   gemv(GemvMode::Store, out_, c_.vocab, x_, out_norm_, nullptr, logits_d_);
+  if (side_append_) {  // the pages are complete when the step is
+    KVD_CUDA(cudaEventRecord(join_, side_));
+    KVD_CUDA(cudaStreamWaitEvent(stream_, join_, 0));
+  }
   KVD_CUDA(cudaMemcpyAsync(hlogits_, logits_d_, static_cast<size_t>(c_.vocab) * sizeof(float),
+                           cudaMemcpyDeviceToHost, stream_));
+  // One token's statistics (a few KiB; stale when the step did not ask for them).
+  KVD_CUDA(cudaMemcpyAsync(hstat_attn_, stat_attn_, static_cast<size_t>(c_.n_layers) * c_.n_heads * 2 * sizeof(float),
+                           cudaMemcpyDeviceToHost, stream_));
+  KVD_CUDA(cudaMemcpyAsync(hstat_kv_, stat_kv_, static_cast<size_t>(c_.n_layers) * 2 * sizeof(float),
                            cudaMemcpyDeviceToHost, stream_));
   mark(kOutput);
 }
 
-void Engine::decode_step(int32_t token, int pos, float* out) {
-  hparams_->step = StepParams{pos, 1};
+void Engine::decode_step(int32_t token, int pos, float* out, bool defer, bool want_stats) {
+  hparams_->step = StepParams{pos, 1, defer ? pos : 0x7fffffff, defer ? 1 : 0, want_stats ? 1 : 0};
   hparams_->token = token;
   hparams_->cls = kv_->cls_at(pos);
   hparams_->off = kv_->off_at(pos);
@@ -381,8 +444,9 @@ void Engine::decode_step(int32_t token, int pos, float* out) {
   if (out) std::memcpy(out, hlogits_, static_cast<size_t>(c_.vocab) * sizeof(float));
 }
 
-void Engine::prompt_batch(const int32_t* tokens, int n, int pos0, int from, float* out) {
-  const StepParams p{pos0, n};
+void Engine::prompt_batch(const int32_t* tokens, int n, int pos0, int from, float* out, bool defer,
+                          bool want_stats) {
+  const StepParams p{pos0, n, defer ? pos0 : 0x7fffffff, defer ? 1 : 0, want_stats ? 1 : 0};
   KVD_CUDA(cudaMemcpyAsync(params_, &p, sizeof p, cudaMemcpyHostToDevice, stream_));
   KVD_CUDA(cudaMemcpyAsync(dtokens_, tokens, static_cast<size_t>(n) * 4, cudaMemcpyHostToDevice, stream_));
   const KvDev& kv = kv_->dev();
@@ -410,6 +474,13 @@ void Engine::prompt_batch(const int32_t* tokens, int n, int pos0, int from, floa
     KVD_CUDA(cudaMemcpyAsync(out, logits_d_, static_cast<size_t>(n_out) * c_.vocab * sizeof(float),
                              cudaMemcpyDeviceToHost, stream_));
   }
+  if (want_stats) {
+    KVD_CUDA(cudaMemcpyAsync(hstat_attn_, stat_attn_,
+                             static_cast<size_t>(n) * c_.n_layers * c_.n_heads * 2 * sizeof(float),
+                             cudaMemcpyDeviceToHost, stream_));
+    KVD_CUDA(cudaMemcpyAsync(hstat_kv_, stat_kv_, static_cast<size_t>(n) * c_.n_layers * 2 * sizeof(float),
+                             cudaMemcpyDeviceToHost, stream_));
+  }
   KVD_CUDA(cudaStreamSynchronize(stream_));
   KVD_CUDA_LAUNCH("prompt batch");
 }
@@ -418,28 +489,91 @@ const std::vector<float>& Engine::forward(const int32_t* tokens, int n, int logi
                                           std::vector<TokenForwardStats>* stats, const uint8_t* bits) {
   const int vocab = c_.vocab;
   KVD_ASSERT(logits_from >= 0 && logits_from <= n);
-  if (stats)
-    throw Error(
-        "cuda: per-token attention statistics are not computed on the GPU (policies that read "
-        "features run on the CPU)");
-  if (!bits) throw Error("cuda: KV widths must be given in advance (static and pattern policies)");
   for (int i = 0; i < n; ++i)
     if (tokens[i] < 0 || tokens[i] >= vocab)
       throw Error("token id " + std::to_string(tokens[i]) + " is outside the vocabulary (" +
                   std::to_string(vocab) + ")");
+  if (stats && !decode_attention_supported(c_.head_dim, c_.n_heads / c_.n_kv_heads))
+    throw Error("cuda: attention statistics (policies that read features) are not computed for head dimension " +
+                std::to_string(c_.head_dim) + " with " + std::to_string(c_.n_heads / c_.n_kv_heads) +
+                " query heads per KV head");
+  flush_window();  // widths decided since the last forward reach the pages first
+  // Without widths the tokens are undecided: they read each other at fp16 from the ring, and their
+  // page records are written when decide() and flush_window() give their widths (as on the CPU).
+  const bool defer = bits == nullptr;
+  if (stats) stats->clear();
   logits_.resize(static_cast<size_t>(n - logits_from) * vocab);
   for (int b = 0; b < n; b += opt_.n_batch) {
     const int nb = std::min(opt_.n_batch, n - b);
     const int from = std::clamp(logits_from - b, 0, nb);
     float* out = logits_.data() + static_cast<size_t>(std::max(0, b - logits_from)) * vocab;
-    const int pos0 = kv_->begin(bits + b, nb, nb > 1, stream_);
+    const int pos0 = kv_->begin(defer ? nullptr : bits + b, nb, nb > 1, stream_);
     if (nb == 1)
-      decode_step(tokens[b], pos0, from == 0 ? out : nullptr);
+      decode_step(tokens[b], pos0, from == 0 ? out : nullptr, defer, stats != nullptr);
     else
-      prompt_batch(tokens + b, nb, pos0, from, out);
+      prompt_batch(tokens + b, nb, pos0, from, out, defer, stats != nullptr);
+    if (stats) token_stats(nb, *stats);
   }
   mem_.sample();
   return logits_;
+}
+
+// The forward statistics of the last batch's n tokens, as the CPU's Session reports them (means over
+// layers and heads).
+void Engine::token_stats(int n, std::vector<TokenForwardStats>& out) const {
+  const int L = c_.n_layers, H = c_.n_heads;
+  for (int i = 0; i < n; ++i) {
+    TokenForwardStats st;
+    double var = 0, mx = 0;
+    for (int l = 0; l < L; ++l) {
+      const float* a = hstat_attn_ + (static_cast<size_t>(i) * L + l) * H * 2;
+      for (int h = 0; h < H; ++h) {
+        mx += a[2 * h];
+        var += a[2 * h + 1];
+      }
+      const float* kv = hstat_kv_ + (static_cast<size_t>(i) * L + l) * 2;
+      st.k_norm += std::sqrt(kv[0]) / static_cast<float>(L);
+      st.v_norm += std::sqrt(kv[1]) / static_cast<float>(L);
+    }
+    st.attn_max = static_cast<float>(mx / (L * H));
+    st.attn_var = static_cast<float>(var / (L * H));
+    out.push_back(st);
+  }
+}
+
+void Engine::decide(int pos, int bits) {
+  if (pos < 0 || pos >= kv_->n_tokens()) throw Error("cuda: decide: position " + std::to_string(pos) + " is not in the cache");
+  if (kv_->decided(pos)) {
+    if (kv_->cls_at(pos) != kv_->class_of(bits))
+      throw Error("cuda: the KV width of position " + std::to_string(pos) + " was already decided");
+    return;
+  }
+  Pending p{pos, 0, 0};
+  kv_->assign(pos, bits, &p.cls, &p.off);
+  pending_.push_back(p);
+}
+
+void Engine::flush_window() {
+  const size_t B = static_cast<size_t>(opt_.n_batch);
+  for (size_t at = 0; at < pending_.size(); at += B) {
+    const size_t m = std::min(B, pending_.size() - at);
+    std::vector<int> pos(m);
+    std::vector<uint8_t> cls(m);
+    std::vector<uint32_t> off(m);
+    for (size_t i = 0; i < m; ++i) {
+      pos[i] = pending_[at + i].pos;
+      cls[i] = pending_[at + i].cls;
+      off[i] = pending_[at + i].off;
+    }
+    // From pageable memory: the copies are done with the host vectors when the calls return.
+    KVD_CUDA(cudaMemcpyAsync(dpend_pos_, pos.data(), m * sizeof(int), cudaMemcpyHostToDevice, stream_));
+    KVD_CUDA(cudaMemcpyAsync(dpend_cls_, cls.data(), m, cudaMemcpyHostToDevice, stream_));
+    KVD_CUDA(cudaMemcpyAsync(dpend_off_, off.data(), m * sizeof(uint32_t), cudaMemcpyHostToDevice, stream_));
+    launch_decide_tokens(kv_->dev(), dpend_pos_, dpend_cls_, dpend_off_, static_cast<int>(m), stream_);
+    KVD_CUDA(cudaStreamSynchronize(stream_));  // the next batch reuses the device arrays
+    KVD_CUDA_LAUNCH("decide tokens");
+  }
+  pending_.clear();
 }
 
 std::string Engine::memory_summary() const {

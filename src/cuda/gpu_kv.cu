@@ -83,8 +83,13 @@ GpuKv::GpuKv(DeviceMemory& mem, const KvLayout& layout, int max_tokens, int resi
   d.n_classes = 4;
   for (int c = 0; c < 4; ++c) {
     KvClass& k = d.cls[c];
-    k.k_bits = k.v_bits = widths[c];
-    k.group = layout.group;
+    const KvSetting st = layout.setting(widths[c]);  // the ladder's setting of the class, if any
+    if (st.kbits != st.vbits || !kv_bits_valid(st.kbits) || (st.kbits != 16 && st.kgroup != st.vgroup))
+      throw Error("cuda: the GPU cache stores K = V at 2, 4, 8 or 16 bits in one group; class " +
+                  std::to_string(widths[c]) + " is K" + std::to_string(st.kbits) + "V" +
+                  std::to_string(st.vbits));
+    k.k_bits = k.v_bits = st.kbits;
+    k.group = st.kbits == 16 ? layout.group : st.kgroup;
     k.k_row_bytes = kv_row_bytes(k.k_bits, k.group, d.kv_dim);
     k.v_row_bytes = kv_row_bytes(k.v_bits, k.group, d.kv_dim);
     bits_of_class_[c] = widths[c];
@@ -116,30 +121,40 @@ int GpuKv::class_of(int bits) const {
   throw Error("KV bit-width " + std::to_string(bits) + " is not one of 2, 4, 8, 16");
 }
 
+uint32_t GpuKv::place(size_t rec) {
+  uint64_t off = end_;
+  if (off % page_bytes_ + rec > page_bytes_) off = (off / page_bytes_ + 1) * page_bytes_;
+  const size_t page_index = off / page_bytes_;
+  while (pages_.size() <= page_index) {
+    uint8_t* p = static_cast<uint8_t*>(
+        mem_.alloc(page_bytes_ * static_cast<size_t>(layout_.n_layers), MemKind::Kv, "a KV page"));
+    KVD_CUDA(cudaMemcpy(dev_.pages + pages_.size(), &p, sizeof p, cudaMemcpyHostToDevice));
+    pages_.push_back(p);
+  }
+  end_ = off + rec;
+  return static_cast<uint32_t>(off);
+}
+
 int GpuKv::begin(const uint8_t* bits, int n, bool upload, cudaStream_t s) {
   if (n < 0 || n_tokens_ + n > max_tokens_)
     throw Error("context full: " + std::to_string(n_tokens_) + " + " + std::to_string(n) +
                 " tokens exceed the context size " + std::to_string(max_tokens_) + " (raise -c)");
+  if (bits && n_decided_ != n_tokens_)
+    throw Error("cuda: tokens with widths given in advance after undecided ones (decide them first)");
   const int first = n_tokens_;
   cls_.resize(static_cast<size_t>(first + n));
   off_.resize(static_cast<size_t>(first + n));
   for (int i = 0; i < n; ++i) {
-    const int c = class_of(bits[i]);
-    const size_t rec = layout_.token_bytes(bits[i]);
-    uint64_t off = end_;
-    if (off % page_bytes_ + rec > page_bytes_) off = (off / page_bytes_ + 1) * page_bytes_;
-    const size_t page_index = off / page_bytes_;
-    while (pages_.size() <= page_index) {
-      uint8_t* p = static_cast<uint8_t*>(
-          mem_.alloc(page_bytes_ * static_cast<size_t>(layout_.n_layers), MemKind::Kv, "a KV page"));
-      KVD_CUDA(cudaMemcpy(dev_.pages + pages_.size(), &p, sizeof p, cudaMemcpyHostToDevice));
-      pages_.push_back(p);
+    if (!bits) {
+      cls_[static_cast<size_t>(first + i)] = kUndecided;
+      off_[static_cast<size_t>(first + i)] = 0;
+      continue;
     }
-    cls_[static_cast<size_t>(first + i)] = static_cast<uint8_t>(c);
-    off_[static_cast<size_t>(first + i)] = static_cast<uint32_t>(off);
-    end_ = off + rec;
+    cls_[static_cast<size_t>(first + i)] = static_cast<uint8_t>(class_of(bits[i]));
+    off_[static_cast<size_t>(first + i)] = place(layout_.token_bytes(bits[i]));
   }
   n_tokens_ += n;
+  if (bits) n_decided_ = n_tokens_;
   if (upload && n > 0) {
     KVD_CUDA(cudaMemcpyAsync(dev_.tok_cls + first, cls_.data() + first, static_cast<size_t>(n),
                              cudaMemcpyHostToDevice, s));
@@ -149,8 +164,20 @@ int GpuKv::begin(const uint8_t* bits, int n, bool upload, cudaStream_t s) {
   return first;
 }
 
+void GpuKv::assign(int pos, int bits, uint8_t* cls, uint32_t* off) {
+  if (pos != n_decided_ || pos >= n_tokens_)
+    throw Error("cuda: KV widths are decided in position order (position " + std::to_string(pos) +
+                ", next undecided " + std::to_string(n_decided_) + ")");
+  *cls = static_cast<uint8_t>(class_of(bits));
+  *off = place(layout_.token_bytes(bits));
+  cls_[static_cast<size_t>(pos)] = *cls;
+  off_[static_cast<size_t>(pos)] = *off;
+  ++n_decided_;
+}
+
 void GpuKv::clear() {
   n_tokens_ = 0;
+  n_decided_ = 0;
   end_ = 0;
   cls_.clear();
   off_.clear();
@@ -159,7 +186,10 @@ void GpuKv::clear() {
 void GpuKv::truncate(int n) {
   if (n >= n_tokens_) return;
   n = std::max(n, 0);
-  end_ = n > 0 ? off_[static_cast<size_t>(n)] : 0;
+  if (n < n_decided_) {
+    end_ = n > 0 ? off_[static_cast<size_t>(n)] : 0;
+    n_decided_ = n;
+  }
   n_tokens_ = n;
   cls_.resize(static_cast<size_t>(n));
   off_.resize(static_cast<size_t>(n));
@@ -170,7 +200,8 @@ KvStats GpuKv::stats() const {
   st.tokens = n_tokens_;
   size_t stored = 0;
   for (int pos = 0; pos < n_tokens_; ++pos) {
-    const int bits = bits_of_class_[cls_[static_cast<size_t>(pos)]];
+    const uint8_t c = cls_[static_cast<size_t>(pos)];
+    const int bits = c == kUndecided ? 16 : bits_of_class_[c];  // undecided count at 16, as on the CPU
     st.tokens_at_bits[bits]++;
     stored += layout_.token_bytes(bits) * layout_.n_layers;
   }
@@ -183,7 +214,7 @@ KvStats GpuKv::stats() const {
 }
 
 std::vector<uint8_t> GpuKv::record(int layer, int pos) const {
-  KVD_ASSERT(pos >= 0 && pos < n_tokens_ && layer >= 0 && layer < layout_.n_layers);
+  KVD_ASSERT(pos >= 0 && pos < n_decided_ && layer >= 0 && layer < layout_.n_layers);
   const int bits = bits_of_class_[cls_[static_cast<size_t>(pos)]];
   std::vector<uint8_t> out(layout_.token_bytes(bits));
   const uint32_t off = off_[static_cast<size_t>(pos)];
@@ -220,6 +251,7 @@ struct KvProbe::Impl {
   float* part = nullptr;
   float2* rope = nullptr;  // identity rotation
   StepParams* params = nullptr;
+  float *stat_attn = nullptr, *stat_kv = nullptr;
   int max_chunks;
   int pos0 = 0, last_n = 0;
   Impl(const KvLayout& l, int nh, int max_tokens, int residual, int mb)
@@ -235,13 +267,20 @@ struct KvProbe::Impl {
         mem.alloc(static_cast<size_t>(mb) * nh * l.head_dim * 4, MemKind::Work, "probe q"));
     out = static_cast<float*>(
         mem.alloc(static_cast<size_t>(mb) * nh * l.head_dim * 4, MemKind::Work, "probe out"));
-    part = static_cast<float*>(mem.alloc(static_cast<size_t>(mb) * nh * max_chunks * (l.head_dim + 2) * 4,
+    part = static_cast<float*>(mem.alloc(std::max(static_cast<size_t>(mb) * nh * max_chunks * (l.head_dim + 2),
+                                                  static_cast<size_t>(nh) * kDecodeBlocks * (l.head_dim + 3)) *
+                                             4,
                                          MemKind::Work, "probe part"));
     const size_t nrope = static_cast<size_t>(max_tokens) * (l.head_dim / 2);
     rope = static_cast<float2*>(mem.alloc(nrope * sizeof(float2), MemKind::Work, "probe rope"));
     std::vector<float2> id(nrope, make_float2(1.0f, 0.0f));
     KVD_CUDA(cudaMemcpy(rope, id.data(), nrope * sizeof(float2), cudaMemcpyHostToDevice));
     params = static_cast<StepParams*>(mem.alloc(sizeof(StepParams), MemKind::Work, "probe params"));
+    const size_t n_stats = static_cast<size_t>(mb) * l.n_layers * nh * 2;
+    stat_attn = static_cast<float*>(mem.alloc(n_stats * 4, MemKind::Work, "probe stats"));
+    stat_kv = static_cast<float*>(
+        mem.alloc(static_cast<size_t>(mb) * l.n_layers * 2 * 4, MemKind::Work, "probe stats"));
+    kv.set_stats(stat_attn, stat_kv, nh);
   }
   ~Impl() { cudaStreamDestroy(stream); }
 };
@@ -274,15 +313,26 @@ void KvProbe::append(const float* k, const float* v, const uint8_t* bits, int n)
   }
 }
 
-void KvProbe::attend(int layer, const float* q, int n, float* out) {
+void KvProbe::attend(int layer, const float* q, int n, float* out, float* stats) {
   Impl& m = *impl_;
   KVD_ASSERT(n == m.last_n);
   const size_t qn = static_cast<size_t>(n) * m.n_heads * m.layout.head_dim;
+  const StepParams p{m.pos0, n, 0x7fffffff, 0, stats ? 1 : 0};
+  KVD_CUDA(cudaMemcpyAsync(m.params, &p, sizeof p, cudaMemcpyHostToDevice, m.stream));
   KVD_CUDA(cudaMemcpyAsync(m.q, q, qn * 4, cudaMemcpyHostToDevice, m.stream));
   launch_attention(m.kv.dev(), layer, m.q, m.n_heads * m.layout.head_dim, m.n_heads, m.params, n,
                    m.max_chunks, m.part, m.out, nullptr, m.stream);
   KVD_CUDA_LAUNCH("attention");
   KVD_CUDA(cudaMemcpyAsync(out, m.out, qn * 4, cudaMemcpyDeviceToHost, m.stream));
+  if (stats) {
+    const size_t per_layer = static_cast<size_t>(m.n_heads) * 2;
+    // Decode writes [layer][head]; the prompt kernel [i][layer][head].
+    for (int i = 0; i < n; ++i) {
+      const size_t at = n == 1 ? layer * per_layer : (static_cast<size_t>(i) * m.layout.n_layers + layer) * per_layer;
+      KVD_CUDA(cudaMemcpyAsync(stats + i * per_layer, m.stat_attn + at, per_layer * 4, cudaMemcpyDeviceToHost,
+                               m.stream));
+    }
+  }
   KVD_CUDA(cudaStreamSynchronize(m.stream));
 }
 

@@ -23,7 +23,8 @@ class KvProbe {
   // Appends n tokens at the given widths; k and v are [n][n_layers][kv_dim] floats.
   void append(const float* k, const float* v, const uint8_t* bits, int n);
   // Attention of the n queries of the last append (positions pos0 .. pos0 + n - 1, q: n x n_heads*hd).
-  void attend(int layer, const float* q, int n, float* out);
+  // stats, when non-null, receives per query and head (largest weight, variance of the weights).
+  void attend(int layer, const float* q, int n, float* out, float* stats = nullptr);
   // K row then V row of a token of one layer, as stored.
   std::vector<uint8_t> record(int layer, int pos) const;
   KvStats stats() const;

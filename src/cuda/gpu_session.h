@@ -3,6 +3,7 @@
 // uploaded once, cuBLAS GEMMs for prompt batches, GEMV kernels and a captured CUDA graph for decode
 // steps, the KV cache in the layout of kv/kv_layout.h in device pages (cuda/kv_device.cuh).
 #pragma once
+#include <array>
 #include <memory>
 #include <string>
 
@@ -15,6 +16,10 @@ struct GpuOptions {
   int max_tokens = 4096;
   int n_batch = 256;  // tokens per prompt batch
   int kv_group = 32;
+  // The stored setting of each width class (the plan's ladder, kv/kv_layout.h); without one, class b
+  // is K = V = b bits at kv_group. The GPU cache stores K = V widths of 2, 4, 8, 16 at one group.
+  bool kv_has_ladder = false;
+  std::array<KvSetting, 4> kv_ladder{};
   int kv_residual = 0;
   // Decode GEMV weights: "f16" (dequantized at load) or "q" (Q4_1 matrices kept quantized, others
   // f16). Default from $KVDIAL_CUDA_WEIGHTS, else the faster one measured (see results/cuda_*.md).

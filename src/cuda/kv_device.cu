@@ -65,6 +65,7 @@ __device__ void store_row(const float* x, int bits, int group, int kv_dim, uint8
   }
 }
 
+template <bool kPages>
 __global__ void rope_append_kernel(KvDev kv, int layer, float* qkv, int n_heads, int rope_dim, int halves,
                                    const float2* rope_cs, const StepParams* params) {
   extern __shared__ float sm[];  // k then v, fp16-exact
@@ -86,16 +87,85 @@ __global__ void rope_append_kernel(KvDev kv, int layer, float* qkv, int n_heads,
   }
   __syncthreads();
   const size_t slot = (static_cast<size_t>(layer) * kv.ring + pos % kv.ring) * kv_dim;
+  float kk = 0, vv = 0;
   for (int j = threadIdx.x; j < kv_dim; j += blockDim.x) {
-    const uint16_t hk = f2h(row[q_dim + j]), hv = f2h(row[q_dim + kv_dim + j]);
+    const float kf = row[q_dim + j], vf = row[q_dim + kv_dim + j];
+    kk += kf * kf;
+    vv += vf * vf;
+    const uint16_t hk = f2h(kf), hv = f2h(vf);
     kv.ring_k[slot + j] = hk;
     kv.ring_v[slot + j] = hv;
     sm[j] = h2f(hk);
     sm[kv_dim + j] = h2f(hv);
   }
+  if (params->stats) {  // block sums of K^2 and V^2 (blockDim.x = 256)
+    __shared__ float red[2][8];
+    for (int o = 16; o > 0; o >>= 1) {
+      kk += __shfl_xor_sync(0xffffffffu, kk, o);
+      vv += __shfl_xor_sync(0xffffffffu, vv, o);
+    }
+    if ((threadIdx.x & 31) == 0) {
+      red[0][threadIdx.x >> 5] = kk;
+      red[1][threadIdx.x >> 5] = vv;
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      float a = 0, b = 0;
+      for (int w = 0; w < static_cast<int>(blockDim.x >> 5); ++w) {
+        a += red[0][w];
+        b += red[1][w];
+      }
+      float* st = kv.stat_kv + (static_cast<size_t>(i) * kv.n_layers + layer) * 2;
+      st[0] = a;
+      st[1] = b;
+    }
+  }
+  if (!kPages || params->defer) return;
   __syncthreads();
   const KvClass c = kv.cls[kv.tok_cls[pos]];
   const uint32_t off = kv.tok_off[pos];
+  uint8_t* dst = kv.pages[off >> kv.page_shift] + (static_cast<size_t>(layer) << kv.page_shift) +
+                 (off & ((1u << kv.page_shift) - 1));
+  store_row(sm, c.k_bits, c.group, kv_dim, dst);
+  store_row(sm + kv_dim, c.v_bits, c.group, kv_dim, dst + c.k_row_bytes);
+}
+
+// The page records of tokens whose K and V are in the fp16 ring (written by rope_append_kernel<false>).
+__global__ void append_pages_kernel(KvDev kv, int layer, const StepParams* params) {
+  extern __shared__ float sm[];
+  if (params->defer) return;
+  const int pos = params->pos0 + blockIdx.x, kv_dim = kv.kv_dim;
+  const size_t slot = (static_cast<size_t>(layer) * kv.ring + pos % kv.ring) * kv_dim;
+  for (int j = threadIdx.x; j < kv_dim; j += blockDim.x) {
+    sm[j] = h2f(kv.ring_k[slot + j]);
+    sm[kv_dim + j] = h2f(kv.ring_v[slot + j]);
+  }
+  __syncthreads();
+  const KvClass c = kv.cls[kv.tok_cls[pos]];
+  const uint32_t off = kv.tok_off[pos];
+  uint8_t* dst = kv.pages[off >> kv.page_shift] + (static_cast<size_t>(layer) << kv.page_shift) +
+                 (off & ((1u << kv.page_shift) - 1));
+  store_row(sm, c.k_bits, c.group, kv_dim, dst);
+  store_row(sm + kv_dim, c.v_bits, c.group, kv_dim, dst + c.k_row_bytes);
+}
+
+// Block (token i, layer): table entries (layer 0's block) and the page record of token pos[i].
+__global__ void decide_tokens_kernel(KvDev kv, const int* pos_, const uint8_t* cls_, const uint32_t* off_) {
+  extern __shared__ float sm[];
+  const int i = blockIdx.x, layer = blockIdx.y, kv_dim = kv.kv_dim;
+  const int pos = pos_[i];
+  const uint32_t off = off_[i];
+  if (layer == 0 && threadIdx.x == 0) {
+    kv.tok_cls[pos] = cls_[i];
+    kv.tok_off[pos] = off;
+  }
+  const size_t slot = (static_cast<size_t>(layer) * kv.ring + pos % kv.ring) * kv_dim;
+  for (int j = threadIdx.x; j < kv_dim; j += blockDim.x) {
+    sm[j] = h2f(kv.ring_k[slot + j]);
+    sm[kv_dim + j] = h2f(kv.ring_v[slot + j]);
+  }
+  __syncthreads();
+  const KvClass c = kv.cls[cls_[i]];
   uint8_t* dst = kv.pages[off >> kv.page_shift] + (static_cast<size_t>(layer) << kv.page_shift) +
                  (off & ((1u << kv.page_shift) - 1));
   store_row(sm, c.k_bits, c.group, kv_dim, dst);
@@ -184,7 +254,7 @@ __global__ void __launch_bounds__(128)
     acc[e] = 0;
   }
   float m = -INFINITY, l = 0;
-  const int quant_below = pos - kv.residual;  // keys t < quant_below are read from the pages
+  const int quant_below = min(pos - kv.residual, params->fp16_from);  // keys t < it: from the pages
   const uint32_t mask = (1u << kv.page_shift) - 1;
   for (int base = t0 + warp * 4; base < t1; base += 16) {
     const int t = base + sub;
@@ -250,53 +320,220 @@ __global__ void __launch_bounds__(128)
   }
 }
 
-// Decode (one query per head) over any width mix. Block (chunk, KV head), 256 threads: 32 keys at a time,
-// 8 lanes a key and HD/8 elements a lane, for all G query heads of the KV head, so each key's bytes are
-// read once. The chunk's token tables are read into shared memory first (one load each, all in flight),
-// so a key's data load depends on nothing but them. Keys are split evenly over the kDecodeBlocks chunks
-// (multiples of 32), whatever the context, so the grid is fixed and a captured graph needs no
-// re-capture. The last block of a KV head to finish merges the chunks' partial states (max, sum,
-// unnormalized output) and writes the output.
+// Decode (one query per head) over any width mix. Block (chunk, KV head), 256 threads: 64 keys at a time,
+// two per group of 8 lanes (HD/8 elements a lane), both loaded before either is used, for all G query
+// heads of the KV head, so each key's bytes are read once. The chunk's token tables are read into
+// shared memory first (one load each, all in flight), so a key's data load depends on nothing but them.
+// Keys are split evenly over at most kDecodeBlocks chunks (multiples of 64), whatever the context, so
+// the grid is fixed and a captured graph needs no re-capture. The last block of a KV head to finish
+// merges the chunks' partial states (max, sum, unnormalized output) and writes the output.
+// Prompt attention, tiled: block (64 queries, query head), 4 threads a query. Keys the queries read
+// quantized (t < p - residual) come from the pages in tiles of 32, dequantized once into shared memory
+// for all 64 queries; each thread scores 8 keys of a tile and accumulates HD/4 output elements. The keys
+// of each query's fp16 window (its own and the residual newest, from the ring) follow, one by one.
+// fp32 throughout, online softmax per query.
+template <int HD>
+__global__ void __launch_bounds__(256)
+    attn_prefill_kernel(KvDev kv, int layer, const float* q, int q_stride, int n_heads, const StepParams* params,
+                        float* out, __half* out_h) {
+  constexpr int QT = 64, KT = 32, E = 8, DPT = HD / 4;  // DPT: output elements a thread
+  __shared__ float s_k[KT][HD + 1], s_v[KT][HD + 1];
+  __shared__ float s_p[QT][KT + 1];
+  const int h = blockIdx.y, kvh = h / (n_heads / kv.n_kv_heads);
+  const int qi = threadIdx.x >> 2, part = threadIdx.x & 3;
+  const int n = params->n, pos0 = params->pos0;
+  const int i = blockIdx.x * QT + qi;
+  const bool active = i < n;
+  const int pq = pos0 + (active ? i : n - 1);
+  const int qlast = min(n, (blockIdx.x + 1) * QT) - 1;
+  // Keys [0, t_hi) are read quantized by some query of the block; this query's: [0, my_hi).
+  const int t_hi = max(0, min(pos0 + qlast - kv.residual, params->fp16_from));
+  const int my_hi = max(0, min(pq - kv.residual, params->fp16_from));
+  const float scale = 1.0f / sqrtf(static_cast<float>(HD));
+  float qr[HD], acc[DPT];
+  const float* qrow = q + static_cast<size_t>(active ? i : n - 1) * q_stride + h * HD;
+#pragma unroll
+  for (int d = 0; d < HD; ++d) qr[d] = qrow[d];
+#pragma unroll
+  for (int d = 0; d < DPT; ++d) acc[d] = 0;
+  float m = -INFINITY, l = 0, l2 = 0;  // l2: this thread's share of sum exp(2 (s - m)), for the variance
+  const uint32_t mask = (1u << kv.page_shift) - 1;
+  for (int t0 = 0; t0 < t_hi; t0 += KT) {
+    __syncthreads();  // the previous tile is consumed
+    for (int task = threadIdx.x; task < KT * (HD / E); task += blockDim.x) {
+      const int kk = task / (HD / E), e0 = (task % (HD / E)) * E, t = t0 + kk;
+      float kx[E], vx[E];
+      if (t < t_hi) {
+        const KvClass c = kv.cls[kv.tok_cls[t]];
+        const uint32_t off = kv.tok_off[t];
+        const uint8_t* rec =
+            kv.pages[off >> kv.page_shift] + (static_cast<size_t>(layer) << kv.page_shift) + (off & mask);
+        load_elems<E>(rec, c.k_bits, c.group, kvh * HD + e0, kx);
+        load_elems<E>(rec + c.k_row_bytes, c.v_bits, c.group, kvh * HD + e0, vx);
+      } else {
+#pragma unroll
+        for (int e = 0; e < E; ++e) kx[e] = vx[e] = 0;
+      }
+#pragma unroll
+      for (int e = 0; e < E; ++e) {
+        s_k[kk][e0 + e] = kx[e];
+        s_v[kk][e0 + e] = vx[e];
+      }
+    }
+    __syncthreads();
+    float sc[KT / 4];
+    float tmax = -INFINITY;
+#pragma unroll
+    for (int j = 0; j < KT / 4; ++j) {
+      const int kk = part + 4 * j, t = t0 + kk;
+      float s = 0;
+#pragma unroll
+      for (int d = 0; d < HD; ++d) s += qr[d] * s_k[kk][d];
+      sc[j] = t < my_hi ? s * scale : -INFINITY;
+      tmax = fmaxf(tmax, sc[j]);
+    }
+    tmax = fmaxf(tmax, __shfl_xor_sync(0xffffffffu, tmax, 1));
+    tmax = fmaxf(tmax, __shfl_xor_sync(0xffffffffu, tmax, 2));
+    const float mn = fmaxf(m, tmax);
+    const float corr = mn == -INFINITY ? 1.0f : expf(m - mn);
+    float tile = 0, tile2 = 0;
+#pragma unroll
+    for (int j = 0; j < KT / 4; ++j) {
+      const float p = sc[j] == -INFINITY ? 0.0f : expf(sc[j] - mn);
+      tile += p;
+      tile2 += p * p;
+      s_p[qi][part + 4 * j] = p;
+    }
+    l = l * corr + tile;  // this thread's share of the sum; the 4 shares are added at the end
+    l2 = l2 * corr * corr + tile2;
+    __syncwarp();
+#pragma unroll
+    for (int d = 0; d < DPT; ++d) acc[d] *= corr;
+#pragma unroll 4
+    for (int kk = 0; kk < KT; ++kk) {
+      const float p = s_p[qi][kk];
+#pragma unroll
+      for (int d = 0; d < DPT; ++d) acc[d] += p * s_v[kk][part + 4 * d];
+    }
+    m = mn;
+    __syncwarp();
+  }
+  // The query's fp16 window from the ring: keys [my_hi, pq].
+  for (int t = my_hi; t <= pq; ++t) {
+    const size_t slot = (static_cast<size_t>(layer) * kv.ring + t % kv.ring) * kv.kv_dim + kvh * HD;
+    float s = 0;
+#pragma unroll
+    for (int d = 0; d < HD; ++d) s += qr[d] * __half2float(__ushort_as_half(kv.ring_k[slot + d]));
+    s *= scale;
+    const float mn = fmaxf(m, s);
+    const float corr = expf(m - mn), p = expf(s - mn);
+    l = l * corr + (part == 0 ? p : 0.0f);  // l is summed over the 4 threads at the end
+    l2 = l2 * corr * corr + (part == 0 ? p * p : 0.0f);
+#pragma unroll
+    for (int d = 0; d < DPT; ++d)
+      acc[d] = acc[d] * corr + p * __half2float(__ushort_as_half(kv.ring_v[slot + part + 4 * d]));
+    m = mn;
+  }
+  l += __shfl_xor_sync(0xffffffffu, l, 1);
+  l += __shfl_xor_sync(0xffffffffu, l, 2);
+  l2 += __shfl_xor_sync(0xffffffffu, l2, 1);
+  l2 += __shfl_xor_sync(0xffffffffu, l2, 2);
+  if (!active) return;
+  if (params->stats && part == 0) {  // weights w = exp(s - m) / l: max 1 / l, variance sum w^2 / n - 1 / n^2
+    const float nk = static_cast<float>(pq + 1);
+    float* st = kv.stat_attn + ((static_cast<size_t>(i) * kv.n_layers + layer) * n_heads + h) * 2;
+    st[0] = 1.0f / l;
+    st[1] = l2 / (l * l) / nk - 1.0f / (nk * nk);
+  }
+  const size_t at = static_cast<size_t>(i) * n_heads * HD + h * HD;
+#pragma unroll
+  for (int d = 0; d < DPT; ++d) {
+    const float r = acc[d] / l;
+    out[at + part + 4 * d] = r;
+    if (out_h) out_h[at + part + 4 * d] = __float2half_rn(r);
+  }
+}
+
+template <int E>
+__device__ inline void load_key(const KvDev& kv, const uint8_t* rec, int c, int idx0, float (&kx)[E],
+                                float (&vx)[E]) {
+  if (c != 0xff) {
+    const KvClass kc = kv.cls[c];
+    load_elems<E>(rec, kc.k_bits, kc.group, idx0, kx);
+    load_elems<E>(rec + kc.k_row_bytes, kc.v_bits, kc.group, idx0, vx);
+  } else {  // rec: the key's slot in the fp16 ring
+    const size_t slot = static_cast<size_t>(rec - reinterpret_cast<const uint8_t*>(kv.ring_k));
+    load_half_elems<E>(rec + 2 * idx0, kx);
+    load_half_elems<E>(reinterpret_cast<const uint8_t*>(kv.ring_v) + slot + 2 * idx0, vx);
+  }
+}
+
+template <int HD, int G>
+__device__ inline void online_update(const float (&sq)[G][HD], int e0, unsigned lanes, float scale,
+                                     const float (&kx)[HD / 8], const float (&vx)[HD / 8], float (&m)[G],
+                                     float (&l)[G], float (&l2)[G], float (&acc)[G][HD / 8]) {
+  constexpr int E = HD / 8;
+#pragma unroll
+  for (int h = 0; h < G; ++h) {
+    float s = 0;
+#pragma unroll
+    for (int e = 0; e < E; ++e) s += sq[h][e0 + e] * kx[e];
+    s += __shfl_xor_sync(lanes, s, 1);
+    s += __shfl_xor_sync(lanes, s, 2);
+    s += __shfl_xor_sync(lanes, s, 4);
+    s *= scale;
+    const float mn = fmaxf(m[h], s);
+    const float corr = expf(m[h] - mn), p = expf(s - mn);
+    l[h] = l[h] * corr + p;
+    l2[h] = l2[h] * corr * corr + p * p;
+#pragma unroll
+    for (int e = 0; e < E; ++e) acc[h][e] = acc[h][e] * corr + p * vx[e];
+    m[h] = mn;
+  }
+}
+
 template <int HD, int G>
 __global__ void __launch_bounds__(256)
     attn_decode_kernel(KvDev kv, int layer, const float* q, int n_heads, const StepParams* params, float* part,
                        float* out) {
-  constexpr int E = HD / 8, NT = 256, KPI = NT / 8;  // KPI: keys per iteration
-  constexpr int kMaxChunkKeys = 4096;                // keys of one chunk held in shared tables
+  constexpr int E = HD / 8, NT = 256, KPI = 2 * NT / 8;  // KPI: keys per iteration
+  constexpr int W = 512;                                  // keys per table window
   const int chunk = blockIdx.x, kvh = blockIdx.y;
   const int pos = params->pos0, n_keys = pos + 1;
   int per = (n_keys + kDecodeBlocks - 1) / kDecodeBlocks;
-  per = (per + KPI - 1) / KPI * KPI;
+  per = max(KPI, (per + KPI - 1) / KPI * KPI);
   const int n_chunks = (n_keys + per - 1) / per;
   if (chunk >= n_chunks) return;  // exactly n_chunks blocks reach the counter below
   const int t0 = chunk * per, t1 = min(t0 + per, n_keys);
-  __shared__ const uint8_t* s_rec[kMaxChunkKeys / 8];  // per key of the current window: record address
-  __shared__ uint8_t s_cls[kMaxChunkKeys / 8];
+  __shared__ const uint8_t* s_rec[W];  // per key of the current window: record (or ring slot) address
+  __shared__ uint8_t s_cls[W];         // its class, 0xff for the ring
   __shared__ float s_q[G][HD];
-  __shared__ float s_m[NT / 32][G], s_l[NT / 32][G];
+  __shared__ float s_m[NT / 32][G], s_l[NT / 32][G], s_l2[NT / 32][G];
   __shared__ float s_o[NT / 32][G][HD];
+  __shared__ float s_w[G][kDecodeBlocks];
+  __shared__ float s_L[G];
   __shared__ int s_last;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, sub = lane >> 3, sl = lane & 7;
   const int e0 = sl * E, idx0 = kvh * HD + e0;
+  const unsigned lanes = 0xffu << (8 * sub);  // this key's 8 lanes
   for (int j = threadIdx.x; j < G * HD; j += NT) s_q[j / HD][j % HD] = q[(kvh * G + j / HD) * HD + j % HD];
-  float m[G], l[G], acc[G][E];
+  float m[G], l[G], l2[G], acc[G][E];
 #pragma unroll
   for (int h = 0; h < G; ++h) {
     m[h] = -INFINITY;
-    l[h] = 0;
+    l[h] = l2[h] = 0;
 #pragma unroll
     for (int e = 0; e < E; ++e) acc[h][e] = 0;
   }
   const float scale = 1.0f / sqrtf(static_cast<float>(HD));
-  const int quant_below = pos - kv.residual;
+  const int quant_below = min(pos - kv.residual, params->fp16_from);
   const uint32_t mask = (1u << kv.page_shift) - 1;
-  constexpr int W = kMaxChunkKeys / 8;  // keys per table window
   for (int w0 = t0; w0 < t1; w0 += W) {
     const int w1 = min(w0 + W, t1);
     __syncthreads();
     for (int t = w0 + threadIdx.x; t < w1; t += NT) {
       const uint8_t* rec;
-      uint8_t c = 0xff;  // 0xff: read from the fp16 ring (rec: the K row's slot)
+      uint8_t c = 0xff;
       if (t < quant_below) {
         c = kv.tok_cls[t];
         const uint32_t off = kv.tok_off[t];
@@ -310,58 +547,35 @@ __global__ void __launch_bounds__(256)
     }
     __syncthreads();
     for (int base = w0; base < w1; base += KPI) {
-      const int t = base + warp * 4 + sub;
-      if (t >= w1) continue;  // no warp-wide shuffles below cross keys: lanes of one key stay together
-      const uint8_t* rec = s_rec[t - w0];
-      const int c = s_cls[t - w0];
-      float kx[E], vx[E];
-      if (c != 0xff) {
-        const KvClass kc = kv.cls[c];
-        load_elems<E>(rec, kc.k_bits, kc.group, idx0, kx);
-        load_elems<E>(rec + kc.k_row_bytes, kc.v_bits, kc.group, idx0, vx);
-      } else {
-        const size_t slot = static_cast<size_t>(rec - reinterpret_cast<const uint8_t*>(kv.ring_k));
-        load_half_elems<E>(rec + 2 * idx0, kx);
-        load_half_elems<E>(reinterpret_cast<const uint8_t*>(kv.ring_v) + slot + 2 * idx0, vx);
-      }
-#pragma unroll
-      for (int h = 0; h < G; ++h) {
-        float s = 0;
-#pragma unroll
-        for (int e = 0; e < E; ++e) s += s_q[h][e0 + e] * kx[e];
-        // The 8 lanes of this key are lanes 8*sub .. 8*sub+7 of the warp; every lane of the warp is
-        // here only when all 4 keys are valid, so reduce with a mask of this key's lanes.
-        const unsigned lanes = 0xffu << (8 * sub);
-        s += __shfl_xor_sync(lanes, s, 1);
-        s += __shfl_xor_sync(lanes, s, 2);
-        s += __shfl_xor_sync(lanes, s, 4);
-        s *= scale;
-        const float mn = fmaxf(m[h], s);
-        const float corr = expf(m[h] - mn), p = expf(s - mn);
-        l[h] = l[h] * corr + p;
-#pragma unroll
-        for (int e = 0; e < E; ++e) acc[h][e] = acc[h][e] * corr + p * vx[e];
-        m[h] = mn;
-      }
+      // Keys ta and tb (32 apart) of this lane group; a group's 8 lanes always agree on validity.
+      const int ta = base + warp * 4 + sub, tb = ta + NT / 8;
+      float ka[E], va[E], kb[E], vb[E];
+      if (ta < w1) load_key<E>(kv, s_rec[ta - w0], s_cls[ta - w0], idx0, ka, va);
+      if (tb < w1) load_key<E>(kv, s_rec[tb - w0], s_cls[tb - w0], idx0, kb, vb);
+      if (ta < w1) online_update<HD, G>(s_q, e0, lanes, scale, ka, va, m, l, l2, acc);
+      if (tb < w1) online_update<HD, G>(s_q, e0, lanes, scale, kb, vb, m, l, l2, acc);
     }
   }
-  // Merge the 4 keys of each warp (lanes 8 and 16 apart), then the 8 warps through shared memory.
+  // Merge the 4 key groups of each warp (lanes 8 and 16 apart), then the 8 warps through shared memory.
 #pragma unroll
   for (int h = 0; h < G; ++h) {
 #pragma unroll
     for (int o = 8; o <= 16; o <<= 1) {
-      const float m2 = __shfl_xor_sync(0xffffffffu, m[h], o), l2 = __shfl_xor_sync(0xffffffffu, l[h], o);
+      const float m2 = __shfl_xor_sync(0xffffffffu, m[h], o), lo = __shfl_xor_sync(0xffffffffu, l[h], o);
+      const float qo = __shfl_xor_sync(0xffffffffu, l2[h], o);
       const float mn = fmaxf(m[h], m2);
       const float c1 = m[h] == -INFINITY ? 0.0f : expf(m[h] - mn), c2 = m2 == -INFINITY ? 0.0f : expf(m2 - mn);
 #pragma unroll
       for (int e = 0; e < E; ++e) acc[h][e] = acc[h][e] * c1 + __shfl_xor_sync(0xffffffffu, acc[h][e], o) * c2;
-      l[h] = l[h] * c1 + l2 * c2;
+      l[h] = l[h] * c1 + lo * c2;
+      l2[h] = l2[h] * c1 * c1 + qo * c2 * c2;
       m[h] = mn;
     }
     if (sub == 0) {
       if (sl == 0) {
         s_m[warp][h] = m[h];
         s_l[warp][h] = l[h];
+        s_l2[warp][h] = l2[h];
       }
 #pragma unroll
       for (int e = 0; e < E; ++e) s_o[warp][h][e0 + e] = acc[h][e];
@@ -372,39 +586,87 @@ __global__ void __launch_bounds__(256)
     const int h = j / HD, d = j % HD;
     float M = -INFINITY;
     for (int w = 0; w < NT / 32; ++w) M = fmaxf(M, s_m[w][h]);
-    float o = 0, L = 0;
+    float o = 0, L = 0, L2 = 0;
     for (int w = 0; w < NT / 32; ++w)
       if (s_m[w][h] != -INFINITY) {
         const float f = expf(s_m[w][h] - M);
         o += s_o[w][h][d] * f;
         L += s_l[w][h] * f;
+        L2 += s_l2[w][h] * f * f;
       }
-    float* pp = part + (static_cast<size_t>(kvh * G + h) * kDecodeBlocks + chunk) * (HD + 2);
+    float* pp = part + (static_cast<size_t>(kvh * G + h) * kDecodeBlocks + chunk) * (HD + 3);
     pp[d] = o;
     if (d == 0) {
       pp[HD] = M;
       pp[HD + 1] = L;
+      pp[HD + 2] = L2;
     }
   }
-  // The last block of this KV head merges every chunk.
+  // The last block of this KV head merges every chunk: weights per chunk in parallel, then each output
+  // element sums its chunks (loads through L2: other blocks wrote them).
   __threadfence();
   __syncthreads();
   if (threadIdx.x == 0) s_last = atomicAdd(&kv.attn_counters[kvh], 1) == n_chunks - 1;
   __syncthreads();
   if (!s_last) return;
   __threadfence();
+  constexpr int PS = HD + 3;  // partial stride: o[HD], M, L, L2
+  const float* base = part + static_cast<size_t>(kvh * G) * kDecodeBlocks * PS;
+#pragma unroll
+  for (int h = 0; h < G; ++h) {
+    const float* ph = base + static_cast<size_t>(h) * kDecodeBlocks * PS;
+    float mloc = -INFINITY;
+    for (int c = threadIdx.x; c < n_chunks; c += NT) mloc = fmaxf(mloc, __ldcg(ph + c * PS + HD));
+    for (int o = 16; o > 0; o >>= 1) mloc = fmaxf(mloc, __shfl_xor_sync(0xffffffffu, mloc, o));
+    if (lane == 0) s_m[warp][h] = mloc;
+    __syncthreads();
+    float M = -INFINITY;
+    for (int w = 0; w < NT / 32; ++w) M = fmaxf(M, s_m[w][h]);
+    float lloc = 0, qloc = 0;
+    for (int c = threadIdx.x; c < n_chunks; c += NT) {
+      const float w = expf(__ldcg(ph + c * PS + HD) - M);
+      s_w[h][c] = w;
+      lloc += w * __ldcg(ph + c * PS + HD + 1);
+      qloc += w * w * __ldcg(ph + c * PS + HD + 2);
+    }
+    for (int o = 16; o > 0; o >>= 1) {
+      lloc += __shfl_xor_sync(0xffffffffu, lloc, o);
+      qloc += __shfl_xor_sync(0xffffffffu, qloc, o);
+    }
+    if (lane == 0) {
+      s_l[warp][h] = lloc;
+      s_l2[warp][h] = qloc;
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      float L = 0, L2 = 0;
+      for (int w = 0; w < NT / 32; ++w) {
+        L += s_l[w][h];
+        L2 += s_l2[w][h];
+      }
+      s_L[h] = L;
+      if (params->stats) {  // weights exp(s - M) / L: max 1 / L, variance sum w^2 / n - 1 / n^2
+        const float nk = static_cast<float>(n_keys);
+        float* st = kv.stat_attn + (static_cast<size_t>(layer) * n_heads + kvh * G + h) * 2;
+        st[0] = 1.0f / L;
+        st[1] = L2 / (L * L) / nk - 1.0f / (nk * nk);
+      }
+    }
+  }
+  __syncthreads();
   for (int j = threadIdx.x; j < G * HD; j += NT) {
     const int h = j / HD, d = j % HD;
-    const volatile float* pp = part + static_cast<size_t>(kvh * G + h) * kDecodeBlocks * (HD + 2);
-    float M = -INFINITY;
-    for (int c = 0; c < n_chunks; ++c) M = fmaxf(M, pp[c * (HD + 2) + HD]);
-    float o = 0, L = 0;
-    for (int c = 0; c < n_chunks; ++c) {
-      const float f = expf(pp[c * (HD + 2) + HD] - M);
-      o += pp[c * (HD + 2) + d] * f;
-      L += pp[c * (HD + 2) + HD + 1] * f;
+    const float* ph = base + static_cast<size_t>(h) * kDecodeBlocks * PS + d;
+    float o0 = 0, o1 = 0, o2 = 0, o3 = 0;
+    int c = 0;
+    for (; c + 4 <= n_chunks; c += 4) {
+      o0 += s_w[h][c] * __ldcg(ph + c * PS);
+      o1 += s_w[h][c + 1] * __ldcg(ph + (c + 1) * PS);
+      o2 += s_w[h][c + 2] * __ldcg(ph + (c + 2) * PS);
+      o3 += s_w[h][c + 3] * __ldcg(ph + (c + 3) * PS);
     }
-    out[(kvh * G + h) * HD + d] = o / L;
+    for (; c < n_chunks; ++c) o0 += s_w[h][c] * __ldcg(ph + c * PS);
+    out[(kvh * G + h) * HD + d] = ((o0 + o1) + (o2 + o3)) / s_L[h];
   }
   if (threadIdx.x == 0) kv.attn_counters[kvh] = 0;
 }
@@ -437,6 +699,15 @@ void decode_launch(const KvDev& kv, int layer, const float* q, int n_heads, cons
                                                                               out);
 }
 
+// $KVDIAL_CUDA_PREFILL_ATTN=old: the prompt path uses the one-block-per-query kernel (for comparison).
+bool prefill_old() {
+  static const bool old = [] {
+    const char* e = std::getenv("KVDIAL_CUDA_PREFILL_ATTN");
+    return e && std::string(e) == "old";
+  }();
+  return old;
+}
+
 // The decode kernel for the shapes it is instantiated for (G query heads per KV head); false otherwise.
 bool launch_decode_attention(const KvDev& kv, int layer, const float* q, int n_heads, int G,
                              const StepParams* params, float* part, float* out, cudaStream_t s) {
@@ -465,10 +736,31 @@ bool launch_decode_attention(const KvDev& kv, int layer, const float* q, int n_h
 
 }  // namespace
 
+bool decode_attention_supported(int head_dim, int G) {
+  return (head_dim == 64 && (G == 1 || G == 2 || G == 3 || G == 4 || G == 8)) ||
+         (head_dim == 128 && (G == 1 || G == 2 || G == 4));
+}
+
 void launch_rope_append(const KvDev& kv, int layer, float* qkv, int n_heads, int rope_dim, bool halves,
                         const float2* rope_cs, const StepParams* params, int n, cudaStream_t s) {
-  rope_append_kernel<<<n, 256, 2 * kv.kv_dim * sizeof(float), s>>>(kv, layer, qkv, n_heads, rope_dim,
-                                                                   halves ? 1 : 0, rope_cs, params);
+  rope_append_kernel<true><<<n, 256, 2 * kv.kv_dim * sizeof(float), s>>>(kv, layer, qkv, n_heads, rope_dim,
+                                                                         halves ? 1 : 0, rope_cs, params);
+}
+
+void launch_rope_ring(const KvDev& kv, int layer, float* qkv, int n_heads, int rope_dim, bool halves,
+                      const float2* rope_cs, const StepParams* params, int n, cudaStream_t s) {
+  rope_append_kernel<false><<<n, 256, 2 * kv.kv_dim * sizeof(float), s>>>(kv, layer, qkv, n_heads, rope_dim,
+                                                                          halves ? 1 : 0, rope_cs, params);
+}
+
+void launch_decide_tokens(const KvDev& kv, const int* pos, const uint8_t* cls, const uint32_t* off, int n,
+                          cudaStream_t s) {
+  if (n <= 0) return;
+  decide_tokens_kernel<<<dim3(n, kv.n_layers), 256, 2 * kv.kv_dim * sizeof(float), s>>>(kv, pos, cls, off);
+}
+
+void launch_append_pages(const KvDev& kv, int layer, const StepParams* params, int n, cudaStream_t s) {
+  append_pages_kernel<<<n, 256, 2 * kv.kv_dim * sizeof(float), s>>>(kv, layer, params);
 }
 
 void launch_attention(const KvDev& kv, int layer, const float* q, int q_stride, int n_heads,
@@ -477,6 +769,14 @@ void launch_attention(const KvDev& kv, int layer, const float* q, int q_stride, 
   const int G = n_heads / kv.n_kv_heads;
   if (n == 1 && out_h == nullptr && q_stride >= n_heads * kv.head_dim && launch_decode_attention(kv, layer, q, n_heads, G, params, part, out, s))
     return;
+  if (n > 1 && !prefill_old()) {
+    const dim3 g((n + 63) / 64, n_heads);
+    if (kv.head_dim == 64)
+      attn_prefill_kernel<64><<<g, 256, 0, s>>>(kv, layer, q, q_stride, n_heads, params, out, out_h);
+    else
+      attn_prefill_kernel<128><<<g, 256, 0, s>>>(kv, layer, q, q_stride, n_heads, params, out, out_h);
+    return;
+  }
   const dim3 grid(max_chunks, n_heads, n);
   if (kv.head_dim == 64)
     attn_partial_kernel<64><<<grid, 128, 0, s>>>(kv, layer, q, q_stride, n_heads, params, max_chunks, part);

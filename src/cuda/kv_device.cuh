@@ -30,17 +30,28 @@ struct KvDev {
   int n_classes = 0;
   KvClass cls[kMaxKvClasses];
   int* attn_counters = nullptr;  // [n_kv_heads], zero between launches (the decode kernel's merge)
+  // Per-token statistics for policies that decide from them (written when StepParams::stats is set):
+  // stat_attn [i][layer][head] = (largest attention weight, variance of the weights over the keys),
+  // stat_kv [i][layer] = (sum of K^2, sum of V^2) of the token's row (K after RoPE), fp32.
+  float* stat_attn = nullptr;
+  float* stat_kv = nullptr;
+  int n_heads = 0;
 };
 
 // Step parameters read by kernels from device memory (so that a captured graph replays with new ones).
 struct StepParams {
   int pos0;  // first position of the batch
   int n;     // tokens in the batch
+  // Keys at positions >= fp16_from are read at fp16 from the ring whatever their width: the batch's
+  // own tokens when their widths are decided after the forward pass (defer).
+  int fp16_from = 0x7fffffff;
+  int defer = 0;  // widths decided later: no page records now (decide_tokens writes them)
+  int stats = 0;  // write stat_attn / stat_kv
 };
 
 constexpr int kAttnChunk = 64;  // keys per attention block (split-K)
 // One-query decode attention: blocks per KV head (the keys are split evenly over them, in multiples of
-// 32); the partial buffer needs n_heads * kDecodeBlocks * (head_dim + 2) floats.
+// 64); the partial buffer needs n_heads * kDecodeBlocks * (head_dim + 2) floats.
 constexpr int kDecodeBlocks = 160;
 
 // qkv: n rows of [q (n_heads*hd) | k (kv_dim) | v (kv_dim)] fp32, bias already added. Rotates q and k in
@@ -49,10 +60,24 @@ constexpr int kDecodeBlocks = 160;
 void launch_rope_append(const KvDev& kv, int layer, float* qkv, int n_heads, int rope_dim, bool halves,
                         const float2* rope_cs, const StepParams* params, int n, cudaStream_t s);
 
+// The same in two parts: RoPE and the fp16 ring only, then (on any stream, later) the page records
+// from the ring. A decode step runs the second beside the attention, which reads the step's own token
+// from the ring: quantizing leaves the critical path.
+void launch_rope_ring(const KvDev& kv, int layer, float* qkv, int n_heads, int rope_dim, bool halves,
+                      const float2* rope_cs, const StepParams* params, int n, cudaStream_t s);
+void launch_append_pages(const KvDev& kv, int layer, const StepParams* params, int n, cudaStream_t s);
+// Tokens whose widths were decided after their forward pass: writes their table entries (pos[i],
+// cls[i], off[i], device arrays of n) and their page records in every layer, from the ring.
+void launch_decide_tokens(const KvDev& kv, const int* pos, const uint8_t* cls, const uint32_t* off, int n,
+                          cudaStream_t s);
+
 // q: n rows of n_heads*hd fp32 (rotated), q_stride floats apart; out: n rows of n_heads*hd fp32 (and
 // fp16 when out_h is non-null).
 // part: scratch of n * n_heads * max_chunks * (hd + 2) floats. max_chunks bounds the keys: the
 // longest query of the batch must have pos < max_chunks * kAttnChunk.
+// Whether one-query attention has the fast kernel (and the statistics) for G query heads per KV head.
+bool decode_attention_supported(int head_dim, int G);
+
 void launch_attention(const KvDev& kv, int layer, const float* q, int q_stride, int n_heads,
                       const StepParams* params, int n, int max_chunks, float* part, float* out, __half* out_h,
                       cudaStream_t s);

@@ -85,21 +85,19 @@ int HellaSwagRow::pred_norm() const {
   return argmax4(n);
 }
 
-HellaSwagRow score_hellaswag(Session& session, KvPolicy& policy, const HellaSwagItem& item) {
-  KvCache& cache = session.cache();
-  const int seq = session.seq();
+HellaSwagRow score_hellaswag(SessionBase& session, KvPolicy& policy, const HellaSwagItem& item) {
   const int vocab = session.model().config().vocab;
   // Truncating back restores the context exactly only if no context token left staging for the arena
   // inside the residual window (the arena keeps no fp16 copy): with a window the cache must be stage_only.
-  if (cache.options().residual > 0 && !cache.options().stage_only)
-    throw Error("HellaSwag scoring with a residual window needs a stage_only cache");
-  cache.clear(seq);
+  if (!session.rewinds_exactly())
+    throw Error("HellaSwag scoring with a residual window needs a stage_only cache (CPU)");
+  session.clear();
   PolicyRunner runner(session, policy);
   // One token per step for policies that decide after the forward pass, as in generation: no context token
   // reads another at fp16 before its width is decided (static policies decide in advance).
   const float* last = runner.prefill(item.context, 1);
   const std::vector<float> ctx_logits(last, last + vocab);  // the next run overwrites the session's logits
-  const int n_ctx = cache.n_tokens(seq);
+  const int n_ctx = session.n_tokens();
   HellaSwagRow row;
   row.line = item.line;
   row.label = item.label;
@@ -111,11 +109,11 @@ HellaSwagRow score_hellaswag(Session& session, KvPolicy& policy, const HellaSwag
       const std::vector<int32_t> run(cont.begin(), cont.end() - 1);
       runner.prefill_scored(
           run, 0, [&](int i, const float* li) { ll -= nll_of(li, vocab, cont[static_cast<size_t>(i) + 1]); });
-      cache.truncate(seq, n_ctx);
+      session.truncate(n_ctx);
     }
     row.ll[e] = ll;
   }
-  cache.clear(seq);
+  session.clear();
   return row;
 }
 

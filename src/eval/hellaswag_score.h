@@ -57,7 +57,7 @@ struct HellaSwagRow {
 // every width. With a residual window (--kv-residual) the cache must be stage_only (tokens never leave
 // staging), so that truncating back after an ending leaves the context's window at fp16 as it was;
 // throws kvd::Error otherwise.
-HellaSwagRow score_hellaswag(Session& session, KvPolicy& policy, const HellaSwagItem& item);
+HellaSwagRow score_hellaswag(SessionBase& session, KvPolicy& policy, const HellaSwagItem& item);
 
 struct HellaSwagSummary {
   int n = 0;

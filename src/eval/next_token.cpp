@@ -11,14 +11,14 @@
 
 namespace kvd {
 
-void next_token_text(Session& session, KvPolicy& policy, Session& ref, const std::vector<int32_t>& text,
+void next_token_text(SessionBase& session, KvPolicy& policy, SessionBase& ref, const std::vector<int32_t>& text,
                      NextTokenResult& r, std::vector<int>* widths) {
   const int n = static_cast<int>(text.size());
   if (n < 2) throw Error("next-token evaluation needs texts of two or more tokens");
   const int vocab = session.model().config().vocab;
   // The 16-bit cache's distributions at positions 0 .. n-2.
   std::vector<float> ref_logits(static_cast<size_t>(n - 1) * vocab);
-  ref.cache().clear(ref.seq());
+  ref.clear();
   {
     const std::unique_ptr<KvPolicy> fp16 = make_policy("static:16");
     PolicyRunner rr(ref, *fp16);
@@ -26,11 +26,9 @@ void next_token_text(Session& session, KvPolicy& policy, Session& ref, const std
     rr.prefill_scored(head, 0, [&](int i, const float* li) {
       std::copy(li, li + vocab, ref_logits.data() + static_cast<size_t>(i) * vocab);
     });
-    ref.cache().clear(ref.seq());
+    ref.clear();
   }
-  KvCache& cache = session.cache();
-  const int seq = session.seq();
-  cache.clear(seq);
+  session.clear();
   PolicyRunner runner(session, policy);
   for (int i = 0; i < n; ++i) {
     const auto t0 = std::chrono::steady_clock::now();
@@ -46,16 +44,16 @@ void next_token_text(Session& session, KvPolicy& policy, Session& ref, const std
     r.agree += top == ref_top;
     r.kl_sum += kl_divergence(ri, li, vocab);
   }
-  const KvLayout& lay = cache.layout();
+  const KvLayout& lay = session.kv_layout();
   if (widths) widths->clear();
   for (int p = 0; p < n; ++p) {
-    const int b = cache.token_bits(seq, p);
+    const int b = session.token_bits(p);
     r.width_sum += b;
     r.stored_bits_sum += lay.effective_bits(b);
     if (widths) widths->push_back(b);
   }
   r.tokens += n;
-  cache.clear(seq);
+  session.clear();
 }
 
 double quantile(std::vector<double> x, double q) {

@@ -55,6 +55,10 @@ class Session : public SessionBase {
   void clear() override { cache_.clear(seq_); }
   void truncate(int n) override { cache_.truncate(seq_, n); }
   KvStats kv_stats() const override { return cache_.stats(seq_); }
+  int token_bits(int pos) const override { return cache_.token_bits(seq_, pos); }
+  bool rewinds_exactly() const override {
+    return cache_.options().residual == 0 || cache_.options().stage_only;
+  }
   std::string device_name() const override;
   Backend& backend() { return backend_; }
   KvCache& cache() { return cache_; }

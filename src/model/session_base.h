@@ -37,6 +37,11 @@ class SessionBase {
   virtual void clear() = 0;
   virtual void truncate(int n) = 0;
   virtual KvStats kv_stats() const = 0;
+  // Decided bit-width of a token (16 while undecided).
+  virtual int token_bits(int pos) const = 0;
+  // Whether truncate() restores the cache exactly (false when tokens that left a residual window kept
+  // no fp16 copy: scoring that rewinds, as HellaSwag's, then refuses).
+  virtual bool rewinds_exactly() const { return true; }
   // "cpu (2 threads)", "cuda (NVIDIA H200)".
   virtual std::string device_name() const = 0;
   // Device memory line (peak VRAM) for engines that have one; empty otherwise.

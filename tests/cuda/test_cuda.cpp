@@ -87,7 +87,7 @@ struct Shape {
 // bit and the attention of every query of every batch with the reference.
 void check_cache_and_attention(const Shape& sh, const std::vector<int>& batches,
                                const std::vector<uint8_t>& widths, int residual, uint32_t seed,
-                               float* worst_rel) {
+                               float* worst_rel, bool singles_only = false) {
   const KvLayout lay{sh.n_layers, sh.n_kv_heads, sh.head_dim, 32};
   int total = 0;
   for (int b : batches) total += b;
@@ -115,14 +115,25 @@ void check_cache_and_attention(const Shape& sh, const std::vector<int>& batches,
         cpu.write(0, l, pos0 + i, k.data() + at, v.data() + at);
       }
     gpu.append(k.data(), v.data(), bits, n);
-    for (int l = 0; l < sh.n_layers; ++l) {
+    for (int l = 0; l < sh.n_layers && (!singles_only || n == 1); ++l) {
       std::vector<float> q(static_cast<size_t>(n) * q_dim), out_gpu(q.size()), out_ref(q.size());
+      std::vector<float> st_gpu(static_cast<size_t>(n) * sh.n_heads * 2);
       for (auto& x : q) x = nd(rng);
-      gpu.attend(l, q.data(), n, out_gpu.data());
+      gpu.attend(l, q.data(), n, out_gpu.data(), st_gpu.data());
       float mx = 0, diff = 0;
       for (int i = 0; i < n; ++i) {
+        AttnStats st;
         ref::attend(cpu, 0, l, ash, q.data() + static_cast<size_t>(i) * q_dim, pos0 + i,
-                    out_ref.data() + static_cast<size_t>(i) * q_dim, nullptr);
+                    out_ref.data() + static_cast<size_t>(i) * q_dim, &st);
+        // The policies' attention statistics: sums over heads of the largest weight and of the
+        // weights' variance (fp32 on the GPU, from running sums: relative 1e-3).
+        double gmax = 0, gvar = 0;
+        for (int h = 0; h < sh.n_heads; ++h) {
+          gmax += st_gpu[(static_cast<size_t>(i) * sh.n_heads + h) * 2];
+          gvar += st_gpu[(static_cast<size_t>(i) * sh.n_heads + h) * 2 + 1];
+        }
+        ASSERT_NEAR(gmax, st.max_weight_sum, 1e-4 * st.max_weight_sum + 1e-7) << "query " << pos0 + i;
+        ASSERT_NEAR(gvar, st.var_sum, 1e-3 * st.var_sum + 1e-9) << "query " << pos0 + i;
       }
       for (size_t j = 0; j < q.size(); ++j) {
         ASSERT_FALSE(std::isnan(out_gpu[j]));
@@ -202,10 +213,16 @@ TEST(CudaKv, DecodeAfterLongContext) {
   batches.insert(batches.end(), {1, 1, 3, 1});
   int total = 0;
   for (int b : batches) total += b;
-  check_cache_and_attention({1, 9, 3, 64}, batches, widths_of("mixed", total, 21), 0, 22, &worst);
-  check_cache_and_attention({1, 9, 3, 64}, batches, widths_of("4", total, 23), 33, 24, &worst);
-  check_cache_and_attention({1, 8, 2, 128}, batches, widths_of("mixed", total, 25), 0, 26, &worst);
-  std::printf("attention, one query after 5120 keys: max relative difference %.3g\n", worst);
+  check_cache_and_attention({1, 9, 3, 64}, batches, widths_of("mixed", total, 21), 0, 22, &worst, true);
+  check_cache_and_attention({1, 9, 3, 64}, batches, widths_of("4", total, 23), 33, 24, &worst, true);
+  check_cache_and_attention({1, 8, 2, 128}, batches, widths_of("mixed", total, 25), 0, 26, &worst, true);
+  // Past kDecodeBlocks * 64 keys a chunk takes several 64-key steps.
+  std::vector<int> longer(48, 256);
+  longer.insert(longer.end(), {1, 1});
+  total = 0;
+  for (int b : longer) total += b;
+  check_cache_and_attention({1, 9, 3, 64}, longer, widths_of("mixed", total, 27), 0, 28, &worst, true);
+  std::printf("attention, one query after 5120 and 12288 keys: max relative difference %.3g\n", worst);
 }
 
 // ---- the whole model ----
@@ -307,18 +324,97 @@ TEST_F(CudaModel, QuantizedCacheAgreesWithCpu) {
     KvCache cache(KvLayout{c.n_layers, c.n_kv_heads, c.head_dim, 32}, ko);
     Session cpu(*model_, *be, cache, 0, 1);
     int agree = 0;
+    double kl_sum = 0;
     for (int i = 0; i < n; ++i) {
       const std::vector<float> a = gpu->forward(ids.data() + i, 1, 0, nullptr, bits.data() + i);
       const std::vector<float>& b = cpu.forward(ids.data() + i, 1, 0, nullptr, bits.data() + i);
       cache.flush_window(0);
       agree += std::max_element(a.begin(), a.end()) - a.begin() ==
                std::max_element(b.begin(), b.end()) - b.begin();
+      // KL(cpu || gpu) of the next-token distributions.
+      const float ma = *std::max_element(a.begin(), a.end()), mb = *std::max_element(b.begin(), b.end());
+      double za = 0, zb = 0;
+      for (int j = 0; j < vocab; ++j) {
+        za += std::exp(static_cast<double>(a[j] - ma));
+        zb += std::exp(static_cast<double>(b[j] - mb));
+      }
+      double kl = 0;
+      for (int j = 0; j < vocab; ++j) {
+        const double lb = b[j] - mb - std::log(zb), la = a[j] - ma - std::log(za);
+        kl += std::exp(lb) * (lb - la);
+      }
+      kl_sum += kl;
     }
     EXPECT_EQ(gpu->kv_stats().bytes_stored, cache.stats(0).bytes_stored) << pol;
-    std::printf("%s: argmax agrees at %d / %d positions\n", pol.c_str(), agree, n);
-    EXPECT_GE(agree * 100, n * 90) << pol;
-    (void)vocab;
+    std::printf("%s: argmax agrees at %d / %d positions, mean KL(cpu || gpu) %.5f\n", pol.c_str(), agree, n,
+                kl_sum / n);
+    // K and V leave the GEMMs with different last bits on the two devices, so a few codes flip and
+    // near-tied argmaxes can differ; a wrong kernel moves the distributions by far more.
+    EXPECT_GE(agree * 100, n * 85) << pol;
+    EXPECT_LE(kl_sum / n, 0.05) << pol;
   }
+}
+
+// A policy that decides after the forward pass (rule: from entropy, rarity and the attention
+// statistics) on the GPU and on the CPU: the same features within float noise, so nearly the same widths,
+// and the GPU's stored bytes follow its own decisions exactly.
+TEST_F(CudaModel, RulePolicyDecidesOnTheGpu) {
+  KVD_REQUIRE_GPU();
+  const ModelConfig& c = model_->config();
+  const auto ids = model_->tokenizer().encode(
+      "Once upon a time, in a village by the sea, there lived an old fisherman who told stories about the "
+      "storms he had seen, the ships he had saved and the strange lights he had followed at night.",
+      false, true);
+  const std::vector<int32_t> prompt(ids.begin(), ids.begin() + ids.size() / 2);
+  const std::vector<int32_t> rest(ids.begin() + ids.size() / 2, ids.end());
+  cuda::GpuOptions go;
+  go.max_tokens = 256;
+  auto gpu = cuda::make_gpu_session(*model_, go);
+  auto be = make_backend("cpu", 2);
+  KvCacheOptions ko;
+  ko.max_tokens = 256;
+  KvCache cache(KvLayout{c.n_layers, c.n_kv_heads, c.head_dim, 32}, ko);
+  Session cpu(*model_, *be, cache, 0, 64);
+  auto pg = make_policy("rule"), pc = make_policy("rule");
+  PolicyRunner rg(*gpu, *pg), rc(cpu, *pc);
+  rg.keep_features(true);
+  rc.keep_features(true);
+  rg.prefill(prompt, 16);  // prompt batches of 16 (tokens of a batch read each other at fp16)
+  rc.prefill(prompt, 16);
+  for (int32_t t : rest) {
+    rg.step(t);
+    rc.step(t);
+  }
+  const auto& fg = rg.features();
+  const auto& fc = rc.features();
+  ASSERT_EQ(fg.size(), fc.size());
+  double worst_var = 0, worst_max = 0, worst_k = 0;
+  auto rel = [](float a, float b) { return std::abs(static_cast<double>(a) - b) / std::max(1e-9, std::abs(static_cast<double>(b))); };
+  for (size_t i = 0; i < fg.size(); ++i) {
+    worst_var = std::max(worst_var, rel(fg[i].attn_var, fc[i].attn_var));
+    worst_max = std::max(worst_max, rel(fg[i].attn_max, fc[i].attn_max));
+    worst_k = std::max(worst_k, rel(fg[i].k_norm, fc[i].k_norm));
+  }
+  const KvStats sg = gpu->kv_stats(), sc = cache.stats(0);
+  int same = 0;
+  for (int b : {2, 4, 8, 16}) same += std::min(sg.tokens_at_bits[b], sc.tokens_at_bits[b]);
+  std::printf("rule on the GPU: %zu tokens, widths 2/4/8/16 GPU %lld/%lld/%lld/%lld CPU %lld/%lld/%lld/%lld; "
+              "worst relative difference attn_var %.3g attn_max %.3g k_norm %.3g\n",
+              fg.size(), static_cast<long long>(sg.tokens_at_bits[2]), static_cast<long long>(sg.tokens_at_bits[4]),
+              static_cast<long long>(sg.tokens_at_bits[8]), static_cast<long long>(sg.tokens_at_bits[16]),
+              static_cast<long long>(sc.tokens_at_bits[2]), static_cast<long long>(sc.tokens_at_bits[4]),
+              static_cast<long long>(sc.tokens_at_bits[8]), static_cast<long long>(sc.tokens_at_bits[16]), worst_var,
+              worst_max, worst_k);
+  // fp16 weights and GEMMs on the GPU: features within a few percent, widths of nearly every token equal.
+  EXPECT_LE(worst_max, 0.05);
+  EXPECT_LE(worst_var, 0.10);
+  EXPECT_LE(worst_k, 0.02);
+  EXPECT_GE(same * 100, static_cast<int>(fg.size()) * 90);
+  // The bytes follow the GPU's own widths, as the layout says.
+  const KvLayout lay{c.n_layers, c.n_kv_heads, c.head_dim, 32};
+  size_t expect = 0;
+  for (int b : {2, 4, 8, 16}) expect += static_cast<size_t>(sg.tokens_at_bits[b]) * lay.token_bytes(b) * c.n_layers;
+  EXPECT_EQ(sg.bytes_stored, expect);
 }
 
 TEST_F(CudaModel, ContextFullIsAnError) {
