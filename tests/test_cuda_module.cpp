@@ -161,6 +161,16 @@ TEST(CudaModule, ErrorThrownInModuleReachesCli) {
   EXPECT_EQ(r.err[0], "kvdial: error: fake CUDA module: no engine here (max_tokens 64)");
 }
 
+// The real module loads (RTLD_NOW: every symbol it takes from kvdial resolves) before the model is mapped:
+// the error is the model's, not the module's. Needs no model.
+TEST(CudaModule, RealModuleLoadsBesideTheBinary) {
+  if (std::string(KVDIAL_CUDA_MODULE_FILE).empty()) GTEST_SKIP() << "CPU-only build: no CUDA module";
+  const CmdRun r = generate_cuda("", "/nonexistent/model.gguf", "loads");
+  EXPECT_EQ(r.rc, 1);
+  ASSERT_EQ(r.err.size(), 1u) << (r.err.empty() ? "(no stderr)" : r.err.back());
+  EXPECT_EQ(r.err[0].rfind("kvdial: error: /nonexistent/model.gguf: ", 0), 0u) << r.err[0];
+}
+
 // The real module, found beside the binary, with no device visible: its own kvd::Error (from
 // make_gpu_session in src/cuda/engine.cu) comes back as the one-line message.
 TEST(CudaModule, RealModuleErrorReachesCli) {
