@@ -46,7 +46,7 @@ const ModuleApi& open_module() {
       throw Error(std::string("--device cuda: ") + what + " (" + why + "); " + missing_advice(from_env));
     }
     throw Error(
-        "--device cuda: cannot load the CUDA module: " + why +
+        "--device cuda: cannot load the CUDA module " + path + ": " + why +
         " (it needs the CUDA toolkit's libcublas on the library path and a kvdial from the same build)");
   }
   dlerror();
