@@ -80,7 +80,7 @@ if has policies; then
   # Policies that decide after the forward pass (features from the GPU's attention statistics).
   step gen_rule 60 $K generate -m $MODEL -p "The capital of France is" -n 48 --temp 0 -dev cuda $KVX --kv-policy rule
   tail -n 6 "$OUT/gen_rule.log" | tee -a "$OUT/summary.txt"
-  step bench_rule 200 $K bench -m $MODEL -dev cuda $KVX -p 512 -n 128 -d 0,4096 -r 3 --kv-policy rule,static:4
+  step bench_rule 200 $K bench -m $MODEL -dev cuda $KVX -p 512 -n 128 -d 0,4096 -r 3 --kv-policy rule,learned:controllers/sample.json,static:4
   grep "|" "$OUT/bench_rule.log" | tee -a "$OUT/summary.txt"
   if [ -f "$WIKI" ]; then
     step ppl40_rule 200 $K perplexity -m $MODEL -f "$WIKI" -c 512 --chunks 40 -dev cuda $KVX --kv-policy rule

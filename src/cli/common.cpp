@@ -2,12 +2,11 @@
 
 #include <cstdio>
 
+#include "cli/gpu_loader.h"
+#include "cuda/gpu_session.h"
 #include "kv/kv_setting.h"
 #include "policy/policy_context.h"
 #include "util/error.h"
-#ifdef KVDIAL_HAVE_CUDA
-#include "cuda/gpu_session.h"
-#endif
 
 namespace kvd::cli {
 
@@ -67,17 +66,13 @@ void check_engine_options(const EngineOptions& o) {
 
 Engine make_engine(const EngineOptions& o, int ctx_override, std::shared_ptr<Model> model) {
   Engine e;
-  check_engine_options(o);  // the cheap things, before mapping the model
-#ifndef KVDIAL_HAVE_CUDA
-  if (o.device == "cuda")
-    throw Error("--device cuda: this kvdial was built without CUDA (no nvcc at configure time)");
-#endif
+  check_engine_options(o);                      // the cheap things, before mapping the model
+  if (o.device == "cuda") cuda::load_module();  // a missing or unloadable module fails before the model maps
   e.model = model ? std::move(model) : std::shared_ptr<Model>(Model::load(o.model_path, !o.no_mmap));
   const ModelConfig& c = e.model->config();
   const KvPlan plan = make_kv_plan(c.n_layers, c.n_kv_heads, c.head_dim, o.kv_quant(), policy_spec(o));
   e.policy = make_policy(plan.policy_spec, policy_context(plan.layout));
   e.policy_name = plan.display;
-#ifdef KVDIAL_HAVE_CUDA
   if (o.device == "cuda") {
     // The GPU cache stores the original format: K = V width in {2, 4, 8, 16}, one group, no rotation.
     const KvLayout& l = plan.layout;
@@ -104,7 +99,6 @@ Engine make_engine(const EngineOptions& o, int ctx_override, std::shared_ptr<Mod
     e.session = cuda::make_gpu_session(*e.model, g);
     return e;
   }
-#endif
   e.backend = make_backend(o.backend, o.threads);
   const KvLayout& layout = plan.layout;
   KvCacheOptions kopt;
@@ -135,11 +129,6 @@ EngineOptions with_policy(const EngineOptions& base, const std::string& spec) {
   return o;
 }
 
-Session& cpu_session(Engine& e, const char* what) {
-  auto* s = dynamic_cast<Session*>(e.session.get());
-  if (!s) throw Error(std::string(what) + " runs on the CPU only (drop --device cuda)");
-  return *s;
-}
 
 std::string human_bytes(double b) {
   char buf[64];

@@ -55,8 +55,7 @@ struct Engine {
 // The options with a policy spec that may carry quantizer options for this policy alone:
 // "SPEC;rotate=0;clip=0;ladder=L" (compare and the benchmarks put the original cache beside v2 this way).
 EngineOptions with_policy(const EngineOptions& base, const std::string& spec);
-// The CPU session of an engine; throws kvd::Error naming `what` when the engine runs on another device.
-Session& cpu_session(Engine& e, const char* what);
+
 // Loads the model unless one is given (benchmarks share one mapping across policies).
 // Throws kvd::Error for options make_engine would refuse before it maps a model (policy, ladder, group).
 void check_engine_options(const EngineOptions& o);
