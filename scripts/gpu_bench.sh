@@ -36,7 +36,7 @@ step() {  # step NAME TIMEOUT CMD...: runs CMD, its output to $OUT/NAME.log, the
 }
 has() { [[ " $STAGES " == *" $1 "* ]]; }
 log "$(nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv,noheader)"
-ldd $K | grep -E "not found" | tee -a "$OUT/summary.txt"
+ldd $K $C/bin/libkvdial_cuda.so | grep -E "not found|cublas" | tee -a "$OUT/summary.txt"
 
 if has tests; then
   step tests 300 $C/bin/kvdial_cuda_tests
