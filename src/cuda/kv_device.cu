@@ -204,7 +204,11 @@ __device__ inline void load_elems(const uint8_t* row, int bits, int group, int i
   } else if (group % E == 0) {
     const int g = idx0 / group, j0 = idx0 - g * group;
     const uint8_t* p = row + g * (4 + group * bits / 8);
-    const float scale = half_at(p), mn = half_at(p + 2);
+    // Scale and minimum in one 32-bit load: groups start 4-byte aligned (records and group sizes are
+    // multiples of 4 bytes), fp16 little-endian.
+    const uint32_t sm = *reinterpret_cast<const uint32_t*>(p);
+    const float scale = __half2float(__ushort_as_half(static_cast<uint16_t>(sm & 0xffffu)));
+    const float mn = __half2float(__ushort_as_half(static_cast<uint16_t>(sm >> 16)));
     const uint8_t* c = p + 4 + ((j0 * bits) >> 3);
     const int nbytes = E * bits / 8;
     if ((reinterpret_cast<uintptr_t>(c) & 3) == 0 && nbytes % 4 == 0 && 32 % bits == 0) {
@@ -582,6 +586,7 @@ __global__ void __launch_bounds__(256)
     }
   }
   __syncthreads();
+  const bool single = n_chunks == 1;  // one chunk: this block writes the output, no partials
   for (int j = threadIdx.x; j < G * HD; j += NT) {
     const int h = j / HD, d = j % HD;
     float M = -INFINITY;
@@ -594,6 +599,16 @@ __global__ void __launch_bounds__(256)
         L += s_l[w][h] * f;
         L2 += s_l2[w][h] * f * f;
       }
+    if (single) {
+      out[(kvh * G + h) * HD + d] = o / L;
+      if (d == 0 && params->stats) {
+        const float nk = static_cast<float>(n_keys);
+        float* st = kv.stat_attn + (static_cast<size_t>(layer) * n_heads + kvh * G + h) * 2;
+        st[0] = 1.0f / L;
+        st[1] = L2 / (L * L) / nk - 1.0f / (nk * nk);
+      }
+      continue;
+    }
     float* pp = part + (static_cast<size_t>(kvh * G + h) * kDecodeBlocks + chunk) * (HD + 3);
     pp[d] = o;
     if (d == 0) {
@@ -602,6 +617,7 @@ __global__ void __launch_bounds__(256)
       pp[HD + 2] = L2;
     }
   }
+  if (single) return;
   // The last block of this KV head merges every chunk: weights per chunk in parallel, then each output
   // element sums its chunks (loads through L2: other blocks wrote them).
   __threadfence();
