@@ -142,7 +142,8 @@ int run_bench(const BenchArgs& a) {
       for (int g : gens)
         if (g > 0) run_test("tg" + std::to_string(g), g, false);
     }
-    if (!e.session->memory_summary().empty()) memory.push_back(e.policy->describe() + ": " + e.session->memory_summary());
+    if (!e.session->memory_summary().empty())
+      memory.push_back(e.policy_name + ": " + e.session->memory_summary());
   }
 
   const Model& m = *model;
@@ -182,9 +183,9 @@ int run_bench(const BenchArgs& a) {
            "kv_bytes,"
            "kv_bits_per_elem,peak_rss_bytes\n";
     for (const Row& r : rows)
-      out << '"' << model_name << "\"," << m.file_bytes() << ',' << m.n_params() << ',' << backend
-          << ',' << threads << ',' << r.policy << ',' << a.eng.kv_group << ',' << a.eng.kv_residual << ','
-          << r.test << ',' << r.mean << ',' << r.stddev << ',' << r.kv_bytes << ',' << r.kv_bits << ','
+      out << '"' << model_name << "\"," << m.file_bytes() << ',' << m.n_params() << ',' << backend << ','
+          << threads << ',' << r.policy << ',' << a.eng.kv_group << ',' << a.eng.kv_residual << ',' << r.test
+          << ',' << r.mean << ',' << r.stddev << ',' << r.kv_bytes << ',' << r.kv_bits << ','
           << peak_rss_bytes() << "\n";
   } else {
     out << "| model | size | params | backend | threads | kv | test | t/s | KV MiB | KV bits/elem |\n";
@@ -194,10 +195,9 @@ int run_bench(const BenchArgs& a) {
       std::snprintf(ts, sizeof ts, "%.2f ± %.2f", r.mean, r.stddev);
       std::snprintf(kvb, sizeof kvb, "%.2f", r.kv_bytes / (1024.0 * 1024.0));
       std::snprintf(bits, sizeof bits, "%.2f", r.kv_bits);
-      out << "| " << model_name << " | " << size << " | " << params << " | " << backend << " | "
-          << threads << " | " << r.policy
-          << (a.eng.kv_residual ? " r" + std::to_string(a.eng.kv_residual) : "") << " | " << r.test << " | "
-          << ts << " | " << kvb << " | " << bits << " |\n";
+      out << "| " << model_name << " | " << size << " | " << params << " | " << backend << " | " << threads
+          << " | " << r.policy << (a.eng.kv_residual ? " r" + std::to_string(a.eng.kv_residual) : "") << " | "
+          << r.test << " | " << ts << " | " << kvb << " | " << bits << " |\n";
     }
     out << "\npeak RSS " << human_bytes(static_cast<double>(peak_rss_bytes())) << "; model load "
         << m.load_seconds() << " s; SIMD " << cpu::simd_target() << "\n";

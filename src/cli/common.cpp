@@ -129,7 +129,6 @@ EngineOptions with_policy(const EngineOptions& base, const std::string& spec) {
   return o;
 }
 
-
 std::string human_bytes(double b) {
   char buf[64];
   if (b >= 1024.0 * 1024 * 1024)

@@ -244,7 +244,8 @@ int run_compare(const CompareArgs& a) {
   // Cheap checks of every spec (options, setting, ladder, budget) before the model is mapped.
   for (const std::string& s : specs) {
     const EngineOptions eo = with_policy(a.eng, s);
-    const KvPlan pre = make_kv_plan(1, 1, 64, KvQuantOptions{eo.kv_group, eo.kv_ladder, 0, eo.kv_clip}, policy_spec(eo));
+    const KvPlan pre =
+        make_kv_plan(1, 1, 64, KvQuantOptions{eo.kv_group, eo.kv_ladder, 0, eo.kv_clip}, policy_spec(eo));
     PolicyContext pc = policy_context(pre.layout);
     pc.quantizer.clear();
     make_policy(pre.policy_spec, pc);
@@ -252,8 +253,7 @@ int run_compare(const CompareArgs& a) {
   const std::string ref_spec = "static:16";
   bool ref_added = false;
   {
-    auto it = std::find_if(specs.begin(), specs.end(),
-                           [&](const std::string& s) { return s == ref_spec; });
+    auto it = std::find_if(specs.begin(), specs.end(), [&](const std::string& s) { return s == ref_spec; });
     if (it == specs.end()) {
       specs.insert(specs.begin(), ref_spec);
       ref_added = true;
@@ -390,7 +390,8 @@ int run_compare(const CompareArgs& a) {
     // controller's directory left out.
     std::string name = specs[pi];
     if (const size_t at = name.find("learned:"); at != std::string::npos) {
-      const size_t slash = name.rfind('/', name.find('@') == std::string::npos ? std::string::npos : name.find('@'));
+      const size_t slash =
+          name.rfind('/', name.find('@') == std::string::npos ? std::string::npos : name.find('@'));
       if (slash != std::string::npos && slash > at) name = name.substr(0, at + 8) + name.substr(slash + 1);
     }
     nlohmann::json p = {{"policy", name}, {"spec", specs[pi]}, {"reference", pi == 0}};

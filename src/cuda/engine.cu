@@ -96,7 +96,8 @@ class Engine final : public GpuSession {
   void gemm(const Mat& m, const __half* x, int n, float* y, float beta);
   void enqueue_decode(int chunks);
   void decode_step(int32_t token, int pos, float* out, bool defer, bool want_stats);
-  void prompt_batch(const int32_t* tokens, int n, int pos0, int from, float* out, bool defer, bool want_stats);
+  void prompt_batch(const int32_t* tokens, int n, int pos0, int from, float* out, bool defer,
+                    bool want_stats);
 
   const Model& model_;
   GpuOptions opt_;
@@ -280,11 +281,12 @@ Engine::Engine(const Model& model, const GpuOptions& opt) : model_(model), opt_(
 
 Engine::~Engine() {
   if (profile_ && profiled_steps_ > 0) {
-    static const char* names[kStages] = {"embed",     "qkv gemv",   "rope+append", "attention",
-                                         "o gemv",    "gate/up gemv", "down gemv", "output gemv"};
+    static const char* names[kStages] = {"embed",  "qkv gemv",     "rope+append", "attention",
+                                         "o gemv", "gate/up gemv", "down gemv",   "output gemv"};
     double total = 0;
     for (double v : stage_ms_) total += v;
-    std::fprintf(stderr, "cuda profile: %lld decode steps (eager, events between stages), mean context %.0f keys\n",
+    std::fprintf(stderr,
+                 "cuda profile: %lld decode steps (eager, events between stages), mean context %.0f keys\n",
                  static_cast<long long>(profiled_steps_),
                  static_cast<double>(profiled_keys_) / static_cast<double>(profiled_steps_));
     for (int i = 0; i < kStages; ++i)
@@ -401,7 +403,8 @@ void Engine::enqueue_decode(int chunks) {
   KVD_CUDA(cudaMemcpyAsync(hlogits_, logits_d_, static_cast<size_t>(c_.vocab) * sizeof(float),
                            cudaMemcpyDeviceToHost, stream_));
   // One token's statistics (a few KiB; stale when the step did not ask for them).
-  KVD_CUDA(cudaMemcpyAsync(hstat_attn_, stat_attn_, static_cast<size_t>(c_.n_layers) * c_.n_heads * 2 * sizeof(float),
+  KVD_CUDA(cudaMemcpyAsync(hstat_attn_, stat_attn_,
+                           static_cast<size_t>(c_.n_layers) * c_.n_heads * 2 * sizeof(float),
                            cudaMemcpyDeviceToHost, stream_));
   KVD_CUDA(cudaMemcpyAsync(hstat_kv_, stat_kv_, static_cast<size_t>(c_.n_layers) * 2 * sizeof(float),
                            cudaMemcpyDeviceToHost, stream_));
@@ -494,9 +497,10 @@ const std::vector<float>& Engine::forward(const int32_t* tokens, int n, int logi
       throw Error("token id " + std::to_string(tokens[i]) + " is outside the vocabulary (" +
                   std::to_string(vocab) + ")");
   if (stats && !decode_attention_supported(c_.head_dim, c_.n_heads / c_.n_kv_heads))
-    throw Error("cuda: attention statistics (policies that read features) are not computed for head dimension " +
-                std::to_string(c_.head_dim) + " with " + std::to_string(c_.n_heads / c_.n_kv_heads) +
-                " query heads per KV head");
+    throw Error(
+        "cuda: attention statistics (policies that read features) are not computed for head dimension " +
+        std::to_string(c_.head_dim) + " with " + std::to_string(c_.n_heads / c_.n_kv_heads) +
+        " query heads per KV head");
   flush_window();  // widths decided since the last forward reach the pages first
   // Without widths the tokens are undecided: they read each other at fp16 from the ring, and their
   // page records are written when decide() and flush_window() give their widths (as on the CPU).
@@ -542,7 +546,8 @@ void Engine::token_stats(int n, std::vector<TokenForwardStats>& out) const {
 }
 
 void Engine::decide(int pos, int bits) {
-  if (pos < 0 || pos >= kv_->n_tokens()) throw Error("cuda: decide: position " + std::to_string(pos) + " is not in the cache");
+  if (pos < 0 || pos >= kv_->n_tokens())
+    throw Error("cuda: decide: position " + std::to_string(pos) + " is not in the cache");
   if (kv_->decided(pos)) {
     if (kv_->cls_at(pos) != kv_->class_of(bits))
       throw Error("cuda: the KV width of position " + std::to_string(pos) + " was already decided");

@@ -267,10 +267,11 @@ struct KvProbe::Impl {
         mem.alloc(static_cast<size_t>(mb) * nh * l.head_dim * 4, MemKind::Work, "probe q"));
     out = static_cast<float*>(
         mem.alloc(static_cast<size_t>(mb) * nh * l.head_dim * 4, MemKind::Work, "probe out"));
-    part = static_cast<float*>(mem.alloc(std::max(static_cast<size_t>(mb) * nh * max_chunks * (l.head_dim + 2),
-                                                  static_cast<size_t>(nh) * kDecodeBlocks * (l.head_dim + 3)) *
-                                             4,
-                                         MemKind::Work, "probe part"));
+    part =
+        static_cast<float*>(mem.alloc(std::max(static_cast<size_t>(mb) * nh * max_chunks * (l.head_dim + 2),
+                                               static_cast<size_t>(nh) * kDecodeBlocks * (l.head_dim + 3)) *
+                                          4,
+                                      MemKind::Work, "probe part"));
     const size_t nrope = static_cast<size_t>(max_tokens) * (l.head_dim / 2);
     rope = static_cast<float2*>(mem.alloc(nrope * sizeof(float2), MemKind::Work, "probe rope"));
     std::vector<float2> id(nrope, make_float2(1.0f, 0.0f));
@@ -328,7 +329,8 @@ void KvProbe::attend(int layer, const float* q, int n, float* out, float* stats)
     const size_t per_layer = static_cast<size_t>(m.n_heads) * 2;
     // Decode writes [layer][head]; the prompt kernel [i][layer][head].
     for (int i = 0; i < n; ++i) {
-      const size_t at = n == 1 ? layer * per_layer : (static_cast<size_t>(i) * m.layout.n_layers + layer) * per_layer;
+      const size_t at =
+          n == 1 ? layer * per_layer : (static_cast<size_t>(i) * m.layout.n_layers + layer) * per_layer;
       KVD_CUDA(cudaMemcpyAsync(stats + i * per_layer, m.stat_attn + at, per_layer * 4, cudaMemcpyDeviceToHost,
                                m.stream));
     }

@@ -33,9 +33,7 @@ class GpuKv {
   static constexpr uint8_t kUndecided = 0xfe;
   void assign(int pos, int bits, uint8_t* cls, uint32_t* off);
   bool decided(int pos) const { return cls_[static_cast<size_t>(pos)] != kUndecided; }
-  int bits_at(int pos) const {
-    return decided(pos) ? bits_of_class_[cls_[static_cast<size_t>(pos)]] : 16;
-  }
+  int bits_at(int pos) const { return decided(pos) ? bits_of_class_[cls_[static_cast<size_t>(pos)]] : 16; }
   // Per-token statistics buffers (KvDev::stat_attn / stat_kv) and the query head count.
   void set_stats(float* attn, float* kv, int n_heads) {
     dev_.stat_attn = attn;
@@ -65,8 +63,8 @@ class GpuKv {
   std::vector<uint8_t> cls_;     // host mirror of the token tables
   std::vector<uint32_t> off_;
   int n_tokens_ = 0;
-  int n_decided_ = 0;  // positions [0, n_decided_) have offsets
-  uint64_t end_ = 0;  // next free byte offset
+  int n_decided_ = 0;          // positions [0, n_decided_) have offsets
+  uint64_t end_ = 0;           // next free byte offset
   uint32_t place(size_t rec);  // offset of a new record of rec bytes (pages allocated as needed)
   int bits_of_class_[kMaxKvClasses] = {};
 };

@@ -338,8 +338,8 @@ __global__ void __launch_bounds__(128)
 // fp32 throughout, online softmax per query.
 template <int HD>
 __global__ void __launch_bounds__(256)
-    attn_prefill_kernel(KvDev kv, int layer, const float* q, int q_stride, int n_heads, const StepParams* params,
-                        float* out, __half* out_h) {
+    attn_prefill_kernel(KvDev kv, int layer, const float* q, int q_stride, int n_heads,
+                        const StepParams* params, float* out, __half* out_h) {
   constexpr int QT = 64, KT = 32, E = 8, DPT = HD / 4;  // DPT: output elements a thread
   __shared__ float s_k[KT][HD + 1], s_v[KT][HD + 1];
   __shared__ float s_p[QT][KT + 1];
@@ -497,11 +497,10 @@ __device__ inline void online_update(const float (&sq)[G][HD], int e0, unsigned 
 }
 
 template <int HD, int G>
-__global__ void __launch_bounds__(256)
-    attn_decode_kernel(KvDev kv, int layer, const float* q, int n_heads, const StepParams* params, float* part,
-                       float* out) {
+__global__ void __launch_bounds__(256) attn_decode_kernel(KvDev kv, int layer, const float* q, int n_heads,
+                                                          const StepParams* params, float* part, float* out) {
   constexpr int E = HD / 8, NT = 256, KPI = 2 * NT / 8;  // KPI: keys per iteration
-  constexpr int W = 512;                                  // keys per table window
+  constexpr int W = 512;                                 // keys per table window
   const int chunk = blockIdx.x, kvh = blockIdx.y;
   const int pos = params->pos0, n_keys = pos + 1;
   int per = (n_keys + kDecodeBlocks - 1) / kDecodeBlocks;
@@ -543,8 +542,8 @@ __global__ void __launch_bounds__(256)
         const uint32_t off = kv.tok_off[t];
         rec = kv.pages[off >> kv.page_shift] + (static_cast<size_t>(layer) << kv.page_shift) + (off & mask);
       } else {
-        rec = reinterpret_cast<const uint8_t*>(kv.ring_k +
-                                               (static_cast<size_t>(layer) * kv.ring + t % kv.ring) * kv.kv_dim);
+        rec = reinterpret_cast<const uint8_t*>(
+            kv.ring_k + (static_cast<size_t>(layer) * kv.ring + t % kv.ring) * kv.kv_dim);
       }
       s_rec[t - w0] = rec;
       s_cls[t - w0] = c;
@@ -568,9 +567,11 @@ __global__ void __launch_bounds__(256)
       const float m2 = __shfl_xor_sync(0xffffffffu, m[h], o), lo = __shfl_xor_sync(0xffffffffu, l[h], o);
       const float qo = __shfl_xor_sync(0xffffffffu, l2[h], o);
       const float mn = fmaxf(m[h], m2);
-      const float c1 = m[h] == -INFINITY ? 0.0f : expf(m[h] - mn), c2 = m2 == -INFINITY ? 0.0f : expf(m2 - mn);
+      const float c1 = m[h] == -INFINITY ? 0.0f : expf(m[h] - mn),
+                  c2 = m2 == -INFINITY ? 0.0f : expf(m2 - mn);
 #pragma unroll
-      for (int e = 0; e < E; ++e) acc[h][e] = acc[h][e] * c1 + __shfl_xor_sync(0xffffffffu, acc[h][e], o) * c2;
+      for (int e = 0; e < E; ++e)
+        acc[h][e] = acc[h][e] * c1 + __shfl_xor_sync(0xffffffffu, acc[h][e], o) * c2;
       l[h] = l[h] * c1 + lo * c2;
       l2[h] = l2[h] * c1 * c1 + qo * c2 * c2;
       m[h] = mn;
@@ -709,10 +710,10 @@ __global__ void attn_merge_kernel(int hd, int n_heads, const StepParams* params,
 }
 
 template <int HD, int G>
-void decode_launch(const KvDev& kv, int layer, const float* q, int n_heads, const StepParams* params, float* part,
-                   float* out, cudaStream_t s) {
-  attn_decode_kernel<HD, G><<<dim3(kDecodeBlocks, kv.n_kv_heads), 256, 0, s>>>(kv, layer, q, n_heads, params, part,
-                                                                              out);
+void decode_launch(const KvDev& kv, int layer, const float* q, int n_heads, const StepParams* params,
+                   float* part, float* out, cudaStream_t s) {
+  attn_decode_kernel<HD, G>
+      <<<dim3(kDecodeBlocks, kv.n_kv_heads), 256, 0, s>>>(kv, layer, q, n_heads, params, part, out);
 }
 
 // $KVDIAL_CUDA_PREFILL_ATTN=old: the prompt path uses the one-block-per-query kernel (for comparison).
@@ -731,20 +732,38 @@ bool launch_decode_attention(const KvDev& kv, int layer, const float* q, int n_h
   if (const char* e = std::getenv("KVDIAL_CUDA_DECODE_ATTN"); e && std::string(e) == "old") return false;
   if (kv.head_dim == 64) {
     switch (G) {
-      case 1: decode_launch<64, 1>(kv, layer, q, n_heads, params, part, out, s); return true;
-      case 2: decode_launch<64, 2>(kv, layer, q, n_heads, params, part, out, s); return true;
-      case 3: decode_launch<64, 3>(kv, layer, q, n_heads, params, part, out, s); return true;
-      case 4: decode_launch<64, 4>(kv, layer, q, n_heads, params, part, out, s); return true;
-      case 8: decode_launch<64, 8>(kv, layer, q, n_heads, params, part, out, s); return true;
-      default: return false;
+      case 1:
+        decode_launch<64, 1>(kv, layer, q, n_heads, params, part, out, s);
+        return true;
+      case 2:
+        decode_launch<64, 2>(kv, layer, q, n_heads, params, part, out, s);
+        return true;
+      case 3:
+        decode_launch<64, 3>(kv, layer, q, n_heads, params, part, out, s);
+        return true;
+      case 4:
+        decode_launch<64, 4>(kv, layer, q, n_heads, params, part, out, s);
+        return true;
+      case 8:
+        decode_launch<64, 8>(kv, layer, q, n_heads, params, part, out, s);
+        return true;
+      default:
+        return false;
     }
   }
   if (kv.head_dim == 128) {
     switch (G) {
-      case 1: decode_launch<128, 1>(kv, layer, q, n_heads, params, part, out, s); return true;
-      case 2: decode_launch<128, 2>(kv, layer, q, n_heads, params, part, out, s); return true;
-      case 4: decode_launch<128, 4>(kv, layer, q, n_heads, params, part, out, s); return true;
-      default: return false;
+      case 1:
+        decode_launch<128, 1>(kv, layer, q, n_heads, params, part, out, s);
+        return true;
+      case 2:
+        decode_launch<128, 2>(kv, layer, q, n_heads, params, part, out, s);
+        return true;
+      case 4:
+        decode_launch<128, 4>(kv, layer, q, n_heads, params, part, out, s);
+        return true;
+      default:
+        return false;
     }
   }
   return false;
@@ -783,7 +802,8 @@ void launch_attention(const KvDev& kv, int layer, const float* q, int q_stride, 
                       const StepParams* params, int n, int max_chunks, float* part, float* out, __half* out_h,
                       cudaStream_t s) {
   const int G = n_heads / kv.n_kv_heads;
-  if (n == 1 && out_h == nullptr && q_stride >= n_heads * kv.head_dim && launch_decode_attention(kv, layer, q, n_heads, G, params, part, out, s))
+  if (n == 1 && out_h == nullptr && q_stride >= n_heads * kv.head_dim &&
+      launch_decode_attention(kv, layer, q, n_heads, G, params, part, out, s))
     return;
   if (n > 1 && !prefill_old()) {
     const dim3 g((n + 63) / 64, n_heads);

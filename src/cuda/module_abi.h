@@ -12,7 +12,8 @@
 
 namespace kvd::cuda {
 
-inline constexpr uint32_t kModuleAbi = 2;  // 2: SessionBase token_bits, rewinds_exactly, device peaks; GpuOptions ladder
+inline constexpr uint32_t kModuleAbi =
+    2;  // 2: SessionBase token_bits, rewinds_exactly, device peaks; GpuOptions ladder
 
 // Sizes of the types passed across, folded: a module compiled against other headers differs.
 inline constexpr uint64_t module_layout_fingerprint() {

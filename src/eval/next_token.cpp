@@ -11,8 +11,8 @@
 
 namespace kvd {
 
-void next_token_text(SessionBase& session, KvPolicy& policy, SessionBase& ref, const std::vector<int32_t>& text,
-                     NextTokenResult& r, std::vector<int>* widths) {
+void next_token_text(SessionBase& session, KvPolicy& policy, SessionBase& ref,
+                     const std::vector<int32_t>& text, NextTokenResult& r, std::vector<int>* widths) {
   const int n = static_cast<int>(text.size());
   if (n < 2) throw Error("next-token evaluation needs texts of two or more tokens");
   const int vocab = session.model().config().vocab;

@@ -35,8 +35,9 @@ struct NextTokenResult {
 
 // Runs one text (at least two tokens) on session (cleared first) under policy, and on ref (cleared) with
 // a 16-bit cache, adding to result. widths, when non-null, receives the decided width of every token.
-void next_token_text(SessionBase& session, KvPolicy& policy, SessionBase& ref, const std::vector<int32_t>& text,
-                     NextTokenResult& result, std::vector<int>* widths = nullptr);
+void next_token_text(SessionBase& session, KvPolicy& policy, SessionBase& ref,
+                     const std::vector<int32_t>& text, NextTokenResult& result,
+                     std::vector<int>* widths = nullptr);
 
 // Quantile q in [0, 1] of a sample (linear interpolation between order statistics, as numpy's default).
 double quantile(std::vector<double> x, double q);

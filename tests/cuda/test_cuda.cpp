@@ -389,7 +389,9 @@ TEST_F(CudaModel, RulePolicyDecidesOnTheGpu) {
   const auto& fc = rc.features();
   ASSERT_EQ(fg.size(), fc.size());
   double worst_var = 0, worst_max = 0, worst_k = 0;
-  auto rel = [](float a, float b) { return std::abs(static_cast<double>(a) - b) / std::max(1e-9, std::abs(static_cast<double>(b))); };
+  auto rel = [](float a, float b) {
+    return std::abs(static_cast<double>(a) - b) / std::max(1e-9, std::abs(static_cast<double>(b)));
+  };
   for (size_t i = 0; i < fg.size(); ++i) {
     worst_var = std::max(worst_var, rel(fg[i].attn_var, fc[i].attn_var));
     worst_max = std::max(worst_max, rel(fg[i].attn_max, fc[i].attn_max));
@@ -398,13 +400,14 @@ TEST_F(CudaModel, RulePolicyDecidesOnTheGpu) {
   const KvStats sg = gpu->kv_stats(), sc = cache.stats(0);
   int same = 0;
   for (int b : {2, 4, 8, 16}) same += std::min(sg.tokens_at_bits[b], sc.tokens_at_bits[b]);
-  std::printf("rule on the GPU: %zu tokens, widths 2/4/8/16 GPU %lld/%lld/%lld/%lld CPU %lld/%lld/%lld/%lld; "
-              "worst relative difference attn_var %.3g attn_max %.3g k_norm %.3g\n",
-              fg.size(), static_cast<long long>(sg.tokens_at_bits[2]), static_cast<long long>(sg.tokens_at_bits[4]),
-              static_cast<long long>(sg.tokens_at_bits[8]), static_cast<long long>(sg.tokens_at_bits[16]),
-              static_cast<long long>(sc.tokens_at_bits[2]), static_cast<long long>(sc.tokens_at_bits[4]),
-              static_cast<long long>(sc.tokens_at_bits[8]), static_cast<long long>(sc.tokens_at_bits[16]), worst_var,
-              worst_max, worst_k);
+  std::printf(
+      "rule on the GPU: %zu tokens, widths 2/4/8/16 GPU %lld/%lld/%lld/%lld CPU %lld/%lld/%lld/%lld; "
+      "worst relative difference attn_var %.3g attn_max %.3g k_norm %.3g\n",
+      fg.size(), static_cast<long long>(sg.tokens_at_bits[2]), static_cast<long long>(sg.tokens_at_bits[4]),
+      static_cast<long long>(sg.tokens_at_bits[8]), static_cast<long long>(sg.tokens_at_bits[16]),
+      static_cast<long long>(sc.tokens_at_bits[2]), static_cast<long long>(sc.tokens_at_bits[4]),
+      static_cast<long long>(sc.tokens_at_bits[8]), static_cast<long long>(sc.tokens_at_bits[16]), worst_var,
+      worst_max, worst_k);
   // fp16 weights and GEMMs on the GPU: keys differ by ~1%, attention weights (exponentials of scores of
   // magnitude ~10) by up to ~10% at the worst token (H200, 2026-12-01: attn_max 0.089, attn_var 0.12,
   // k_norm 0.015); widths of nearly every token equal (40 of 42 there).
@@ -415,7 +418,8 @@ TEST_F(CudaModel, RulePolicyDecidesOnTheGpu) {
   // The bytes follow the GPU's own widths, as the layout says.
   const KvLayout lay{c.n_layers, c.n_kv_heads, c.head_dim, 32};
   size_t expect = 0;
-  for (int b : {2, 4, 8, 16}) expect += static_cast<size_t>(sg.tokens_at_bits[b]) * lay.token_bytes(b) * c.n_layers;
+  for (int b : {2, 4, 8, 16})
+    expect += static_cast<size_t>(sg.tokens_at_bits[b]) * lay.token_bytes(b) * c.n_layers;
   EXPECT_EQ(sg.bytes_stored, expect);
 }
 
