@@ -38,3 +38,14 @@ def machine_line(kvdial_version="unknown"):
     isa = ", ".join(f for f in ("avx512_vnni", "avx512_bf16", "amx_tile") if f in flags) or "no AVX-512 VNNI/BF16/AMX"
     return (f"Measured {datetime.date.today().isoformat()} on {cpu_model()} ({os.cpu_count()} logical CPUs; {isa}); "
             f"kvdial {git_commit(kvdial_version)}")
+
+
+def llama_batched_decode(binary, model, depth, gen, extra):
+    """Decode t/s after `depth` tokens from llama.cpp's llama-batched-bench (-npl 1); extra: more flags."""
+    out = sh([binary, "-m", model, "-c", str(depth + gen + 16), "-b", "2048", "-ub", "512", "-npp", str(depth),
+              "-ntg", str(gen), "-npl", "1"] + extra)
+    for line in out.splitlines():  # | PP | TG | B | N_KV | T_PP s | S_PP t/s | T_TG s | S_TG t/s | T s | S t/s |
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) >= 8 and cells[0] == str(depth):
+            return float(cells[7])
+    sys.exit("could not parse llama-batched-bench output:\n" + out)

@@ -13,7 +13,7 @@ import json
 import os
 import sys
 
-from benchlib import emit_table, git_commit, sh
+from benchlib import emit_table, git_commit, llama_batched_decode, sh
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 LLAMA_KV = (("f16", ["-fa", "0"]), ("f16 fa", ["-fa", "1"]), ("q8_0 fa", ["-fa", "1", "-ctk", "q8_0", "-ctv", "q8_0"]),
@@ -25,13 +25,7 @@ def mib(b):
 
 
 def batched_bench(a, depth, gen, extra):
-    out = sh([a.llamacpp_batched, "-m", a.model, "-ngl", "99", "-c", str(depth + gen + 16), "-b", "2048", "-ub", "512",
-              "-npp", str(depth), "-ntg", str(gen), "-npl", "1"] + extra)
-    for line in out.splitlines():  # | PP | TG | B | N_KV | T_PP s | S_PP t/s | T_TG s | S_TG t/s | T s | S t/s |
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if len(cells) >= 8 and cells[0] == str(depth):
-            return float(cells[7])
-    sys.exit("could not parse llama-batched-bench output:\n" + out)
+    return llama_batched_decode(a.llamacpp_batched, a.model, depth, gen, ["-ngl", "99"] + extra)
 
 
 def main():

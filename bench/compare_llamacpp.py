@@ -13,7 +13,7 @@ import json
 import os
 import sys
 
-from benchlib import emit_table, machine_line, sh
+from benchlib import emit_table, llama_batched_decode, machine_line, sh
 
 
 def kvdial_bench(a, args, backend="cpu"):
@@ -27,14 +27,7 @@ def llama_bench(a, args):
 
 
 def batched_bench(a, depth, gen, extra):
-    out = sh([a.llamacpp_batched, "-m", a.model, "-t", str(a.threads), "-c", str(depth + gen + 16), "-b", "2048",
-              "-ub", "512", "-npp", str(depth), "-ntg", str(gen), "-npl", "1"] + extra)
-    # Markdown row: | PP | TG | B | N_KV | T_PP s | S_PP t/s | T_TG s | S_TG t/s | T s | S t/s |
-    for line in out.splitlines():
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if len(cells) >= 8 and cells[0] == str(depth):
-            return float(cells[7])
-    sys.exit("could not parse llama-batched-bench output:\n" + out)
+    return llama_batched_decode(a.llamacpp_batched, a.model, depth, gen, ["-t", str(a.threads)] + extra)
 
 
 def main():

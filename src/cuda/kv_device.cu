@@ -725,56 +725,41 @@ bool prefill_old() {
   return old;
 }
 
-// The decode kernel for the shapes it is instantiated for (G query heads per KV head); false otherwise.
+using DecodeLaunch = void (*)(const KvDev&, int, const float*, int, const StepParams*, float*, float*,
+                              cudaStream_t);
+
+// The decode kernel instantiated for head dimension hd and G query heads per KV head; null otherwise.
+DecodeLaunch decode_kernel_for(int hd, int G) {
+  static constexpr DecodeLaunch k64[9] = {nullptr,
+                                          decode_launch<64, 1>,
+                                          decode_launch<64, 2>,
+                                          decode_launch<64, 3>,
+                                          decode_launch<64, 4>,
+                                          nullptr,
+                                          nullptr,
+                                          nullptr,
+                                          decode_launch<64, 8>};
+  static constexpr DecodeLaunch k128[5] = {nullptr, decode_launch<128, 1>, decode_launch<128, 2>, nullptr,
+                                           decode_launch<128, 4>};
+  if (hd == 64 && G >= 1 && G <= 8) return k64[G];
+  if (hd == 128 && G >= 1 && G <= 4) return k128[G];
+  return nullptr;
+}
+
+// The decode kernel for the shapes it is instantiated for; false otherwise (the caller falls back).
 bool launch_decode_attention(const KvDev& kv, int layer, const float* q, int n_heads, int G,
                              const StepParams* params, float* part, float* out, cudaStream_t s) {
   if (!kv.attn_counters || G * kv.n_kv_heads != n_heads) return false;
   if (const char* e = std::getenv("KVDIAL_CUDA_DECODE_ATTN"); e && std::string(e) == "old") return false;
-  if (kv.head_dim == 64) {
-    switch (G) {
-      case 1:
-        decode_launch<64, 1>(kv, layer, q, n_heads, params, part, out, s);
-        return true;
-      case 2:
-        decode_launch<64, 2>(kv, layer, q, n_heads, params, part, out, s);
-        return true;
-      case 3:
-        decode_launch<64, 3>(kv, layer, q, n_heads, params, part, out, s);
-        return true;
-      case 4:
-        decode_launch<64, 4>(kv, layer, q, n_heads, params, part, out, s);
-        return true;
-      case 8:
-        decode_launch<64, 8>(kv, layer, q, n_heads, params, part, out, s);
-        return true;
-      default:
-        return false;
-    }
-  }
-  if (kv.head_dim == 128) {
-    switch (G) {
-      case 1:
-        decode_launch<128, 1>(kv, layer, q, n_heads, params, part, out, s);
-        return true;
-      case 2:
-        decode_launch<128, 2>(kv, layer, q, n_heads, params, part, out, s);
-        return true;
-      case 4:
-        decode_launch<128, 4>(kv, layer, q, n_heads, params, part, out, s);
-        return true;
-      default:
-        return false;
-    }
-  }
-  return false;
+  const DecodeLaunch f = decode_kernel_for(kv.head_dim, G);
+  if (!f) return false;
+  f(kv, layer, q, n_heads, params, part, out, s);
+  return true;
 }
 
 }  // namespace
 
-bool decode_attention_supported(int head_dim, int G) {
-  return (head_dim == 64 && (G == 1 || G == 2 || G == 3 || G == 4 || G == 8)) ||
-         (head_dim == 128 && (G == 1 || G == 2 || G == 4));
-}
+bool decode_attention_supported(int head_dim, int G) { return decode_kernel_for(head_dim, G) != nullptr; }
 
 void launch_rope_append(const KvDev& kv, int layer, float* qkv, int n_heads, int rope_dim, bool halves,
                         const float2* rope_cs, const StepParams* params, int n, cudaStream_t s) {

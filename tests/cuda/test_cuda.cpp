@@ -301,6 +301,27 @@ TEST_F(CudaModel, LogitsMatchCpuOnFixturePrompts) {
 // differs), so codes can differ; the predictions must still agree almost everywhere. (2-bit tokens are
 // left out: at 2 bits this model's predictions are noise-level, README's quality table, and a one-code
 // flip changes them.)
+// A GPU session and a CPU session (cpu backend, a 256-token cache in the original format) over one model.
+struct GpuAndCpu {
+  std::unique_ptr<cuda::GpuSession> gpu;
+  std::unique_ptr<Backend> backend;
+  std::unique_ptr<KvCache> cache;
+  std::unique_ptr<Session> cpu;
+};
+GpuAndCpu gpu_and_cpu(const Model& model, int cpu_batch) {
+  const ModelConfig& c = model.config();
+  GpuAndCpu p;
+  cuda::GpuOptions go;
+  go.max_tokens = 256;
+  p.gpu = cuda::make_gpu_session(model, go);
+  p.backend = make_backend("cpu", 2);
+  KvCacheOptions ko;
+  ko.max_tokens = 256;
+  p.cache = std::make_unique<KvCache>(KvLayout{c.n_layers, c.n_kv_heads, c.head_dim, 32}, ko);
+  p.cpu = std::make_unique<Session>(model, *p.backend, *p.cache, 0, cpu_batch);
+  return p;
+}
+
 TEST_F(CudaModel, QuantizedCacheAgreesWithCpu) {
   KVD_REQUIRE_GPU();
   const ModelConfig& c = model_->config();
@@ -315,14 +336,10 @@ TEST_F(CudaModel, QuantizedCacheAgreesWithCpu) {
     auto policy = make_policy(pol);
     std::vector<uint8_t> bits(ids.size());
     for (int i = 0; i < n; ++i) bits[i] = static_cast<uint8_t>(width_in_advance(*policy, i, ids[i]));
-    cuda::GpuOptions go;
-    go.max_tokens = 256;
-    auto gpu = cuda::make_gpu_session(*model_, go);
-    auto be = make_backend("cpu", 2);
-    KvCacheOptions ko;
-    ko.max_tokens = 256;
-    KvCache cache(KvLayout{c.n_layers, c.n_kv_heads, c.head_dim, 32}, ko);
-    Session cpu(*model_, *be, cache, 0, 1);
+    GpuAndCpu pair = gpu_and_cpu(*model_, 1);
+    auto& gpu = pair.gpu;
+    KvCache& cache = *pair.cache;
+    Session& cpu = *pair.cpu;
     int agree = 0;
     double kl_sum = 0;
     for (int i = 0; i < n; ++i) {
@@ -367,14 +384,10 @@ TEST_F(CudaModel, RulePolicyDecidesOnTheGpu) {
       false, true);
   const std::vector<int32_t> prompt(ids.begin(), ids.begin() + ids.size() / 2);
   const std::vector<int32_t> rest(ids.begin() + ids.size() / 2, ids.end());
-  cuda::GpuOptions go;
-  go.max_tokens = 256;
-  auto gpu = cuda::make_gpu_session(*model_, go);
-  auto be = make_backend("cpu", 2);
-  KvCacheOptions ko;
-  ko.max_tokens = 256;
-  KvCache cache(KvLayout{c.n_layers, c.n_kv_heads, c.head_dim, 32}, ko);
-  Session cpu(*model_, *be, cache, 0, 64);
+  GpuAndCpu pair = gpu_and_cpu(*model_, 64);
+  auto& gpu = pair.gpu;
+  KvCache& cache = *pair.cache;
+  Session& cpu = *pair.cpu;
   auto pg = make_policy("rule"), pc = make_policy("rule");
   PolicyRunner rg(*gpu, *pg), rc(cpu, *pc);
   rg.keep_features(true);
