@@ -69,6 +69,8 @@ void add_bench_options(CLI::App* app, BenchArgs& a) {
   app->add_option("-o,--output", a.output, "md, csv or json")->check(CLI::IsMember({"md", "csv", "json"}));
   app->add_option("--out-file", a.out_file, "also write the table to this file");
   app->add_flag("--progress", a.progress, "print progress to stderr");
+  app->add_flag("!--no-warmup", a.warmup,
+                "time the first run too (default: one untimed warm-up run per test)");
 }
 
 int run_bench(const BenchArgs& a) {
@@ -108,16 +110,21 @@ int run_bench(const BenchArgs& a) {
         Row r;
         r.policy = e.policy_name;
         r.test = name + (depth > 0 ? " @ d" + std::to_string(depth) : "");
-        for (int rep = 0; rep < a.reps; ++rep) {
+        auto run_once = [&](const std::vector<int32_t>& toks) {
           e.session->truncate(depth);
           PolicyRunner runner(*e.session, *e.policy);
-          const std::vector<int32_t> toks = random_tokens(n);
-          const auto t0 = Clock::now();
           if (prompt) {
             runner.prefill(toks);
           } else {
-            for (int i = 0; i < n; ++i) runner.step(toks[i]);
+            for (int32_t t : toks) runner.step(t);
           }
+        };
+        // First-use costs (cuBLAS handles and kernels, page faults) stay out of the figures.
+        if (a.warmup) run_once(random_tokens(n));
+        for (int rep = 0; rep < a.reps; ++rep) {
+          const std::vector<int32_t> toks = random_tokens(n);
+          const auto t0 = Clock::now();
+          run_once(toks);
           const double s = std::chrono::duration<double>(Clock::now() - t0).count();
           r.samples.push_back(n / s);
           const KvStats st = e.session->kv_stats();

@@ -15,6 +15,7 @@ struct BenchArgs {
   std::string output = "md";
   std::string out_file;
   bool progress = false;
+  bool warmup = true;  // one untimed run of each test first (llama-bench does the same)
 };
 
 void add_bench_options(CLI::App* app, BenchArgs& a);
