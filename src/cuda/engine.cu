@@ -79,8 +79,6 @@ class Engine final : public GpuSession {
            ")";
   }
   std::string memory_summary() const override;
-  size_t engine_peak_bytes() const override { return mem_.peak(); }
-  size_t device_peak_used_bytes() const override { return mem_.used_peak(); }
   size_t device_engine_peak_bytes() const override { return mem_.peak(); }
   size_t device_used_peak_bytes() const override { return mem_.used_peak(); }
 
@@ -131,15 +129,9 @@ class Engine final : public GpuSession {
   // Per-token statistics (policies that read features): device buffers of the kernels (KvDev), pinned
   // host copies, and the widths decided since the last flush (written to the pages by flush_window).
   float *stat_attn_ = nullptr, *stat_kv_ = nullptr, *hstat_attn_ = nullptr, *hstat_kv_ = nullptr;
-  struct Pending {
-    int pos;
-    uint8_t cls;
-    uint32_t off;
-  };
-  std::vector<Pending> pending_;
-  int* dpend_pos_ = nullptr;
-  uint8_t* dpend_cls_ = nullptr;
-  uint32_t* dpend_off_ = nullptr;
+  std::vector<DecidedToken> pending_;
+  DecidedToken* dpending_ = nullptr;  // n_batch entries
+  void copy_stats(int n);
   void token_stats(int n, std::vector<TokenForwardStats>& out) const;
   cudaGraphExec_t graph_ = nullptr;
   int graph_chunks_ = 0;
@@ -267,9 +259,7 @@ Engine::Engine(const Model& model, const GpuOptions& opt) : model_(model), opt_(
   KVD_CUDA(cudaMallocHost(&hstat_attn_, n_attn_stats * sizeof(float)));
   KVD_CUDA(cudaMallocHost(&hstat_kv_, n_kv_stats * sizeof(float)));
   kv_->set_stats(stat_attn_, stat_kv_, c_.n_heads);
-  dpend_pos_ = dalloc<int>(B, MemKind::Work, "decided tokens");
-  dpend_cls_ = dalloc<uint8_t>(B, MemKind::Work, "decided tokens");
-  dpend_off_ = dalloc<uint32_t>(B, MemKind::Work, "decided tokens");
+  dpending_ = dalloc<DecidedToken>(B, MemKind::Work, "decided tokens");
   params_ = dalloc<StepParams>(1, MemKind::Work, "step parameters");
   dparams_ = dalloc<DecodeParams>(1, MemKind::Work, "step parameters");
   dtokens_ = dalloc<int32_t>(B, MemKind::Work, "tokens");
@@ -402,12 +392,6 @@ void Engine::enqueue_decode(int chunks) {
   }
   KVD_CUDA(cudaMemcpyAsync(hlogits_, logits_d_, static_cast<size_t>(c_.vocab) * sizeof(float),
                            cudaMemcpyDeviceToHost, stream_));
-  // One token's statistics (a few KiB; stale when the step did not ask for them).
-  KVD_CUDA(cudaMemcpyAsync(hstat_attn_, stat_attn_,
-                           static_cast<size_t>(c_.n_layers) * c_.n_heads * 2 * sizeof(float),
-                           cudaMemcpyDeviceToHost, stream_));
-  KVD_CUDA(cudaMemcpyAsync(hstat_kv_, stat_kv_, static_cast<size_t>(c_.n_layers) * 2 * sizeof(float),
-                           cudaMemcpyDeviceToHost, stream_));
   mark(kOutput);
 }
 
@@ -433,6 +417,7 @@ void Engine::decode_step(int32_t token, int pos, float* out, bool defer, bool wa
   } else {
     enqueue_decode(need);
   }
+  if (want_stats) copy_stats(1);
   KVD_CUDA(cudaStreamSynchronize(stream_));
   KVD_CUDA_LAUNCH("decode step");
   if (profile_ && n_marks_ > 1) {
@@ -477,13 +462,7 @@ void Engine::prompt_batch(const int32_t* tokens, int n, int pos0, int from, floa
     KVD_CUDA(cudaMemcpyAsync(out, logits_d_, static_cast<size_t>(n_out) * c_.vocab * sizeof(float),
                              cudaMemcpyDeviceToHost, stream_));
   }
-  if (want_stats) {
-    KVD_CUDA(cudaMemcpyAsync(hstat_attn_, stat_attn_,
-                             static_cast<size_t>(n) * c_.n_layers * c_.n_heads * 2 * sizeof(float),
-                             cudaMemcpyDeviceToHost, stream_));
-    KVD_CUDA(cudaMemcpyAsync(hstat_kv_, stat_kv_, static_cast<size_t>(n) * c_.n_layers * 2 * sizeof(float),
-                             cudaMemcpyDeviceToHost, stream_));
-  }
+  if (want_stats) copy_stats(n);
   KVD_CUDA(cudaStreamSynchronize(stream_));
   KVD_CUDA_LAUNCH("prompt batch");
 }
@@ -545,6 +524,15 @@ void Engine::token_stats(int n, std::vector<TokenForwardStats>& out) const {
   }
 }
 
+// The statistics of the last batch's n tokens to the pinned host copies (on the stream; the caller syncs).
+void Engine::copy_stats(int n) {
+  const size_t L = static_cast<size_t>(c_.n_layers), H = static_cast<size_t>(c_.n_heads);
+  KVD_CUDA(cudaMemcpyAsync(hstat_attn_, stat_attn_, static_cast<size_t>(n) * L * H * 2 * sizeof(float),
+                           cudaMemcpyDeviceToHost, stream_));
+  KVD_CUDA(cudaMemcpyAsync(hstat_kv_, stat_kv_, static_cast<size_t>(n) * L * 2 * sizeof(float),
+                           cudaMemcpyDeviceToHost, stream_));
+}
+
 void Engine::decide(int pos, int bits) {
   if (pos < 0 || pos >= kv_->n_tokens())
     throw Error("cuda: decide: position " + std::to_string(pos) + " is not in the cache");
@@ -553,29 +541,20 @@ void Engine::decide(int pos, int bits) {
       throw Error("cuda: the KV width of position " + std::to_string(pos) + " was already decided");
     return;
   }
-  Pending p{pos, 0, 0};
-  kv_->assign(pos, bits, &p.cls, &p.off);
-  pending_.push_back(p);
+  DecidedToken t{pos, 0, 0};
+  kv_->assign(pos, bits, &t.cls, &t.off);
+  pending_.push_back(t);
 }
 
 void Engine::flush_window() {
   const size_t B = static_cast<size_t>(opt_.n_batch);
   for (size_t at = 0; at < pending_.size(); at += B) {
     const size_t m = std::min(B, pending_.size() - at);
-    std::vector<int> pos(m);
-    std::vector<uint8_t> cls(m);
-    std::vector<uint32_t> off(m);
-    for (size_t i = 0; i < m; ++i) {
-      pos[i] = pending_[at + i].pos;
-      cls[i] = pending_[at + i].cls;
-      off[i] = pending_[at + i].off;
-    }
-    // From pageable memory: the copies are done with the host vectors when the calls return.
-    KVD_CUDA(cudaMemcpyAsync(dpend_pos_, pos.data(), m * sizeof(int), cudaMemcpyHostToDevice, stream_));
-    KVD_CUDA(cudaMemcpyAsync(dpend_cls_, cls.data(), m, cudaMemcpyHostToDevice, stream_));
-    KVD_CUDA(cudaMemcpyAsync(dpend_off_, off.data(), m * sizeof(uint32_t), cudaMemcpyHostToDevice, stream_));
-    launch_decide_tokens(kv_->dev(), dpend_pos_, dpend_cls_, dpend_off_, static_cast<int>(m), stream_);
-    KVD_CUDA(cudaStreamSynchronize(stream_));  // the next batch reuses the device arrays
+    // From pageable memory: staged before the call returns, so pending_ may change after; the next
+    // chunk's copy into the same device array waits for this kernel in stream order.
+    KVD_CUDA(cudaMemcpyAsync(dpending_, pending_.data() + at, m * sizeof(DecidedToken),
+                             cudaMemcpyHostToDevice, stream_));
+    launch_decide_tokens(kv_->dev(), dpending_, static_cast<int>(m), stream_);
     KVD_CUDA_LAUNCH("decide tokens");
   }
   pending_.clear();

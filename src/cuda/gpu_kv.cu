@@ -326,14 +326,11 @@ void KvProbe::attend(int layer, const float* q, int n, float* out, float* stats)
   KVD_CUDA_LAUNCH("attention");
   KVD_CUDA(cudaMemcpyAsync(out, m.out, qn * 4, cudaMemcpyDeviceToHost, m.stream));
   if (stats) {
-    const size_t per_layer = static_cast<size_t>(m.n_heads) * 2;
-    // Decode writes [layer][head]; the prompt kernel [i][layer][head].
-    for (int i = 0; i < n; ++i) {
-      const size_t at =
-          n == 1 ? layer * per_layer : (static_cast<size_t>(i) * m.layout.n_layers + layer) * per_layer;
-      KVD_CUDA(cudaMemcpyAsync(stats + i * per_layer, m.stat_attn + at, per_layer * 4, cudaMemcpyDeviceToHost,
+    // stat_attn is [i][layer][head][2]: this layer's rows of the n queries.
+    const size_t row = static_cast<size_t>(m.n_heads) * 2 * sizeof(float);
+    KVD_CUDA(cudaMemcpy2DAsync(stats, row, m.stat_attn + static_cast<size_t>(layer) * m.n_heads * 2,
+                               row * m.layout.n_layers, row, static_cast<size_t>(n), cudaMemcpyDeviceToHost,
                                m.stream));
-    }
   }
   KVD_CUDA(cudaStreamSynchronize(m.stream));
 }

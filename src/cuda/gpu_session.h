@@ -27,12 +27,9 @@ struct GpuOptions {
   bool graphs = true;  // capture the decode step in a CUDA graph ($KVDIAL_CUDA_GRAPHS=0 turns it off)
 };
 
-class GpuSession : public SessionBase {
- public:
-  // Peak device memory: the engine's own allocations and cudaMemGetInfo's, in bytes.
-  virtual size_t engine_peak_bytes() const = 0;
-  virtual size_t device_peak_used_bytes() const = 0;
-};
+// The GPU engine's session (its peak device memory: SessionBase::device_engine_peak_bytes and
+// device_used_peak_bytes).
+class GpuSession : public SessionBase {};
 
 // Uploads the model and allocates the cache. Throws kvd::Error without a usable GPU or for a model the
 // engine does not run.

@@ -65,6 +65,38 @@ __device__ void store_row(const float* x, int bits, int group, int kv_dim, uint8
   }
 }
 
+// Start of a token's record (K row, then V row) in one layer's page space.
+__device__ inline uint8_t* record_at(const KvDev& kv, int layer, uint32_t off) {
+  return kv.pages[off >> kv.page_shift] + (static_cast<size_t>(layer) << kv.page_shift) +
+         (off & ((1u << kv.page_shift) - 1));
+}
+
+// A token's K and V (fp16-exact floats in shared memory: k then v) stored at class cls, offset off.
+__device__ inline void store_record(const KvDev& kv, int layer, int cls, uint32_t off, const float* sm) {
+  const KvClass c = kv.cls[cls];
+  uint8_t* dst = record_at(kv, layer, off);
+  store_row(sm, c.k_bits, c.group, kv.kv_dim, dst);
+  store_row(sm + kv.kv_dim, c.v_bits, c.group, kv.kv_dim, dst + c.k_row_bytes);
+}
+
+// A token's K and V from the fp16 ring into shared memory (k then v), for store_record.
+__device__ inline void ring_to_shared(const KvDev& kv, int layer, int pos, float* sm) {
+  const size_t slot = (static_cast<size_t>(layer) * kv.ring + pos % kv.ring) * kv.kv_dim;
+  for (int j = threadIdx.x; j < kv.kv_dim; j += blockDim.x) {
+    sm[j] = h2f(kv.ring_k[slot + j]);
+    sm[kv.kv_dim + j] = h2f(kv.ring_v[slot + j]);
+  }
+}
+
+// The policies' attention statistics of one query and head from its softmax sums over n_keys keys
+// (weights w = exp(s - M) / L with M the largest score, L2 = sum exp(2 (s - M))): the largest weight 1 / L
+// and the weights' variance sum w^2 / n - 1 / n^2.
+__device__ inline void write_attn_stats(float* st, float L, float L2, int n_keys) {
+  const float nk = static_cast<float>(n_keys);
+  st[0] = 1.0f / L;
+  st[1] = L2 / (L * L) / nk - 1.0f / (nk * nk);
+}
+
 template <bool kPages>
 __global__ void rope_append_kernel(KvDev kv, int layer, float* qkv, int n_heads, int rope_dim, int halves,
                                    const float2* rope_cs, const StepParams* params) {
@@ -122,54 +154,31 @@ __global__ void rope_append_kernel(KvDev kv, int layer, float* qkv, int n_heads,
   }
   if (!kPages || params->defer) return;
   __syncthreads();
-  const KvClass c = kv.cls[kv.tok_cls[pos]];
-  const uint32_t off = kv.tok_off[pos];
-  uint8_t* dst = kv.pages[off >> kv.page_shift] + (static_cast<size_t>(layer) << kv.page_shift) +
-                 (off & ((1u << kv.page_shift) - 1));
-  store_row(sm, c.k_bits, c.group, kv_dim, dst);
-  store_row(sm + kv_dim, c.v_bits, c.group, kv_dim, dst + c.k_row_bytes);
+  store_record(kv, layer, kv.tok_cls[pos], kv.tok_off[pos], sm);
 }
 
 // The page records of tokens whose K and V are in the fp16 ring (written by rope_append_kernel<false>).
 __global__ void append_pages_kernel(KvDev kv, int layer, const StepParams* params) {
   extern __shared__ float sm[];
   if (params->defer) return;
-  const int pos = params->pos0 + blockIdx.x, kv_dim = kv.kv_dim;
-  const size_t slot = (static_cast<size_t>(layer) * kv.ring + pos % kv.ring) * kv_dim;
-  for (int j = threadIdx.x; j < kv_dim; j += blockDim.x) {
-    sm[j] = h2f(kv.ring_k[slot + j]);
-    sm[kv_dim + j] = h2f(kv.ring_v[slot + j]);
-  }
+  const int pos = params->pos0 + blockIdx.x;
+  ring_to_shared(kv, layer, pos, sm);
   __syncthreads();
-  const KvClass c = kv.cls[kv.tok_cls[pos]];
-  const uint32_t off = kv.tok_off[pos];
-  uint8_t* dst = kv.pages[off >> kv.page_shift] + (static_cast<size_t>(layer) << kv.page_shift) +
-                 (off & ((1u << kv.page_shift) - 1));
-  store_row(sm, c.k_bits, c.group, kv_dim, dst);
-  store_row(sm + kv_dim, c.v_bits, c.group, kv_dim, dst + c.k_row_bytes);
+  store_record(kv, layer, kv.tok_cls[pos], kv.tok_off[pos], sm);
 }
 
-// Block (token i, layer): table entries (layer 0's block) and the page record of token pos[i].
-__global__ void decide_tokens_kernel(KvDev kv, const int* pos_, const uint8_t* cls_, const uint32_t* off_) {
+// Block (token i, layer): table entries (layer 0's block) and the page record of token t[i].
+__global__ void decide_tokens_kernel(KvDev kv, const DecidedToken* t) {
   extern __shared__ float sm[];
-  const int i = blockIdx.x, layer = blockIdx.y, kv_dim = kv.kv_dim;
-  const int pos = pos_[i];
-  const uint32_t off = off_[i];
+  const DecidedToken d = t[blockIdx.x];
+  const int layer = blockIdx.y;
   if (layer == 0 && threadIdx.x == 0) {
-    kv.tok_cls[pos] = cls_[i];
-    kv.tok_off[pos] = off;
+    kv.tok_cls[d.pos] = d.cls;
+    kv.tok_off[d.pos] = d.off;
   }
-  const size_t slot = (static_cast<size_t>(layer) * kv.ring + pos % kv.ring) * kv_dim;
-  for (int j = threadIdx.x; j < kv_dim; j += blockDim.x) {
-    sm[j] = h2f(kv.ring_k[slot + j]);
-    sm[kv_dim + j] = h2f(kv.ring_v[slot + j]);
-  }
+  ring_to_shared(kv, layer, d.pos, sm);
   __syncthreads();
-  const KvClass c = kv.cls[cls_[i]];
-  uint8_t* dst = kv.pages[off >> kv.page_shift] + (static_cast<size_t>(layer) << kv.page_shift) +
-                 (off & ((1u << kv.page_shift) - 1));
-  store_row(sm, c.k_bits, c.group, kv_dim, dst);
-  store_row(sm + kv_dim, c.v_bits, c.group, kv_dim, dst + c.k_row_bytes);
+  store_record(kv, layer, d.cls, d.off, sm);
 }
 
 __device__ inline float half_at(const uint8_t* p) { return __half2float(__ushort_as_half(load_u16(p))); }
@@ -259,7 +268,6 @@ __global__ void __launch_bounds__(128)
   }
   float m = -INFINITY, l = 0;
   const int quant_below = min(pos - kv.residual, params->fp16_from);  // keys t < it: from the pages
-  const uint32_t mask = (1u << kv.page_shift) - 1;
   for (int base = t0 + warp * 4; base < t1; base += 16) {
     const int t = base + sub;
     const bool valid = t < t1;
@@ -268,8 +276,7 @@ __global__ void __launch_bounds__(128)
       if (t < quant_below) {
         const KvClass c = kv.cls[kv.tok_cls[t]];
         const uint32_t off = kv.tok_off[t];
-        const uint8_t* rec =
-            kv.pages[off >> kv.page_shift] + (static_cast<size_t>(layer) << kv.page_shift) + (off & mask);
+        const uint8_t* rec = record_at(kv, layer, off);
         load_elems<E>(rec, c.k_bits, c.group, idx0, kx);
         load_elems<E>(rec + c.k_row_bytes, c.v_bits, c.group, idx0, vx);
       } else {
@@ -324,13 +331,6 @@ __global__ void __launch_bounds__(128)
   }
 }
 
-// Decode (one query per head) over any width mix. Block (chunk, KV head), 256 threads: 64 keys at a time,
-// two per group of 8 lanes (HD/8 elements a lane), both loaded before either is used, for all G query
-// heads of the KV head, so each key's bytes are read once. The chunk's token tables are read into
-// shared memory first (one load each, all in flight), so a key's data load depends on nothing but them.
-// Keys are split evenly over at most kDecodeBlocks chunks (multiples of 64), whatever the context, so
-// the grid is fixed and a captured graph needs no re-capture. The last block of a KV head to finish
-// merges the chunks' partial states (max, sum, unnormalized output) and writes the output.
 // Prompt attention, tiled: block (64 queries, query head), 4 threads a query. Keys the queries read
 // quantized (t < p - residual) come from the pages in tiles of 32, dequantized once into shared memory
 // for all 64 queries; each thread scores 8 keys of a tile and accumulates HD/4 output elements. The keys
@@ -361,7 +361,6 @@ __global__ void __launch_bounds__(256)
 #pragma unroll
   for (int d = 0; d < DPT; ++d) acc[d] = 0;
   float m = -INFINITY, l = 0, l2 = 0;  // l2: this thread's share of sum exp(2 (s - m)), for the variance
-  const uint32_t mask = (1u << kv.page_shift) - 1;
   for (int t0 = 0; t0 < t_hi; t0 += KT) {
     __syncthreads();  // the previous tile is consumed
     for (int task = threadIdx.x; task < KT * (HD / E); task += blockDim.x) {
@@ -370,8 +369,7 @@ __global__ void __launch_bounds__(256)
       if (t < t_hi) {
         const KvClass c = kv.cls[kv.tok_cls[t]];
         const uint32_t off = kv.tok_off[t];
-        const uint8_t* rec =
-            kv.pages[off >> kv.page_shift] + (static_cast<size_t>(layer) << kv.page_shift) + (off & mask);
+        const uint8_t* rec = record_at(kv, layer, off);
         load_elems<E>(rec, c.k_bits, c.group, kvh * HD + e0, kx);
         load_elems<E>(rec + c.k_row_bytes, c.v_bits, c.group, kvh * HD + e0, vx);
       } else {
@@ -443,12 +441,9 @@ __global__ void __launch_bounds__(256)
   l2 += __shfl_xor_sync(0xffffffffu, l2, 1);
   l2 += __shfl_xor_sync(0xffffffffu, l2, 2);
   if (!active) return;
-  if (params->stats && part == 0) {  // weights w = exp(s - m) / l: max 1 / l, variance sum w^2 / n - 1 / n^2
-    const float nk = static_cast<float>(pq + 1);
-    float* st = kv.stat_attn + ((static_cast<size_t>(i) * kv.n_layers + layer) * n_heads + h) * 2;
-    st[0] = 1.0f / l;
-    st[1] = l2 / (l * l) / nk - 1.0f / (nk * nk);
-  }
+  if (params->stats && part == 0)
+    write_attn_stats(kv.stat_attn + ((static_cast<size_t>(i) * kv.n_layers + layer) * n_heads + h) * 2, l, l2,
+                     pq + 1);
   const size_t at = static_cast<size_t>(i) * n_heads * HD + h * HD;
 #pragma unroll
   for (int d = 0; d < DPT; ++d) {
@@ -496,6 +491,13 @@ __device__ inline void online_update(const float (&sq)[G][HD], int e0, unsigned 
   }
 }
 
+// Decode (one query per head) over any width mix. Block (chunk, KV head), 256 threads: 64 keys at a time,
+// two per group of 8 lanes (HD/8 elements a lane), both loaded before either is used, for all G query
+// heads of the KV head, so each key's bytes are read once. The chunk's token tables are read into
+// shared memory first (one load each, all in flight), so a key's data load depends on nothing but them.
+// Keys are split evenly over at most kDecodeBlocks chunks (multiples of 64), whatever the context, so
+// the grid is fixed and a captured graph needs no re-capture. The last block of a KV head to finish
+// merges the chunks' partial states (max, sum, unnormalized output) and writes the output.
 template <int HD, int G>
 __global__ void __launch_bounds__(256) attn_decode_kernel(KvDev kv, int layer, const float* q, int n_heads,
                                                           const StepParams* params, float* part, float* out) {
@@ -530,7 +532,6 @@ __global__ void __launch_bounds__(256) attn_decode_kernel(KvDev kv, int layer, c
   }
   const float scale = 1.0f / sqrtf(static_cast<float>(HD));
   const int quant_below = min(pos - kv.residual, params->fp16_from);
-  const uint32_t mask = (1u << kv.page_shift) - 1;
   for (int w0 = t0; w0 < t1; w0 += W) {
     const int w1 = min(w0 + W, t1);
     __syncthreads();
@@ -540,7 +541,7 @@ __global__ void __launch_bounds__(256) attn_decode_kernel(KvDev kv, int layer, c
       if (t < quant_below) {
         c = kv.tok_cls[t];
         const uint32_t off = kv.tok_off[t];
-        rec = kv.pages[off >> kv.page_shift] + (static_cast<size_t>(layer) << kv.page_shift) + (off & mask);
+        rec = record_at(kv, layer, off);
       } else {
         rec = reinterpret_cast<const uint8_t*>(
             kv.ring_k + (static_cast<size_t>(layer) * kv.ring + t % kv.ring) * kv.kv_dim);
@@ -602,12 +603,9 @@ __global__ void __launch_bounds__(256) attn_decode_kernel(KvDev kv, int layer, c
       }
     if (single) {
       out[(kvh * G + h) * HD + d] = o / L;
-      if (d == 0 && params->stats) {
-        const float nk = static_cast<float>(n_keys);
-        float* st = kv.stat_attn + (static_cast<size_t>(layer) * n_heads + kvh * G + h) * 2;
-        st[0] = 1.0f / L;
-        st[1] = L2 / (L * L) / nk - 1.0f / (nk * nk);
-      }
+      if (d == 0 && params->stats)
+        write_attn_stats(kv.stat_attn + (static_cast<size_t>(layer) * n_heads + kvh * G + h) * 2, L, L2,
+                         n_keys);
       continue;
     }
     float* pp = part + (static_cast<size_t>(kvh * G + h) * kDecodeBlocks + chunk) * (HD + 3);
@@ -662,12 +660,9 @@ __global__ void __launch_bounds__(256) attn_decode_kernel(KvDev kv, int layer, c
         L2 += s_l2[w][h];
       }
       s_L[h] = L;
-      if (params->stats) {  // weights exp(s - M) / L: max 1 / L, variance sum w^2 / n - 1 / n^2
-        const float nk = static_cast<float>(n_keys);
-        float* st = kv.stat_attn + (static_cast<size_t>(layer) * n_heads + kvh * G + h) * 2;
-        st[0] = 1.0f / L;
-        st[1] = L2 / (L * L) / nk - 1.0f / (nk * nk);
-      }
+      if (params->stats)
+        write_attn_stats(kv.stat_attn + (static_cast<size_t>(layer) * n_heads + kvh * G + h) * 2, L, L2,
+                         n_keys);
     }
   }
   __syncthreads();
@@ -773,10 +768,9 @@ void launch_rope_ring(const KvDev& kv, int layer, float* qkv, int n_heads, int r
                                                                           halves ? 1 : 0, rope_cs, params);
 }
 
-void launch_decide_tokens(const KvDev& kv, const int* pos, const uint8_t* cls, const uint32_t* off, int n,
-                          cudaStream_t s) {
+void launch_decide_tokens(const KvDev& kv, const DecidedToken* tokens, int n, cudaStream_t s) {
   if (n <= 0) return;
-  decide_tokens_kernel<<<dim3(n, kv.n_layers), 256, 2 * kv.kv_dim * sizeof(float), s>>>(kv, pos, cls, off);
+  decide_tokens_kernel<<<dim3(n, kv.n_layers), 256, 2 * kv.kv_dim * sizeof(float), s>>>(kv, tokens);
 }
 
 void launch_append_pages(const KvDev& kv, int layer, const StepParams* params, int n, cudaStream_t s) {

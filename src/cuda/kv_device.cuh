@@ -66,10 +66,15 @@ void launch_rope_append(const KvDev& kv, int layer, float* qkv, int n_heads, int
 void launch_rope_ring(const KvDev& kv, int layer, float* qkv, int n_heads, int rope_dim, bool halves,
                       const float2* rope_cs, const StepParams* params, int n, cudaStream_t s);
 void launch_append_pages(const KvDev& kv, int layer, const StepParams* params, int n, cudaStream_t s);
-// Tokens whose widths were decided after their forward pass: writes their table entries (pos[i],
-// cls[i], off[i], device arrays of n) and their page records in every layer, from the ring.
-void launch_decide_tokens(const KvDev& kv, const int* pos, const uint8_t* cls, const uint32_t* off, int n,
-                          cudaStream_t s);
+// A token whose width was decided after its forward pass: its class and record offset.
+struct DecidedToken {
+  int pos;
+  uint32_t off;
+  uint8_t cls;
+};
+// Writes the table entries of n decided tokens (a device array) and their page records in every layer,
+// from the ring.
+void launch_decide_tokens(const KvDev& kv, const DecidedToken* tokens, int n, cudaStream_t s);
 
 // q: n rows of n_heads*hd fp32 (rotated), q_stride floats apart; out: n rows of n_heads*hd fp32 (and
 // fp16 when out_h is non-null).

@@ -12,8 +12,9 @@
 
 namespace kvd::cuda {
 
-inline constexpr uint32_t kModuleAbi =
-    2;  // 2: SessionBase token_bits, rewinds_exactly, device peaks; GpuOptions ladder
+// 2: SessionBase token_bits, rewinds_exactly, device peaks; GpuOptions ladder. 3: GpuSession's own peak
+// getters gone (SessionBase's serve).
+inline constexpr uint32_t kModuleAbi = 3;
 
 // Sizes of the types passed across, folded: a module compiled against other headers differs.
 inline constexpr uint64_t module_layout_fingerprint() {
