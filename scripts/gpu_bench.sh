@@ -5,7 +5,7 @@
 # Binaries built on the development machine travel in $C (bin/kvdial, bin/kvdial_cuda_tests,
 # bin/libkvdial_cuda.so when the build has the module, lib/libhwy.so.1); llama.cpp's binaries, if any,
 # at $LLAMA_BIN (built beside the project, never committed). Run from the repository root:
-#   STAGES="tests profile compare ppl vram" bash scripts/gpu_bench.sh
+#   STAGES="tests profile paged compare ppl vram" bash scripts/gpu_bench.sh
 # Logs go to $OUT (default ./gpu_out); the summary to stdout.
 set -u
 C=${C:-.devcarry/gpu}
@@ -52,15 +52,25 @@ if has profile; then
       grep "cuda profile" "$OUT/prof_${d}_${kv/:/}.log" | tee -a "$OUT/summary.txt"
     done
   done
-  # The kernels side by side (graphs): previous decode attention and in-line append, the new decode
-  # attention, and the default (new attention, page records on a side stream); previous / tiled prompt
-  # attention for pp512 and the fill.
-  for v in "old 0 old" "new 0 new" "new 1 new"; do
+  # The kernels side by side (graphs): the first decode attention (one block per query head and 64 keys)
+  # with in-line append, the per-token-table kernel, and the default (pages of one width, page records
+  # on a side stream); previous / tiled prompt attention for pp512 and the fill.
+  for v in "old 0 old" "tokens 1 new" "paged 1 new"; do
     set -- $v
     KVDIAL_CUDA_DECODE_ATTN=$1 KVDIAL_CUDA_SIDE_APPEND=$2 KVDIAL_CUDA_PREFILL_ATTN=$3 step graph_$1_$2_$3 240 \
       $K bench -m $MODEL -dev cuda $KVX -p 512 -n 128 -d 0,4096 -r 3 --kv-policy static:16,static:4,static:2
     log "decode attention $1, side append $2, prompt attention $3:"
     grep "|" "$OUT/graph_$1_$2_$3.log" | tee -a "$OUT/summary.txt"
+  done
+fi
+
+if has paged; then
+  # Decode after long contexts, per-token-table kernel vs pages, same run; widths mixed by a pattern too.
+  for a in tokens paged; do
+    KVDIAL_CUDA_DECODE_ATTN=$a step long_$a 400 $K bench -m $MODEL -dev cuda $KVX -p 0 -n 64 \
+      -d ${PAGED_DEPTHS:-4096,16384,32768} -r 3 --kv-policy static:16,static:4,static:2,pattern:2/2/8
+    log "decode attention $a:"
+    grep "|" "$OUT/long_$a.log" | tee -a "$OUT/summary.txt"
   done
 fi
 

@@ -237,7 +237,7 @@ Engine::Engine(const Model& model, const GpuOptions& opt) : model_(model), opt_(
   layout.has_ladder = opt_.kv_has_ladder;
   layout.ladder = opt_.kv_ladder;
   kv_ = std::make_unique<GpuKv>(mem_, layout, opt_.max_tokens, opt_.kv_residual,
-                                opt_.kv_residual + opt_.n_batch, 64 * 1024);
+                                opt_.kv_residual + opt_.n_batch);
   max_chunks_ = (opt_.max_tokens + kAttnChunk - 1) / kAttnChunk;
 
   // Activations for n_batch tokens.
@@ -251,7 +251,7 @@ Engine::Engine(const Model& model, const GpuOptions& opt) : model_(model), opt_(
   atth_ = dalloc<__half>(B * q_dim_, MemKind::Work, "activations");
   logits_d_ = dalloc<float>(B * c_.vocab, MemKind::Work, "logits");
   part_ = dalloc<float>(std::max(B * c_.n_heads * max_chunks_ * (c_.head_dim + 2),
-                                 static_cast<size_t>(c_.n_heads) * kDecodeBlocks * (c_.head_dim + 3)),
+                                 static_cast<size_t>(c_.n_heads) * kDecodeParts * (c_.head_dim + 3)),
                         MemKind::Work, "attention partials");
   const size_t n_attn_stats = B * c_.n_layers * c_.n_heads * 2, n_kv_stats = B * c_.n_layers * 2;
   stat_attn_ = dalloc<float>(n_attn_stats, MemKind::Work, "token statistics");
@@ -399,7 +399,7 @@ void Engine::decode_step(int32_t token, int pos, float* out, bool defer, bool wa
   hparams_->step = StepParams{pos, 1, defer ? pos : 0x7fffffff, defer ? 1 : 0, want_stats ? 1 : 0};
   hparams_->token = token;
   hparams_->cls = kv_->cls_at(pos);
-  hparams_->off = kv_->off_at(pos);
+  hparams_->loc = kv_->loc_at(pos);
   const int need = pos / kAttnChunk + 1;
   if (opt_.graphs && !profile_) {
     if (!graph_ || need > graph_chunks_) {
@@ -542,7 +542,7 @@ void Engine::decide(int pos, int bits) {
     return;
   }
   DecidedToken t{pos, 0, 0};
-  kv_->assign(pos, bits, &t.cls, &t.off);
+  kv_->assign(pos, bits, &t.cls, &t.loc);
   pending_.push_back(t);
 }
 

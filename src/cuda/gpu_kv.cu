@@ -56,20 +56,53 @@ void DeviceMemory::free(void* p) {
   cudaFree(p);
 }
 
+// ---- KvPagePool ----
+
+KvPagePool::KvPagePool(DeviceMemory& mem, const KvPageGeom& geom, int capacity)
+    : mem_(mem), geom_(geom), capacity_(capacity) {
+  table_ = static_cast<uint8_t**>(
+      mem.alloc(static_cast<size_t>(capacity) * sizeof(uint8_t*), MemKind::Kv, "the KV page table"));
+}
+
+KvPagePool::~KvPagePool() = default;  // memory belongs to mem_
+
+int KvPagePool::alloc_page(int cls) {
+  int p;
+  if (!free_[cls].empty()) {
+    p = free_[cls].back();
+    free_[cls].pop_back();
+  } else {
+    if (static_cast<int>(ptr_.size()) >= capacity_)
+      throw Error("cuda: the KV page pool is full (" + std::to_string(capacity_) + " pages)");
+    const size_t bytes = geom_.page_bytes(cls);
+    uint8_t* data = static_cast<uint8_t*>(mem_.alloc(bytes, MemKind::Kv, "a KV page"));
+    p = static_cast<int>(ptr_.size());
+    ptr_.push_back(data);
+    cls_.push_back(cls);
+    bytes_ += bytes;
+    KVD_CUDA(cudaMemcpy(table_ + p, &data, sizeof data, cudaMemcpyHostToDevice));
+  }
+  // Every slot empty (kEmptySlot is what a 0x7f fill leaves).
+  KVD_CUDA(cudaMemset(ptr_[static_cast<size_t>(p)], 0x7f, geom_.header_bytes()));
+  return p;
+}
+
+void KvPagePool::free_page(int page) {
+  KVD_ASSERT(page >= 0 && page < static_cast<int>(ptr_.size()));
+  free_[cls_[static_cast<size_t>(page)]].push_back(page);
+}
+
 // ---- GpuKv ----
 
 GpuKv::GpuKv(DeviceMemory& mem, const KvLayout& layout, int max_tokens, int residual, int ring,
-             size_t page_bytes)
-    : mem_(mem), layout_(layout), max_tokens_(max_tokens), residual_(residual) {
+             KvPagePool* pool)
+    : mem_(mem), layout_(layout), max_tokens_(max_tokens), residual_(residual), seq_(kPageShift) {
   if (layout.group <= 0 || layout.head_dim % layout.group != 0 || layout.group % 4 != 0)
     throw Error("--kv-group " + std::to_string(layout.group) + " must divide the head dimension (" +
                 std::to_string(layout.head_dim) + ") and be a multiple of 4");
   if (layout.head_dim != 64 && layout.head_dim != 128)
     throw Error("cuda: head dimension " + std::to_string(layout.head_dim) +
                 " is not supported (64, 128 are)");
-  size_t page = 4096;
-  while (page < std::max(page_bytes, layout.token_bytes(16))) page *= 2;
-  page_bytes_ = page;
   KvDev& d = dev_;
   d.n_layers = layout.n_layers;
   d.n_kv_heads = layout.n_kv_heads;
@@ -77,8 +110,6 @@ GpuKv::GpuKv(DeviceMemory& mem, const KvLayout& layout, int max_tokens, int resi
   d.kv_dim = layout.kv_dim();
   d.residual = residual;
   d.ring = ring;
-  d.page_shift = 0;
-  while ((size_t{1} << d.page_shift) < page) ++d.page_shift;
   const int widths[] = {2, 4, 8, 16};
   d.n_classes = 4;
   for (int c = 0; c < 4; ++c) {
@@ -94,26 +125,40 @@ GpuKv::GpuKv(DeviceMemory& mem, const KvLayout& layout, int max_tokens, int resi
     k.v_row_bytes = kv_row_bytes(k.v_bits, k.group, d.kv_dim);
     bits_of_class_[c] = widths[c];
   }
+  d.geom = make_page_geom(layout, kPageShift);
+  // Per class at most one partly filled page: max_tokens / P + 1 pages each.
+  // The decode kernel reads entry blockIdx.x before it knows the count: at least kDecodeParts entries.
+  block_capacity_ = std::max(kDecodeParts, 4 * (max_tokens / d.geom.page_tokens() + 1));
+  if (!pool) {
+    own_pool_ = std::make_unique<KvPagePool>(mem, d.geom, block_capacity_);
+    pool = own_pool_.get();
+  }
+  pool_ = pool;
+  d.pages = pool->device_table();
   const size_t ring_bytes = static_cast<size_t>(layout.n_layers) * ring * d.kv_dim * sizeof(uint16_t);
   d.ring_k = static_cast<uint16_t*>(mem.alloc(ring_bytes, MemKind::Kv, "the KV fp16 ring"));
   d.ring_v = static_cast<uint16_t*>(mem.alloc(ring_bytes, MemKind::Kv, "the KV fp16 ring"));
-  const size_t max_pages = static_cast<size_t>(max_tokens) * layout.token_bytes(16) / page + 2;
-  d.pages = static_cast<uint8_t**>(mem.alloc(max_pages * sizeof(uint8_t*), MemKind::Kv, "the KV page table"));
-  d.tok_off =
+  d.tok_loc =
       static_cast<uint32_t*>(mem.alloc(static_cast<size_t>(max_tokens) * 4, MemKind::Kv, "KV token table"));
   d.tok_cls =
       static_cast<uint8_t*>(mem.alloc(static_cast<size_t>(max_tokens), MemKind::Kv, "KV token table"));
-  KVD_CUDA(cudaMemset(d.tok_off, 0, static_cast<size_t>(max_tokens) * 4));
+  KVD_CUDA(cudaMemset(d.tok_loc, 0, static_cast<size_t>(max_tokens) * 4));
   KVD_CUDA(cudaMemset(d.tok_cls, 0, static_cast<size_t>(max_tokens)));
+  block_ = static_cast<KvPageRef*>(
+      mem.alloc(static_cast<size_t>(block_capacity_) * sizeof(KvPageRef), MemKind::Kv, "the KV block table"));
+  n_block_ = static_cast<int*>(mem.alloc(sizeof(int), MemKind::Kv, "the KV block table"));
+  KVD_CUDA(cudaMemset(n_block_, 0, sizeof(int)));
+  d.block = block_;
+  d.n_block = n_block_;
+  prepare_attention_kernels();
   d.attn_counters = static_cast<int*>(
       mem.alloc(static_cast<size_t>(layout.n_kv_heads) * sizeof(int), MemKind::Work, "attention counters"));
   KVD_CUDA(cudaMemset(d.attn_counters, 0, static_cast<size_t>(layout.n_kv_heads) * sizeof(int)));
-  if (static_cast<uint64_t>(max_pages) * page >= (uint64_t{1} << 32))
-    throw Error("cuda: context of " + std::to_string(max_tokens) +
-                " tokens exceeds the 4 GiB page space per layer");
 }
 
-GpuKv::~GpuKv() = default;  // memory belongs to mem_
+GpuKv::~GpuKv() {
+  if (pool_ && !own_pool_) seq_.clear(*pool_);  // a shared pool gets the pages back
+}
 
 int GpuKv::class_of(int bits) const {
   for (int c = 0; c < dev_.n_classes; ++c)
@@ -121,18 +166,32 @@ int GpuKv::class_of(int bits) const {
   throw Error("KV bit-width " + std::to_string(bits) + " is not one of 2, 4, 8, 16");
 }
 
-uint32_t GpuKv::place(size_t rec) {
-  uint64_t off = end_;
-  if (off % page_bytes_ + rec > page_bytes_) off = (off / page_bytes_ + 1) * page_bytes_;
-  const size_t page_index = off / page_bytes_;
-  while (pages_.size() <= page_index) {
-    uint8_t* p = static_cast<uint8_t*>(
-        mem_.alloc(page_bytes_ * static_cast<size_t>(layout_.n_layers), MemKind::Kv, "a KV page"));
-    KVD_CUDA(cudaMemcpy(dev_.pages + pages_.size(), &p, sizeof p, cudaMemcpyHostToDevice));
-    pages_.push_back(p);
+uint32_t GpuKv::place(int cls) {
+  const uint32_t loc = seq_.place(cls, *pool_);
+  upload_block();
+  return loc;
+}
+
+void GpuKv::upload_block() {
+  if (!seq_.block_changed()) return;
+  const std::vector<int>& pages = seq_.block_table();
+  KVD_ASSERT(static_cast<int>(pages.size()) <= block_capacity_);
+  std::vector<KvPageRef> refs(pages.size());
+  for (size_t i = 0; i < pages.size(); ++i) {
+    refs[i].data = pool_->page(pages[i]);
+    refs[i].cls = -1;
+    for (int c = 0; c < 4 && refs[i].cls < 0; ++c)
+      for (int p : seq_.pages_of(c))
+        if (p == pages[i]) refs[i].cls = c;
   }
-  end_ = off + rec;
-  return static_cast<uint32_t>(off);
+  if (!refs.empty())
+    KVD_CUDA(cudaMemcpy(block_, refs.data(), refs.size() * sizeof(KvPageRef), cudaMemcpyHostToDevice));
+  const int n = static_cast<int>(refs.size());
+  KVD_CUDA(cudaMemcpy(n_block_, &n, sizeof n, cudaMemcpyHostToDevice));
+  // These copies and the pool's header fills run on the legacy stream, which the engine's non-blocking
+  // streams do not wait for: finish them before the next kernel reads the tables (rare: once a page).
+  KVD_CUDA(cudaDeviceSynchronize());
+  seq_.mark_uploaded();
 }
 
 int GpuKv::begin(const uint8_t* bits, int n, bool upload, cudaStream_t s) {
@@ -143,56 +202,65 @@ int GpuKv::begin(const uint8_t* bits, int n, bool upload, cudaStream_t s) {
     throw Error("cuda: tokens with widths given in advance after undecided ones (decide them first)");
   const int first = n_tokens_;
   cls_.resize(static_cast<size_t>(first + n));
-  off_.resize(static_cast<size_t>(first + n));
+  loc_.resize(static_cast<size_t>(first + n));
   for (int i = 0; i < n; ++i) {
     if (!bits) {
       cls_[static_cast<size_t>(first + i)] = kUndecided;
-      off_[static_cast<size_t>(first + i)] = 0;
+      loc_[static_cast<size_t>(first + i)] = 0;
       continue;
     }
-    cls_[static_cast<size_t>(first + i)] = static_cast<uint8_t>(class_of(bits[i]));
-    off_[static_cast<size_t>(first + i)] = place(layout_.token_bytes(bits[i]));
+    const int c = class_of(bits[i]);
+    cls_[static_cast<size_t>(first + i)] = static_cast<uint8_t>(c);
+    loc_[static_cast<size_t>(first + i)] = place(c);
   }
   n_tokens_ += n;
   if (bits) n_decided_ = n_tokens_;
   if (upload && n > 0) {
     KVD_CUDA(cudaMemcpyAsync(dev_.tok_cls + first, cls_.data() + first, static_cast<size_t>(n),
                              cudaMemcpyHostToDevice, s));
-    KVD_CUDA(cudaMemcpyAsync(dev_.tok_off + first, off_.data() + first, static_cast<size_t>(n) * 4,
+    KVD_CUDA(cudaMemcpyAsync(dev_.tok_loc + first, loc_.data() + first, static_cast<size_t>(n) * 4,
                              cudaMemcpyHostToDevice, s));
   }
   return first;
 }
 
-void GpuKv::assign(int pos, int bits, uint8_t* cls, uint32_t* off) {
+void GpuKv::assign(int pos, int bits, uint8_t* cls, uint32_t* loc) {
   if (pos != n_decided_ || pos >= n_tokens_)
     throw Error("cuda: KV widths are decided in position order (position " + std::to_string(pos) +
                 ", next undecided " + std::to_string(n_decided_) + ")");
   *cls = static_cast<uint8_t>(class_of(bits));
-  *off = place(layout_.token_bytes(bits));
+  *loc = place(*cls);
   cls_[static_cast<size_t>(pos)] = *cls;
-  off_[static_cast<size_t>(pos)] = *off;
+  loc_[static_cast<size_t>(pos)] = *loc;
   ++n_decided_;
 }
 
 void GpuKv::clear() {
+  seq_.clear(*pool_);
+  upload_block();
   n_tokens_ = 0;
   n_decided_ = 0;
-  end_ = 0;
   cls_.clear();
-  off_.clear();
+  loc_.clear();
 }
 
 void GpuKv::truncate(int n) {
   if (n >= n_tokens_) return;
   n = std::max(n, 0);
   if (n < n_decided_) {
-    end_ = n > 0 ? off_[static_cast<size_t>(n)] : 0;
+    // Tokens of a class fill its pages in position order: keep each class's tokens below n.
+    std::array<int, 4> keep{};
+    for (int pos = 0; pos < n; ++pos) keep[cls_[static_cast<size_t>(pos)]]++;
+    for (const KvSeqPages::SlotRange& r : seq_.truncate(keep, *pool_))
+      KVD_CUDA(cudaMemset(pool_->page(r.page) + 4 * static_cast<size_t>(r.slot0), 0x7f,
+                          4 * static_cast<size_t>(r.count)));
+    upload_block();
+    KVD_CUDA(cudaDeviceSynchronize());
     n_decided_ = n;
   }
   n_tokens_ = n;
   cls_.resize(static_cast<size_t>(n));
-  off_.resize(static_cast<size_t>(n));
+  loc_.resize(static_cast<size_t>(n));
 }
 
 KvStats GpuKv::stats() const {
@@ -206,8 +274,10 @@ KvStats GpuKv::stats() const {
     stored += layout_.token_bytes(bits) * layout_.n_layers;
   }
   st.bytes_stored = stored;
-  st.bytes_allocated = pages_.size() * page_bytes_ * layout_.n_layers +
-                       2 * static_cast<size_t>(layout_.n_layers) * dev_.ring * dev_.kv_dim * sizeof(uint16_t);
+  size_t pages = 0;
+  for (int c = 0; c < 4; ++c) pages += seq_.pages_of(c).size() * dev_.geom.page_bytes(c);
+  st.bytes_allocated =
+      pages + 2 * static_cast<size_t>(layout_.n_layers) * dev_.ring * dev_.kv_dim * sizeof(uint16_t);
   const double elems = 2.0 * layout_.kv_dim() * layout_.n_layers * static_cast<double>(n_tokens_);
   st.effective_bits = elems > 0 ? 8.0 * static_cast<double>(stored) / elems : 0;
   return st;
@@ -215,11 +285,11 @@ KvStats GpuKv::stats() const {
 
 std::vector<uint8_t> GpuKv::record(int layer, int pos) const {
   KVD_ASSERT(pos >= 0 && pos < n_decided_ && layer >= 0 && layer < layout_.n_layers);
-  const int bits = bits_of_class_[cls_[static_cast<size_t>(pos)]];
-  std::vector<uint8_t> out(layout_.token_bytes(bits));
-  const uint32_t off = off_[static_cast<size_t>(pos)];
+  const int c = cls_[static_cast<size_t>(pos)];
+  std::vector<uint8_t> out(layout_.token_bytes(bits_of_class_[c]));
+  const uint32_t loc = loc_[static_cast<size_t>(pos)];
   const uint8_t* src =
-      pages_[off / page_bytes_] + static_cast<size_t>(layer) * page_bytes_ + off % page_bytes_;
+      pool_->page(dev_.geom.page_of(loc)) + dev_.geom.record_offset(c, layer, dev_.geom.slot_of(loc));
   KVD_CUDA(cudaMemcpy(out.data(), src, out.size(), cudaMemcpyDeviceToHost));
   return out;
 }
@@ -252,13 +322,14 @@ struct KvProbe::Impl {
   float2* rope = nullptr;  // identity rotation
   StepParams* params = nullptr;
   float *stat_attn = nullptr, *stat_kv = nullptr;
+  uint8_t* flush = nullptr;  // time_attend's L2 flush buffer
   int max_chunks;
   int pos0 = 0, last_n = 0;
   Impl(const KvLayout& l, int nh, int max_tokens, int residual, int mb)
       : layout(l),
         n_heads(nh),
         max_batch(mb),
-        kv(mem, l, max_tokens, residual, residual + mb, 64 * 1024),
+        kv(mem, l, max_tokens, residual, residual + mb),
         max_chunks((max_tokens + kAttnChunk - 1) / kAttnChunk) {
     KVD_CUDA(cudaStreamCreate(&stream));
     const size_t row = static_cast<size_t>(nh) * l.head_dim + 2 * l.kv_dim();
@@ -269,7 +340,7 @@ struct KvProbe::Impl {
         mem.alloc(static_cast<size_t>(mb) * nh * l.head_dim * 4, MemKind::Work, "probe out"));
     part =
         static_cast<float*>(mem.alloc(std::max(static_cast<size_t>(mb) * nh * max_chunks * (l.head_dim + 2),
-                                               static_cast<size_t>(nh) * kDecodeBlocks * (l.head_dim + 3)) *
+                                               static_cast<size_t>(nh) * kDecodeParts * (l.head_dim + 3)) *
                                           4,
                                       MemKind::Work, "probe part"));
     const size_t nrope = static_cast<size_t>(max_tokens) * (l.head_dim / 2);
@@ -335,7 +406,53 @@ void KvProbe::attend(int layer, const float* q, int n, float* out, float* stats)
   KVD_CUDA(cudaStreamSynchronize(m.stream));
 }
 
+double KvProbe::time_attend(int layer, const float* q, int iters, bool cold, float* out) {
+  Impl& m = *impl_;
+  const int n = m.last_n;
+  const size_t qn = static_cast<size_t>(n) * m.n_heads * m.layout.head_dim;
+  const StepParams p{m.pos0, n};
+  KVD_CUDA(cudaMemcpyAsync(m.params, &p, sizeof p, cudaMemcpyHostToDevice, m.stream));
+  KVD_CUDA(cudaMemcpyAsync(m.q, q, qn * 4, cudaMemcpyHostToDevice, m.stream));
+  const size_t flush_bytes = size_t{256} << 20;  // several times L2
+  if (cold && !m.flush) m.flush = static_cast<uint8_t*>(m.mem.alloc(flush_bytes, MemKind::Work, "L2 flush"));
+  cudaEvent_t e0, e1;
+  KVD_CUDA(cudaEventCreate(&e0));
+  KVD_CUDA(cudaEventCreate(&e1));
+  auto launch = [&] {
+    launch_attention(m.kv.dev(), layer, m.q, m.n_heads * m.layout.head_dim, m.n_heads, m.params, n,
+                     m.max_chunks, m.part, m.out, nullptr, m.stream);
+  };
+  double total_ms = 0;
+  if (!cold) {  // back to back: the GPU never waits for the host between calls
+    launch();
+    KVD_CUDA(cudaEventRecord(e0, m.stream));
+    for (int it = 0; it < iters; ++it) launch();
+    KVD_CUDA(cudaEventRecord(e1, m.stream));
+    KVD_CUDA(cudaEventSynchronize(e1));
+    KVD_CUDA_LAUNCH("attention");
+    float ms = 0;
+    KVD_CUDA(cudaEventElapsedTime(&ms, e0, e1));
+    total_ms = ms;
+  }
+  for (int it = 0; cold && it <= iters; ++it) {  // the first call warms up; the fill keeps the GPU busy
+    KVD_CUDA(cudaMemsetAsync(m.flush, it & 0xff, flush_bytes, m.stream));
+    KVD_CUDA(cudaEventRecord(e0, m.stream));
+    launch();
+    KVD_CUDA(cudaEventRecord(e1, m.stream));
+    KVD_CUDA(cudaEventSynchronize(e1));
+    KVD_CUDA_LAUNCH("attention");
+    float ms = 0;
+    KVD_CUDA(cudaEventElapsedTime(&ms, e0, e1));
+    if (it > 0) total_ms += ms;
+  }
+  cudaEventDestroy(e0);
+  cudaEventDestroy(e1);
+  KVD_CUDA(cudaMemcpy(out, m.out, qn * 4, cudaMemcpyDeviceToHost));
+  return 1e3 * total_ms / std::max(1, iters);
+}
+
 std::vector<uint8_t> KvProbe::record(int layer, int pos) const { return impl_->kv.record(layer, pos); }
+void KvProbe::truncate(int n) { impl_->kv.truncate(n); }
 KvStats KvProbe::stats() const { return impl_->kv.stats(); }
 
 std::vector<uint8_t> quantize_rows(const KvLayout& layout, int bits, const std::vector<uint16_t>& rows) {

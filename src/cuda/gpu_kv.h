@@ -25,6 +25,12 @@ class KvProbe {
   // Attention of the n queries of the last append (positions pos0 .. pos0 + n - 1, q: n x n_heads*hd).
   // stats, when non-null, receives per query and head (largest weight, variance of the weights).
   void attend(int layer, const float* q, int n, float* out, float* stats = nullptr);
+  // Mean time in µs of `iters` attentions of `layer` for the queries of the last append: back to back
+  // (L2 warm), or with L2 flushed before each call when cold (as when each layer's KV is read once a
+  // step; events around each call); the last call's output in out.
+  double time_attend(int layer, const float* q, int iters, bool cold, float* out);
+  // Forgets tokens at positions >= n (as KvCache::truncate).
+  void truncate(int n);
   // K row then V row of a token of one layer, as stored.
   std::vector<uint8_t> record(int layer, int pos) const;
   KvStats stats() const;

@@ -4,6 +4,7 @@
 #include <cstdlib>
 #include <string>
 
+#include "cuda/device_memory.cuh"
 #include "cuda/kv_device.cuh"
 
 namespace kvd::cuda {
@@ -65,18 +66,22 @@ __device__ void store_row(const float* x, int bits, int group, int kv_dim, uint8
   }
 }
 
-// Start of a token's record (K row, then V row) in one layer's page space.
-__device__ inline uint8_t* record_at(const KvDev& kv, int layer, uint32_t off) {
-  return kv.pages[off >> kv.page_shift] + (static_cast<size_t>(layer) << kv.page_shift) +
-         (off & ((1u << kv.page_shift) - 1));
+// Start of a token's record (K row, then V row) in one layer: class cls, location loc.
+__device__ inline uint8_t* record_at(const KvDev& kv, int layer, int cls, uint32_t loc) {
+  return kv.pages[kv.geom.page_of(loc)] + kv.geom.record_offset(cls, layer, kv.geom.slot_of(loc));
 }
 
-// A token's K and V (fp16-exact floats in shared memory: k then v) stored at class cls, offset off.
-__device__ inline void store_record(const KvDev& kv, int layer, int cls, uint32_t off, const float* sm) {
+// Token pos's K and V (fp16-exact floats in shared memory: k then v) stored at class cls, location loc;
+// layer 0's block also writes the slot's position into the page header (which makes it visible to the
+// decode kernel from the next step on).
+__device__ inline void store_record(const KvDev& kv, int layer, int cls, uint32_t loc, int pos,
+                                    const float* sm) {
   const KvClass c = kv.cls[cls];
-  uint8_t* dst = record_at(kv, layer, off);
+  uint8_t* dst = record_at(kv, layer, cls, loc);
   store_row(sm, c.k_bits, c.group, kv.kv_dim, dst);
   store_row(sm + kv.kv_dim, c.v_bits, c.group, kv.kv_dim, dst + c.k_row_bytes);
+  if (layer == 0 && threadIdx.x == 0)
+    reinterpret_cast<int32_t*>(kv.pages[kv.geom.page_of(loc)])[kv.geom.slot_of(loc)] = pos;
 }
 
 // A token's K and V from the fp16 ring into shared memory (k then v), for store_record.
@@ -154,7 +159,7 @@ __global__ void rope_append_kernel(KvDev kv, int layer, float* qkv, int n_heads,
   }
   if (!kPages || params->defer) return;
   __syncthreads();
-  store_record(kv, layer, kv.tok_cls[pos], kv.tok_off[pos], sm);
+  store_record(kv, layer, kv.tok_cls[pos], kv.tok_loc[pos], pos, sm);
 }
 
 // The page records of tokens whose K and V are in the fp16 ring (written by rope_append_kernel<false>).
@@ -164,7 +169,7 @@ __global__ void append_pages_kernel(KvDev kv, int layer, const StepParams* param
   const int pos = params->pos0 + blockIdx.x;
   ring_to_shared(kv, layer, pos, sm);
   __syncthreads();
-  store_record(kv, layer, kv.tok_cls[pos], kv.tok_off[pos], sm);
+  store_record(kv, layer, kv.tok_cls[pos], kv.tok_loc[pos], pos, sm);
 }
 
 // Block (token i, layer): table entries (layer 0's block) and the page record of token t[i].
@@ -174,11 +179,11 @@ __global__ void decide_tokens_kernel(KvDev kv, const DecidedToken* t) {
   const int layer = blockIdx.y;
   if (layer == 0 && threadIdx.x == 0) {
     kv.tok_cls[d.pos] = d.cls;
-    kv.tok_off[d.pos] = d.off;
+    kv.tok_loc[d.pos] = d.loc;
   }
   ring_to_shared(kv, layer, d.pos, sm);
   __syncthreads();
-  store_record(kv, layer, d.cls, d.off, sm);
+  store_record(kv, layer, d.cls, d.loc, d.pos, sm);
 }
 
 __device__ inline float half_at(const uint8_t* p) { return __half2float(__ushort_as_half(load_u16(p))); }
@@ -274,9 +279,9 @@ __global__ void __launch_bounds__(128)
     float kx[E], vx[E];
     if (valid) {
       if (t < quant_below) {
-        const KvClass c = kv.cls[kv.tok_cls[t]];
-        const uint32_t off = kv.tok_off[t];
-        const uint8_t* rec = record_at(kv, layer, off);
+        const int ci = kv.tok_cls[t];
+        const KvClass c = kv.cls[ci];
+        const uint8_t* rec = record_at(kv, layer, ci, kv.tok_loc[t]);
         load_elems<E>(rec, c.k_bits, c.group, idx0, kx);
         load_elems<E>(rec + c.k_row_bytes, c.v_bits, c.group, idx0, vx);
       } else {
@@ -367,9 +372,9 @@ __global__ void __launch_bounds__(256)
       const int kk = task / (HD / E), e0 = (task % (HD / E)) * E, t = t0 + kk;
       float kx[E], vx[E];
       if (t < t_hi) {
-        const KvClass c = kv.cls[kv.tok_cls[t]];
-        const uint32_t off = kv.tok_off[t];
-        const uint8_t* rec = record_at(kv, layer, off);
+        const int ci = kv.tok_cls[t];
+        const KvClass c = kv.cls[ci];
+        const uint8_t* rec = record_at(kv, layer, ci, kv.tok_loc[t]);
         load_elems<E>(rec, c.k_bits, c.group, kvh * HD + e0, kx);
         load_elems<E>(rec + c.k_row_bytes, c.v_bits, c.group, kvh * HD + e0, vx);
       } else {
@@ -491,76 +496,89 @@ __device__ inline void online_update(const float (&sq)[G][HD], int e0, unsigned 
   }
 }
 
-// Decode (one query per head) over any width mix. Block (chunk, KV head), 256 threads: 64 keys at a time,
-// two per group of 8 lanes (HD/8 elements a lane), both loaded before either is used, for all G query
-// heads of the KV head, so each key's bytes are read once. The chunk's token tables are read into
-// shared memory first (one load each, all in flight), so a key's data load depends on nothing but them.
-// Keys are split evenly over at most kDecodeBlocks chunks (multiples of 64), whatever the context, so
-// the grid is fixed and a captured graph needs no re-capture. The last block of a KV head to finish
-// merges the chunks' partial states (max, sum, unnormalized output) and writes the output.
+// After a block wrote its partial state (part[(kvh * G + h) * kDecodeParts + chunk]: unnormalized output,
+// max, sum, sum of squares): the last of the KV head's n_parts blocks to get here merges them all and
+// writes the output (and the policies' statistics). Every head at once, so that the merge costs two
+// round trips to L2 whatever G: the parts' (M, L, L2) into shared memory (all loads in flight), then warp
+// h reduces head h, then each output element sums its parts (loads through L2: other blocks wrote them).
 template <int HD, int G>
-__global__ void __launch_bounds__(256) attn_decode_kernel(KvDev kv, int layer, const float* q, int n_heads,
-                                                          const StepParams* params, float* part, float* out) {
-  constexpr int E = HD / 8, NT = 256, KPI = 2 * NT / 8;  // KPI: keys per iteration
-  constexpr int W = 512;                                 // keys per table window
-  const int chunk = blockIdx.x, kvh = blockIdx.y;
-  const int pos = params->pos0, n_keys = pos + 1;
-  int per = (n_keys + kDecodeBlocks - 1) / kDecodeBlocks;
-  per = max(KPI, (per + KPI - 1) / KPI * KPI);
-  const int n_chunks = (n_keys + per - 1) / per;
-  if (chunk >= n_chunks) return;  // exactly n_chunks blocks reach the counter below
-  const int t0 = chunk * per, t1 = min(t0 + per, n_keys);
-  __shared__ const uint8_t* s_rec[W];  // per key of the current window: record (or ring slot) address
-  __shared__ uint8_t s_cls[W];         // its class, 0xff for the ring
-  __shared__ float s_q[G][HD];
-  __shared__ float s_m[NT / 32][G], s_l[NT / 32][G], s_l2[NT / 32][G];
-  __shared__ float s_o[NT / 32][G][HD];
-  __shared__ float s_w[G][kDecodeBlocks];
+__device__ inline void merge_parts(const KvDev& kv, int layer, int n_heads, const StepParams* params,
+                                   const float* part, float* out, int n_parts, int n_keys) {
+  constexpr int NT = 256;
+  __shared__ float s_w[G][kDecodeParts];
   __shared__ float s_L[G];
   __shared__ int s_last;
+  const int kvh = blockIdx.y, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) s_last = atomicAdd(&kv.attn_counters[kvh], 1) == n_parts - 1;
+  __syncthreads();
+  if (!s_last) return;
+  __threadfence();
+  constexpr int PS = HD + 3;  // partial stride: o[HD], M, L, L2
+  const float* base = part + static_cast<size_t>(kvh * G) * kDecodeParts * PS;
+  __shared__ float s_pm[G][kDecodeParts], s_pl[G][kDecodeParts], s_pq[G][kDecodeParts];
+  for (int j = threadIdx.x; j < G * n_parts; j += NT) {
+    const int h = j / n_parts, c = j - h * n_parts;
+    const float* pc = base + (static_cast<size_t>(h) * kDecodeParts + c) * PS + HD;
+    s_pm[h][c] = __ldcg(pc);
+    s_pl[h][c] = __ldcg(pc + 1);
+    s_pq[h][c] = __ldcg(pc + 2);
+  }
+  __syncthreads();
+  for (int h = warp; h < G; h += NT / 32) {
+    float M = -INFINITY;
+    for (int c = lane; c < n_parts; c += 32) M = fmaxf(M, s_pm[h][c]);
+    for (int o = 16; o > 0; o >>= 1) M = fmaxf(M, __shfl_xor_sync(0xffffffffu, M, o));
+    float L = 0, L2 = 0;
+    for (int c = lane; c < n_parts; c += 32) {
+      const float w = expf(s_pm[h][c] - M);
+      s_w[h][c] = w;
+      L += w * s_pl[h][c];
+      L2 += w * w * s_pq[h][c];
+    }
+    for (int o = 16; o > 0; o >>= 1) {
+      L += __shfl_xor_sync(0xffffffffu, L, o);
+      L2 += __shfl_xor_sync(0xffffffffu, L2, o);
+    }
+    if (lane == 0) {
+      s_L[h] = L;
+      if (params->stats)
+        write_attn_stats(kv.stat_attn + (static_cast<size_t>(layer) * n_heads + kvh * G + h) * 2, L, L2,
+                         n_keys);
+    }
+  }
+  __syncthreads();
+  for (int j = threadIdx.x; j < G * HD; j += NT) {
+    const int h = j / HD, d = j % HD;
+    const float* ph = base + static_cast<size_t>(h) * kDecodeParts * PS + d;
+    float o0 = 0, o1 = 0, o2 = 0, o3 = 0;
+    int c = 0;
+    for (; c + 4 <= n_parts; c += 4) {
+      o0 += s_w[h][c] * __ldcg(ph + c * PS);
+      o1 += s_w[h][c + 1] * __ldcg(ph + (c + 1) * PS);
+      o2 += s_w[h][c + 2] * __ldcg(ph + (c + 2) * PS);
+      o3 += s_w[h][c + 3] * __ldcg(ph + (c + 3) * PS);
+    }
+    for (; c < n_parts; ++c) o0 += s_w[h][c] * __ldcg(ph + c * PS);
+    out[(kvh * G + h) * HD + d] = ((o0 + o1) + (o2 + o3)) / s_L[h];
+  }
+  if (threadIdx.x == 0) kv.attn_counters[kvh] = 0;
+}
+
+// The end of a decode block (after its keys): its 4 key groups per warp merged (lanes 8 and 16 apart),
+// then its 8 warps through shared memory; with one part in all the block writes the output, else its
+// partial state goes to part[chunk] for merge_parts.
+template <int HD, int G>
+__device__ inline void decode_finish(const KvDev& kv, int layer, int n_heads, const StepParams* params,
+                                     float* part, float* out, int chunk, int n_parts, int n_keys,
+                                     float (&m)[G], float (&l)[G], float (&l2)[G], float (&acc)[G][HD / 8]) {
+  constexpr int E = HD / 8, NT = 256;
+  __shared__ float s_m[NT / 32][G], s_l[NT / 32][G], s_l2[NT / 32][G];
+  __shared__ float s_o[NT / 32][G][HD];
+  const int kvh = blockIdx.y;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, sub = lane >> 3, sl = lane & 7;
-  const int e0 = sl * E, idx0 = kvh * HD + e0;
-  const unsigned lanes = 0xffu << (8 * sub);  // this key's 8 lanes
-  for (int j = threadIdx.x; j < G * HD; j += NT) s_q[j / HD][j % HD] = q[(kvh * G + j / HD) * HD + j % HD];
-  float m[G], l[G], l2[G], acc[G][E];
-#pragma unroll
-  for (int h = 0; h < G; ++h) {
-    m[h] = -INFINITY;
-    l[h] = l2[h] = 0;
-#pragma unroll
-    for (int e = 0; e < E; ++e) acc[h][e] = 0;
-  }
-  const float scale = 1.0f / sqrtf(static_cast<float>(HD));
-  const int quant_below = min(pos - kv.residual, params->fp16_from);
-  for (int w0 = t0; w0 < t1; w0 += W) {
-    const int w1 = min(w0 + W, t1);
-    __syncthreads();
-    for (int t = w0 + threadIdx.x; t < w1; t += NT) {
-      const uint8_t* rec;
-      uint8_t c = 0xff;
-      if (t < quant_below) {
-        c = kv.tok_cls[t];
-        const uint32_t off = kv.tok_off[t];
-        rec = record_at(kv, layer, off);
-      } else {
-        rec = reinterpret_cast<const uint8_t*>(
-            kv.ring_k + (static_cast<size_t>(layer) * kv.ring + t % kv.ring) * kv.kv_dim);
-      }
-      s_rec[t - w0] = rec;
-      s_cls[t - w0] = c;
-    }
-    __syncthreads();
-    for (int base = w0; base < w1; base += KPI) {
-      // Keys ta and tb (32 apart) of this lane group; a group's 8 lanes always agree on validity.
-      const int ta = base + warp * 4 + sub, tb = ta + NT / 8;
-      float ka[E], va[E], kb[E], vb[E];
-      if (ta < w1) load_key<E>(kv, s_rec[ta - w0], s_cls[ta - w0], idx0, ka, va);
-      if (tb < w1) load_key<E>(kv, s_rec[tb - w0], s_cls[tb - w0], idx0, kb, vb);
-      if (ta < w1) online_update<HD, G>(s_q, e0, lanes, scale, ka, va, m, l, l2, acc);
-      if (tb < w1) online_update<HD, G>(s_q, e0, lanes, scale, kb, vb, m, l, l2, acc);
-    }
-  }
-  // Merge the 4 key groups of each warp (lanes 8 and 16 apart), then the 8 warps through shared memory.
+  const int e0 = sl * E;
 #pragma unroll
   for (int h = 0; h < G; ++h) {
 #pragma unroll
@@ -588,7 +606,7 @@ __global__ void __launch_bounds__(256) attn_decode_kernel(KvDev kv, int layer, c
     }
   }
   __syncthreads();
-  const bool single = n_chunks == 1;  // one chunk: this block writes the output, no partials
+  const bool single = n_parts == 1;
   for (int j = threadIdx.x; j < G * HD; j += NT) {
     const int h = j / HD, d = j % HD;
     float M = -INFINITY;
@@ -608,7 +626,7 @@ __global__ void __launch_bounds__(256) attn_decode_kernel(KvDev kv, int layer, c
                          n_keys);
       continue;
     }
-    float* pp = part + (static_cast<size_t>(kvh * G + h) * kDecodeBlocks + chunk) * (HD + 3);
+    float* pp = part + (static_cast<size_t>(kvh * G + h) * kDecodeParts + chunk) * (HD + 3);
     pp[d] = o;
     if (d == 0) {
       pp[HD] = M;
@@ -617,70 +635,415 @@ __global__ void __launch_bounds__(256) attn_decode_kernel(KvDev kv, int layer, c
     }
   }
   if (single) return;
-  // The last block of this KV head merges every chunk: weights per chunk in parallel, then each output
-  // element sums its chunks (loads through L2: other blocks wrote them).
-  __threadfence();
-  __syncthreads();
-  if (threadIdx.x == 0) s_last = atomicAdd(&kv.attn_counters[kvh], 1) == n_chunks - 1;
-  __syncthreads();
-  if (!s_last) return;
-  __threadfence();
-  constexpr int PS = HD + 3;  // partial stride: o[HD], M, L, L2
-  const float* base = part + static_cast<size_t>(kvh * G) * kDecodeBlocks * PS;
+  merge_parts<HD, G>(kv, layer, n_heads, params, part, out, n_parts, n_keys);
+}
+
+// Decode (one query per head) over any width mix. Block (chunk, KV head), 256 threads: 64 keys at a time,
+// two per group of 8 lanes (HD/8 elements a lane), both loaded before either is used, for all G query
+// heads of the KV head, so each key's bytes are read once. The chunk's token tables are read into
+// shared memory first (one load each, all in flight), so a key's data load depends on nothing but them.
+// Keys are split evenly over at most kDecodeBlocks chunks (multiples of 64), whatever the context, so
+// the grid is fixed and a captured graph needs no re-capture. The last block of a KV head to finish
+// merges the chunks' partial states (max, sum, unnormalized output) and writes the output.
+template <int HD, int G>
+__global__ void __launch_bounds__(256) attn_decode_kernel(KvDev kv, int layer, const float* q, int n_heads,
+                                                          const StepParams* params, float* part, float* out) {
+  constexpr int E = HD / 8, NT = 256, KPI = 2 * NT / 8;  // KPI: keys per iteration
+  constexpr int W = 512;                                 // keys per table window
+  const int chunk = blockIdx.x, kvh = blockIdx.y;
+  const int pos = params->pos0, n_keys = pos + 1;
+  int per = (n_keys + kDecodeBlocks - 1) / kDecodeBlocks;
+  per = max(KPI, (per + KPI - 1) / KPI * KPI);
+  const int n_chunks = (n_keys + per - 1) / per;
+  if (chunk >= n_chunks) return;  // exactly n_chunks blocks reach the counter below
+  const int t0 = chunk * per, t1 = min(t0 + per, n_keys);
+  __shared__ const uint8_t* s_rec[W];  // per key of the current window: record (or ring slot) address
+  __shared__ uint8_t s_cls[W];         // its class, 0xff for the ring
+  __shared__ float s_q[G][HD];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, sub = lane >> 3, sl = lane & 7;
+  const int e0 = sl * E, idx0 = kvh * HD + e0;
+  const unsigned lanes = 0xffu << (8 * sub);  // this key's 8 lanes
+  for (int j = threadIdx.x; j < G * HD; j += NT) s_q[j / HD][j % HD] = q[(kvh * G + j / HD) * HD + j % HD];
+  float m[G], l[G], l2[G], acc[G][E];
 #pragma unroll
   for (int h = 0; h < G; ++h) {
-    const float* ph = base + static_cast<size_t>(h) * kDecodeBlocks * PS;
-    float mloc = -INFINITY;
-    for (int c = threadIdx.x; c < n_chunks; c += NT) mloc = fmaxf(mloc, __ldcg(ph + c * PS + HD));
-    for (int o = 16; o > 0; o >>= 1) mloc = fmaxf(mloc, __shfl_xor_sync(0xffffffffu, mloc, o));
-    if (lane == 0) s_m[warp][h] = mloc;
+    m[h] = -INFINITY;
+    l[h] = l2[h] = 0;
+#pragma unroll
+    for (int e = 0; e < E; ++e) acc[h][e] = 0;
+  }
+  const float scale = 1.0f / sqrtf(static_cast<float>(HD));
+  const int quant_below = min(pos - kv.residual, params->fp16_from);
+  for (int w0 = t0; w0 < t1; w0 += W) {
+    const int w1 = min(w0 + W, t1);
     __syncthreads();
-    float M = -INFINITY;
-    for (int w = 0; w < NT / 32; ++w) M = fmaxf(M, s_m[w][h]);
-    float lloc = 0, qloc = 0;
-    for (int c = threadIdx.x; c < n_chunks; c += NT) {
-      const float w = expf(__ldcg(ph + c * PS + HD) - M);
-      s_w[h][c] = w;
-      lloc += w * __ldcg(ph + c * PS + HD + 1);
-      qloc += w * w * __ldcg(ph + c * PS + HD + 2);
+    for (int t = w0 + threadIdx.x; t < w1; t += NT) {
+      const uint8_t* rec;
+      uint8_t c = 0xff;
+      if (t < quant_below) {
+        c = kv.tok_cls[t];
+        rec = record_at(kv, layer, c, kv.tok_loc[t]);
+      } else {
+        rec = reinterpret_cast<const uint8_t*>(
+            kv.ring_k + (static_cast<size_t>(layer) * kv.ring + t % kv.ring) * kv.kv_dim);
+      }
+      s_rec[t - w0] = rec;
+      s_cls[t - w0] = c;
     }
-    for (int o = 16; o > 0; o >>= 1) {
-      lloc += __shfl_xor_sync(0xffffffffu, lloc, o);
-      qloc += __shfl_xor_sync(0xffffffffu, qloc, o);
+    __syncthreads();
+    for (int base = w0; base < w1; base += KPI) {
+      // Keys ta and tb (32 apart) of this lane group; a group's 8 lanes always agree on validity.
+      const int ta = base + warp * 4 + sub, tb = ta + NT / 8;
+      float ka[E], va[E], kb[E], vb[E];
+      if (ta < w1) load_key<E>(kv, s_rec[ta - w0], s_cls[ta - w0], idx0, ka, va);
+      if (tb < w1) load_key<E>(kv, s_rec[tb - w0], s_cls[tb - w0], idx0, kb, vb);
+      if (ta < w1) online_update<HD, G>(s_q, e0, lanes, scale, ka, va, m, l, l2, acc);
+      if (tb < w1) online_update<HD, G>(s_q, e0, lanes, scale, kb, vb, m, l, l2, acc);
+    }
+  }
+  decode_finish<HD, G>(kv, layer, n_heads, params, part, out, chunk, n_chunks, n_keys, m, l, l2, acc);
+}
+
+// Elements idx0 .. idx0 + E - 1 of a row stored at BITS (a compile-time width: no branch on it), when
+// they share one group (group % E == 0). Scale and minimum in one 32-bit load; the codes in 32-bit
+// words (16-bit at 2 bits with 8 elements a lane); no code straddles a word at 2, 4 or 8 bits.
+template <int E, int BITS>
+__device__ inline void load_row(const uint8_t* row, int group, int idx0, float (&out)[E]) {
+  if constexpr (BITS == 16) {
+    load_half_elems<E>(row + 2 * idx0, out);
+  } else {
+    const int g = idx0 / group, j0 = idx0 - g * group;
+    const uint8_t* p = row + g * (4 + group * BITS / 8);
+    const uint32_t sm = *reinterpret_cast<const uint32_t*>(p);
+    const float scale = __half2float(__ushort_as_half(static_cast<uint16_t>(sm & 0xffffu)));
+    const float mn = __half2float(__ushort_as_half(static_cast<uint16_t>(sm >> 16)));
+    const uint8_t* c = p + 4 + ((j0 * BITS) >> 3);
+    constexpr int NB = E * BITS / 8;  // code bytes of the lane
+    constexpr uint32_t mask = (1u << BITS) - 1;
+    uint32_t w[NB >= 4 ? NB / 4 : 1];
+    if constexpr (NB >= 4) {
+#pragma unroll
+      for (int k = 0; k < NB / 4; ++k) w[k] = reinterpret_cast<const uint32_t*>(c)[k];
+    } else {
+      w[0] = *reinterpret_cast<const uint16_t*>(c);
+    }
+#pragma unroll
+    for (int e = 0; e < E; ++e) {
+      const int bit = e * BITS;
+      out[e] = static_cast<float>((w[bit >> 5] >> (bit & 31)) & mask) * scale + mn;
+    }
+  }
+}
+
+// Two slots (ja, jb) of one page of width BITS: both keys loaded (unconditionally: the page is allocated
+// whether or not a slot holds a token) before either is scored; a slot counts when its position, from
+// the page header, is below quant_below (empty slots hold kEmptySlot).
+template <int HD, int G, int BITS>
+__device__ inline void page_pair(const uint8_t* recs, int tok_bytes, int k_row_bytes, int group, int ta,
+                                 int tb, int ja, int jb, int quant_below, int idx0, const float (&sq)[G][HD],
+                                 int e0, unsigned lanes, float scale, float (&m)[G], float (&l)[G],
+                                 float (&l2)[G], float (&acc)[G][HD / 8]) {
+  constexpr int E = HD / 8;
+  float ka[E], va[E], kb[E], vb[E];
+  const uint8_t* ra = recs + static_cast<size_t>(ja) * tok_bytes;
+  const uint8_t* rb = recs + static_cast<size_t>(jb) * tok_bytes;
+  load_row<E, BITS>(ra, group, idx0, ka);
+  load_row<E, BITS>(ra + k_row_bytes, group, idx0, va);
+  load_row<E, BITS>(rb, group, idx0, kb);
+  load_row<E, BITS>(rb + k_row_bytes, group, idx0, vb);
+  if (ta < quant_below) online_update<HD, G>(sq, e0, lanes, scale, ka, va, m, l, l2, acc);
+  if (tb < quant_below) online_update<HD, G>(sq, e0, lanes, scale, kb, vb, m, l, l2, acc);
+}
+
+// Decode (one query per head) over the sequence's pages. Block (chunk, KV head), 256 threads, all G query
+// heads of the KV head (each key's bytes read once); a page (64 slots) per step, two slots per group of
+// 8 lanes (HD/8 elements a lane). A page has one width, so the unpacking is chosen once per page and
+// compiled for it; the page's address comes from the block table, nothing per key but the slot's
+// position in the page header. Pages are split evenly over at most kDecodeBlocks chunks; one more block
+// (index n_chunks) reads the keys at fp16 from the ring (the step's own token and the residual window). The
+// grid is fixed (kDecodeParts blocks a KV head), so a captured graph needs no re-capture as pages are added.
+template <int HD, int G>
+__global__ void __launch_bounds__(256)
+    attn_decode_paged_kernel(KvDev kv, int layer, const float* q, int n_heads, const StepParams* params,
+                             float* part, float* out) {
+  constexpr int E = HD / 8, NT = 256, P = 1 << kPageShift;
+  static_assert(P == 2 * NT / 8, "a page is one step of the block");
+  const int chunk = blockIdx.x, kvh = blockIdx.y;
+  const int pos = params->pos0, n_keys = pos + 1;
+  // This block's first page when there are at most kDecodeBlocks pages (one a block), loaded beside the
+  // page count rather than after it (the table has room for kDecodeParts entries whatever the context).
+  const KvPageRef first = kv.block[chunk];
+  const int n_pages = *kv.n_block;
+  const int per = max(1, (n_pages + kDecodeBlocks - 1) / kDecodeBlocks);
+  const int n_chunks = (n_pages + per - 1) / per;
+  if (chunk > n_chunks) return;  // exactly n_chunks + 1 blocks reach the counter in decode_finish
+  __shared__ float s_q[G][HD];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, sub = lane >> 3, sl = lane & 7;
+  const int e0 = sl * E, idx0 = kvh * HD + e0;
+  const unsigned lanes = 0xffu << (8 * sub);
+  for (int j = threadIdx.x; j < G * HD; j += NT) s_q[j / HD][j % HD] = q[(kvh * G + j / HD) * HD + j % HD];
+  float m[G], l[G], l2[G], acc[G][E];
+#pragma unroll
+  for (int h = 0; h < G; ++h) {
+    m[h] = -INFINITY;
+    l[h] = l2[h] = 0;
+#pragma unroll
+    for (int e = 0; e < E; ++e) acc[h][e] = 0;
+  }
+  const float scale = 1.0f / sqrtf(static_cast<float>(HD));
+  const int quant_below = min(pos - kv.residual, params->fp16_from);
+  const int ja = warp * 4 + sub, jb = ja + NT / 8;
+  __syncthreads();
+  if (chunk < n_chunks) {
+    const int p1 = min(n_pages, (chunk + 1) * per);
+    KvPageRef next = per == 1 ? first : kv.block[chunk * per];
+    for (int p = chunk * per; p < p1; ++p) {
+      const KvPageRef ref = next;
+      if (p + 1 < p1) next = kv.block[p + 1];  // the next page's entry in flight during this one
+      const int32_t* hdr = reinterpret_cast<const int32_t*>(ref.data);
+      const int ta = hdr[ja], tb = hdr[jb];
+      const KvClass kc = kv.cls[ref.cls];
+      const uint8_t* recs = ref.data + kv.geom.record_offset(ref.cls, layer, 0);
+      const int tok = static_cast<int>(kv.geom.token_bytes[ref.cls]);
+      switch (kc.k_bits) {  // K and V share the width on the GPU
+        case 16:
+          page_pair<HD, G, 16>(recs, tok, kc.k_row_bytes, kc.group, ta, tb, ja, jb, quant_below, idx0, s_q,
+                               e0, lanes, scale, m, l, l2, acc);
+          break;
+        case 8:
+          page_pair<HD, G, 8>(recs, tok, kc.k_row_bytes, kc.group, ta, tb, ja, jb, quant_below, idx0, s_q, e0,
+                              lanes, scale, m, l, l2, acc);
+          break;
+        case 4:
+          page_pair<HD, G, 4>(recs, tok, kc.k_row_bytes, kc.group, ta, tb, ja, jb, quant_below, idx0, s_q, e0,
+                              lanes, scale, m, l, l2, acc);
+          break;
+        default:
+          page_pair<HD, G, 2>(recs, tok, kc.k_row_bytes, kc.group, ta, tb, ja, jb, quant_below, idx0, s_q, e0,
+                              lanes, scale, m, l, l2, acc);
+          break;
+      }
+    }
+  } else {  // the ring: keys [max(0, quant_below), pos] at fp16
+    for (int base = max(0, quant_below); base < n_keys; base += 2 * NT / 8) {
+      const int ta = base + ja, tb = base + jb;
+      float ka[E], va[E], kb[E], vb[E];
+      const size_t la = (static_cast<size_t>(layer) * kv.ring + ta % kv.ring) * kv.kv_dim + idx0;
+      const size_t lb = (static_cast<size_t>(layer) * kv.ring + tb % kv.ring) * kv.kv_dim + idx0;
+      if (ta < n_keys) {
+        load_half_elems<E>(reinterpret_cast<const uint8_t*>(kv.ring_k + la), ka);
+        load_half_elems<E>(reinterpret_cast<const uint8_t*>(kv.ring_v + la), va);
+      }
+      if (tb < n_keys) {
+        load_half_elems<E>(reinterpret_cast<const uint8_t*>(kv.ring_k + lb), kb);
+        load_half_elems<E>(reinterpret_cast<const uint8_t*>(kv.ring_v + lb), vb);
+      }
+      if (ta < n_keys) online_update<HD, G>(s_q, e0, lanes, scale, ka, va, m, l, l2, acc);
+      if (tb < n_keys) online_update<HD, G>(s_q, e0, lanes, scale, kb, vb, m, l, l2, acc);
+    }
+  }
+  decode_finish<HD, G>(kv, layer, n_heads, params, part, out, chunk, n_chunks + 1, n_keys, m, l, l2, acc);
+}
+
+// One page's K and V of one KV head (64 slots) into shared memory as fp32, rows of HD + 1 floats (a
+// column's rows fall in different banks): one (slot, 32-element chunk) a thread, unpacked at BITS.
+template <int HD, int BITS>
+__device__ inline void load_page_tile(const uint8_t* recs, int tok_bytes, int k_row_bytes, int group, int kvh,
+                                      float* sk, float* sv) {
+  constexpr int CH = HD / 32, RS = HD + 1;
+  for (int task = threadIdx.x; task < 64 * CH; task += blockDim.x) {
+    const int j = task / CH, c = task - j * CH, idx0 = kvh * HD + c * 32;
+    const uint8_t* rec = recs + static_cast<size_t>(j) * tok_bytes;
+    float x[32], y[32];
+    load_row<32, BITS>(rec, group, idx0, x);
+    load_row<32, BITS>(rec + k_row_bytes, group, idx0, y);
+#pragma unroll
+    for (int e = 0; e < 32; ++e) {
+      sk[j * RS + c * 32 + e] = x[e];
+      sv[j * RS + c * 32 + e] = y[e];
+    }
+  }
+}
+
+// One 64-key tile in shared memory (sk, sv; s_pos[j] < lim marks the keys that count): the G heads'
+// scores (one (head, key) a thread: no shuffles), per head the tile's max, weights and sums (a warp a
+// head), then each thread's (head, element) outputs, rescaled once per tile, not once per key.
+template <int HD, int G>
+__device__ inline void tile_attend(const float* sk, const float* sv, const float (&s_q)[G][HD],
+                                   float (&s_s)[G][64], const int* s_pos, int lim, float scale, float* s_m,
+                                   float* s_l, float* s_l2, float* s_corr, float (&o)[(G * HD + 255) / 256]) {
+  constexpr int NT = 256, KT = 64, RS = HD + 1, OPT = (G * HD + NT - 1) / NT;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  for (int pr = threadIdx.x; pr < G * KT; pr += NT) {
+    const int h = pr / KT, j = pr - h * KT;
+    const float* kr = sk + j * RS;
+    float a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+#pragma unroll
+    for (int d = 0; d < HD; d += 4) {
+      a0 += s_q[h][d] * kr[d];
+      a1 += s_q[h][d + 1] * kr[d + 1];
+      a2 += s_q[h][d + 2] * kr[d + 2];
+      a3 += s_q[h][d + 3] * kr[d + 3];
+    }
+    s_s[h][j] = s_pos[j] < lim ? ((a0 + a1) + (a2 + a3)) * scale : -INFINITY;
+  }
+  __syncthreads();
+  for (int h = warp; h < G; h += NT / 32) {
+    const float a = s_s[h][lane], b = s_s[h][lane + 32];
+    float tm = fmaxf(a, b);
+    for (int off = 16; off > 0; off >>= 1) tm = fmaxf(tm, __shfl_xor_sync(0xffffffffu, tm, off));
+    const float m_old = s_m[h], mn = fmaxf(m_old, tm);
+    float corr = 1, pa = 0, pb = 0;
+    if (mn != -INFINITY) {
+      corr = m_old == -INFINITY ? 0.0f : expf(m_old - mn);
+      pa = a == -INFINITY ? 0.0f : expf(a - mn);
+      pb = b == -INFINITY ? 0.0f : expf(b - mn);
+    }
+    s_s[h][lane] = pa;
+    s_s[h][lane + 32] = pb;
+    float ps = pa + pb, ps2 = pa * pa + pb * pb;
+    for (int off = 16; off > 0; off >>= 1) {
+      ps += __shfl_xor_sync(0xffffffffu, ps, off);
+      ps2 += __shfl_xor_sync(0xffffffffu, ps2, off);
     }
     if (lane == 0) {
-      s_l[warp][h] = lloc;
-      s_l2[warp][h] = qloc;
-    }
-    __syncthreads();
-    if (threadIdx.x == 0) {
-      float L = 0, L2 = 0;
-      for (int w = 0; w < NT / 32; ++w) {
-        L += s_l[w][h];
-        L2 += s_l2[w][h];
-      }
-      s_L[h] = L;
-      if (params->stats)
-        write_attn_stats(kv.stat_attn + (static_cast<size_t>(layer) * n_heads + kvh * G + h) * 2, L, L2,
-                         n_keys);
+      s_l[h] = s_l[h] * corr + ps;
+      s_l2[h] = s_l2[h] * corr * corr + ps2;
+      s_m[h] = mn;
+      s_corr[h] = corr;
     }
   }
   __syncthreads();
-  for (int j = threadIdx.x; j < G * HD; j += NT) {
-    const int h = j / HD, d = j % HD;
-    const float* ph = base + static_cast<size_t>(h) * kDecodeBlocks * PS + d;
-    float o0 = 0, o1 = 0, o2 = 0, o3 = 0;
-    int c = 0;
-    for (; c + 4 <= n_chunks; c += 4) {
-      o0 += s_w[h][c] * __ldcg(ph + c * PS);
-      o1 += s_w[h][c + 1] * __ldcg(ph + (c + 1) * PS);
-      o2 += s_w[h][c + 2] * __ldcg(ph + (c + 2) * PS);
-      o3 += s_w[h][c + 3] * __ldcg(ph + (c + 3) * PS);
+#pragma unroll
+  for (int k = 0; k < OPT; ++k) {
+    const int pr = threadIdx.x + k * NT;
+    if (pr >= G * HD) break;
+    const int h = pr / HD, d = pr - h * HD;
+    float a0 = 0, a1 = 0;
+#pragma unroll 8
+    for (int j = 0; j < KT; j += 2) {
+      a0 += s_s[h][j] * sv[j * RS + d];
+      a1 += s_s[h][j + 1] * sv[(j + 1) * RS + d];
     }
-    for (; c < n_chunks; ++c) o0 += s_w[h][c] * __ldcg(ph + c * PS);
-    out[(kvh * G + h) * HD + d] = ((o0 + o1) + (o2 + o3)) / s_L[h];
+    o[k] = o[k] * s_corr[h] + (a0 + a1);
   }
-  if (threadIdx.x == 0) kv.attn_counters[kvh] = 0;
+}
+
+// Decode (one query per head) over the sequence's pages, a page at a time through shared memory: block
+// (chunk, KV head), 256 threads, all G query heads of the KV head. A page's K and V for the KV head are
+// unpacked (width chosen once per page, compiled per width) into fp32 tiles by all threads at once, so a
+// page's loads are all in flight together; then tile_attend. Chunks and the ring block as in
+// attn_decode_paged_kernel; each block's partial state goes to part for merge_parts.
+template <int HD, int G>
+__global__ void __launch_bounds__(256)
+    attn_decode_tiled_kernel(KvDev kv, int layer, const float* q, int n_heads, const StepParams* params,
+                             float* part, float* out) {
+  constexpr int NT = 256, KT = 64, RS = HD + 1, OPT = (G * HD + NT - 1) / NT;
+  extern __shared__ float tiles[];  // K then V, KT x RS each
+  float* sk = tiles;
+  float* sv = tiles + KT * RS;
+  __shared__ float s_q[G][HD];
+  __shared__ float s_s[G][KT];
+  __shared__ float s_m[G], s_l[G], s_l2[G], s_corr[G];
+  __shared__ int s_pos[KT];
+  const int chunk = blockIdx.x, kvh = blockIdx.y;
+  const KvPageRef first = kv.block[chunk];  // see attn_decode_paged_kernel
+  const int pos = params->pos0, n_keys = pos + 1;
+  const int n_pages = *kv.n_block;
+  const int per = max(1, (n_pages + kDecodeBlocks - 1) / kDecodeBlocks);
+  const int n_chunks = (n_pages + per - 1) / per;
+  if (chunk > n_chunks) return;
+  for (int j = threadIdx.x; j < G * HD; j += NT) s_q[j / HD][j % HD] = q[(kvh * G + j / HD) * HD + j % HD];
+  if (threadIdx.x < G) {
+    s_m[threadIdx.x] = -INFINITY;
+    s_l[threadIdx.x] = s_l2[threadIdx.x] = 0;
+  }
+  float o[OPT];
+#pragma unroll
+  for (int k = 0; k < OPT; ++k) o[k] = 0;
+  const float scale = 1.0f / sqrtf(static_cast<float>(HD));
+  const int quant_below = min(pos - kv.residual, params->fp16_from);
+  if (chunk < n_chunks) {
+    const int p1 = min(n_pages, (chunk + 1) * per);
+    for (int p = chunk * per; p < p1; ++p) {
+      const KvPageRef ref = p == chunk * per && per == 1 ? first : kv.block[p];
+      __syncthreads();  // the previous tile is consumed
+      if (threadIdx.x < KT) s_pos[threadIdx.x] = reinterpret_cast<const int32_t*>(ref.data)[threadIdx.x];
+      const KvClass kc = kv.cls[ref.cls];
+      const uint8_t* recs = ref.data + kv.geom.record_offset(ref.cls, layer, 0);
+      const int tok = static_cast<int>(kv.geom.token_bytes[ref.cls]);
+      switch (kc.k_bits) {  // K and V share the width on the GPU
+        case 16:
+          load_page_tile<HD, 16>(recs, tok, kc.k_row_bytes, kc.group, kvh, sk, sv);
+          break;
+        case 8:
+          load_page_tile<HD, 8>(recs, tok, kc.k_row_bytes, kc.group, kvh, sk, sv);
+          break;
+        case 4:
+          load_page_tile<HD, 4>(recs, tok, kc.k_row_bytes, kc.group, kvh, sk, sv);
+          break;
+        default:
+          load_page_tile<HD, 2>(recs, tok, kc.k_row_bytes, kc.group, kvh, sk, sv);
+          break;
+      }
+      __syncthreads();
+      tile_attend<HD, G>(sk, sv, s_q, s_s, s_pos, quant_below, scale, s_m, s_l, s_l2, s_corr, o);
+    }
+  } else {  // the ring: keys [max(0, quant_below), pos] at fp16, 64 at a time
+    for (int base = max(0, quant_below); base < n_keys; base += KT) {
+      __syncthreads();
+      if (threadIdx.x < KT) s_pos[threadIdx.x] = base + threadIdx.x;
+      for (int task = threadIdx.x; task < KT * (HD / 32); task += NT) {
+        const int j = task / (HD / 32), c = task - j * (HD / 32), t = base + j;
+        float x[32], y[32];
+        if (t < n_keys) {
+          const size_t at =
+              (static_cast<size_t>(layer) * kv.ring + t % kv.ring) * kv.kv_dim + kvh * HD + c * 32;
+          load_half_elems<32>(reinterpret_cast<const uint8_t*>(kv.ring_k + at), x);
+          load_half_elems<32>(reinterpret_cast<const uint8_t*>(kv.ring_v + at), y);
+        } else {
+#pragma unroll
+          for (int e = 0; e < 32; ++e) x[e] = y[e] = 0;
+        }
+#pragma unroll
+        for (int e = 0; e < 32; ++e) {
+          sk[j * RS + c * 32 + e] = x[e];
+          sv[j * RS + c * 32 + e] = y[e];
+        }
+      }
+      __syncthreads();
+      tile_attend<HD, G>(sk, sv, s_q, s_s, s_pos, n_keys, scale, s_m, s_l, s_l2, s_corr, o);
+    }
+  }
+  __syncthreads();
+  const int n_parts = n_chunks + 1;
+#pragma unroll
+  for (int k = 0; k < OPT; ++k) {
+    const int pr = threadIdx.x + k * NT;
+    if (pr >= G * HD) break;
+    const int h = pr / HD, d = pr - h * HD;
+    if (n_parts == 1) {
+      out[(kvh * G + h) * HD + d] = o[k] / s_l[h];
+      if (d == 0 && params->stats)
+        write_attn_stats(kv.stat_attn + (static_cast<size_t>(layer) * n_heads + kvh * G + h) * 2, s_l[h],
+                         s_l2[h], n_keys);
+      continue;
+    }
+    float* pp = part + (static_cast<size_t>(kvh * G + h) * kDecodeParts + chunk) * (HD + 3);
+    pp[d] = o[k];
+    if (d == 0) {
+      pp[HD] = s_m[h];
+      pp[HD + 1] = s_l[h];
+      pp[HD + 2] = s_l2[h];
+    }
+  }
+  if (n_parts == 1) return;
+  merge_parts<HD, G>(kv, layer, n_heads, params, part, out, n_parts, n_keys);
+}
+
+template <int HD>
+constexpr size_t tile_smem_bytes() {
+  return 2 * 64 * (HD + 1) * sizeof(float);
 }
 
 __global__ void attn_merge_kernel(int hd, int n_heads, const StepParams* params, int max_chunks,
@@ -704,11 +1067,52 @@ __global__ void attn_merge_kernel(int hd, int n_heads, const StepParams* params,
   if (out_h) out_h[at] = __float2half_rn(r);
 }
 
+// $KVDIAL_CUDA_DECODE_ATTN: "old" (one block per query head and 64 keys, then a merge kernel), "tokens"
+// (the per-token-table kernel, attn_decode_kernel) or unset (pages, attn_decode_paged_kernel), for
+// comparisons in one run.
+enum class DecodeMode { Tiled, Paged, Tokens, Old };
+DecodeMode decode_mode() {
+  static const DecodeMode m = [] {
+    const char* e = std::getenv("KVDIAL_CUDA_DECODE_ATTN");
+    const std::string v = e ? e : "";
+    return v == "old"      ? DecodeMode::Old
+           : v == "tokens" ? DecodeMode::Tokens
+           : v == "paged"  ? DecodeMode::Paged
+                           : DecodeMode::Tiled;
+  }();
+  return m;
+}
+
+// The tiled kernel unpacks 32-element chunks: every quantized class's group a multiple of 32.
+bool tiled_decode_fits(const KvDev& kv) {
+  if (!kv.block || !kv.n_block || kv.geom.page_shift != kPageShift) return false;
+  for (int c = 0; c < kv.n_classes; ++c)
+    if (kv.cls[c].k_bits != 16 && kv.cls[c].group % 32 != 0) return false;
+  return true;
+}
+
+// The paged kernel reads a lane's HD/8 elements within one group: every quantized class's group must
+// be a multiple of them.
+bool paged_decode_fits(const KvDev& kv) {
+  if (!kv.block || !kv.n_block || kv.geom.page_shift != kPageShift) return false;
+  for (int c = 0; c < kv.n_classes; ++c)
+    if (kv.cls[c].k_bits != 16 && kv.cls[c].group % (kv.head_dim / 8) != 0) return false;
+  return true;
+}
+
 template <int HD, int G>
 void decode_launch(const KvDev& kv, int layer, const float* q, int n_heads, const StepParams* params,
                    float* part, float* out, cudaStream_t s) {
-  attn_decode_kernel<HD, G>
-      <<<dim3(kDecodeBlocks, kv.n_kv_heads), 256, 0, s>>>(kv, layer, q, n_heads, params, part, out);
+  if (decode_mode() == DecodeMode::Tiled && tiled_decode_fits(kv))
+    attn_decode_tiled_kernel<HD, G><<<dim3(kDecodeParts, kv.n_kv_heads), 256, tile_smem_bytes<HD>(), s>>>(
+        kv, layer, q, n_heads, params, part, out);
+  else if ((decode_mode() == DecodeMode::Paged || decode_mode() == DecodeMode::Tiled) &&
+           paged_decode_fits(kv))
+    attn_decode_paged_kernel<HD, G>
+        <<<dim3(kDecodeParts, kv.n_kv_heads), 256, 0, s>>>(kv, layer, q, n_heads, params, part, out);
+  else
+    attn_decode_kernel<HD, G>
+        <<<dim3(kDecodeBlocks, kv.n_kv_heads), 256, 0, s>>>(kv, layer, q, n_heads, params, part, out);
 }
 
 // $KVDIAL_CUDA_PREFILL_ATTN=old: the prompt path uses the one-block-per-query kernel (for comparison).
@@ -718,6 +1122,12 @@ bool prefill_old() {
     return e && std::string(e) == "old";
   }();
   return old;
+}
+
+template <int HD, int G>
+void allow_tile_smem() {
+  KVD_CUDA(cudaFuncSetAttribute(attn_decode_tiled_kernel<HD, G>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                static_cast<int>(tile_smem_bytes<HD>())));
 }
 
 using DecodeLaunch = void (*)(const KvDev&, int, const float*, int, const StepParams*, float*, float*,
@@ -745,7 +1155,7 @@ DecodeLaunch decode_kernel_for(int hd, int G) {
 bool launch_decode_attention(const KvDev& kv, int layer, const float* q, int n_heads, int G,
                              const StepParams* params, float* part, float* out, cudaStream_t s) {
   if (!kv.attn_counters || G * kv.n_kv_heads != n_heads) return false;
-  if (const char* e = std::getenv("KVDIAL_CUDA_DECODE_ATTN"); e && std::string(e) == "old") return false;
+  if (decode_mode() == DecodeMode::Old) return false;
   const DecodeLaunch f = decode_kernel_for(kv.head_dim, G);
   if (!f) return false;
   f(kv, layer, q, n_heads, params, part, out, s);
@@ -755,6 +1165,21 @@ bool launch_decode_attention(const KvDev& kv, int layer, const float* q, int n_h
 }  // namespace
 
 bool decode_attention_supported(int head_dim, int G) { return decode_kernel_for(head_dim, G) != nullptr; }
+
+void prepare_attention_kernels() {
+  static const bool done = [] {
+    allow_tile_smem<64, 1>();
+    allow_tile_smem<64, 2>();
+    allow_tile_smem<64, 3>();
+    allow_tile_smem<64, 4>();
+    allow_tile_smem<64, 8>();
+    allow_tile_smem<128, 1>();
+    allow_tile_smem<128, 2>();
+    allow_tile_smem<128, 4>();
+    return true;
+  }();
+  (void)done;
+}
 
 void launch_rope_append(const KvDev& kv, int layer, float* qkv, int n_heads, int rope_dim, bool halves,
                         const float2* rope_cs, const StepParams* params, int n, cudaStream_t s) {

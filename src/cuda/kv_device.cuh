@@ -1,12 +1,12 @@
 // The GPU KV cache as kernels see it (plain data, passed by value), and the kernels that write and
-// read it: RoPE + quantize-on-append, split-K decode attention and its merge. Host code: kv_gpu.cu.
+// read it: RoPE + quantize-on-append, split-K decode attention and its merge. Host code: gpu_kv.cu.
 //
-// Memory: pages of page_bytes (a power of two) per layer; physical page p holds all layers, layer l
-// at pages[p] + l * page_bytes. A token's record (kv_format.cuh) sits at byte offset tok_off[t] of the
-// sequence's page space (page tok_off >> page_shift), never straddling a page: the host assigns
-// offsets as kv/kv_cache.cpp's arena does. The newest tokens also live at fp16 in a ring of `ring`
-// slots (slot t % ring), read for keys t >= query - residual (a token sees itself at fp16, as on the
-// CPU).
+// Memory: pages of one width class each (kv/kv_pages.h: header of slot positions, then each layer's
+// records), from a pool; page table `pages` (pool page -> address). A token's location tok_loc[t] is
+// page << page_shift | slot, its class tok_cls[t]; the sequence's block table (`block`, *n_block
+// entries) lists its pages with their classes for the decode kernel, which walks pages, not tokens.
+// The newest tokens also live at fp16 in a ring of `ring` slots (slot t % ring), read for keys
+// t >= query - residual (a token sees itself at fp16, as on the CPU).
 #pragma once
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -14,8 +14,19 @@
 #include <cstdint>
 
 #include "cuda/kv_format.cuh"
+#include "kv/kv_pages.h"
 
 namespace kvd::cuda {
+
+// One entry of a sequence's block table.
+struct KvPageRef {
+  const uint8_t* data = nullptr;
+  int cls = 0;
+  int pad = 0;
+};
+
+// Slots a page on the GPU (the decode kernel reads one page per 64-key step).
+constexpr int kPageShift = 6;
 
 struct KvDev {
   int n_layers = 0, n_kv_heads = 0, head_dim = 0, kv_dim = 0;
@@ -23,10 +34,12 @@ struct KvDev {
   int ring = 0;
   uint16_t* ring_k = nullptr;  // [layer][ring][kv_dim] fp16
   uint16_t* ring_v = nullptr;
-  uint8_t** pages = nullptr;  // [max_pages]
-  int page_shift = 16;
-  uint32_t* tok_off = nullptr;  // [max_tokens]
-  uint8_t* tok_cls = nullptr;   // [max_tokens]
+  KvPageGeom geom;
+  uint8_t** pages = nullptr;         // [pool pages]
+  uint32_t* tok_loc = nullptr;       // [max_tokens]
+  uint8_t* tok_cls = nullptr;        // [max_tokens]
+  const KvPageRef* block = nullptr;  // this sequence's pages
+  const int* n_block = nullptr;      // how many
   int n_classes = 0;
   KvClass cls[kMaxKvClasses];
   int* attn_counters = nullptr;  // [n_kv_heads], zero between launches (the decode kernel's merge)
@@ -50,9 +63,11 @@ struct StepParams {
 };
 
 constexpr int kAttnChunk = 64;  // keys per attention block (split-K)
-// One-query decode attention: blocks per KV head (the keys are split evenly over them, in multiples of
-// 64); the partial buffer needs n_heads * kDecodeBlocks * (head_dim + 2) floats.
+// One-query decode attention: at most kDecodeBlocks blocks per KV head over the keys in pages, one more
+// for the keys read from the fp16 ring; the partial buffer needs n_heads * kDecodeParts * (head_dim + 3)
+// floats.
 constexpr int kDecodeBlocks = 160;
+constexpr int kDecodeParts = kDecodeBlocks + 1;
 
 // qkv: n rows of [q (n_heads*hd) | k (kv_dim) | v (kv_dim)] fp32, bias already added. Rotates q and k in
 // place (rope_cs: [pos][rope_dim/2] (cos, sin) pairs), writes k and v at fp16 into the ring and
@@ -69,7 +84,7 @@ void launch_append_pages(const KvDev& kv, int layer, const StepParams* params, i
 // A token whose width was decided after its forward pass: its class and record offset.
 struct DecidedToken {
   int pos;
-  uint32_t off;
+  uint32_t loc;
   uint8_t cls;
 };
 // Writes the table entries of n decided tokens (a device array) and their page records in every layer,
@@ -82,6 +97,9 @@ void launch_decide_tokens(const KvDev& kv, const DecidedToken* tokens, int n, cu
 // longest query of the batch must have pos < max_chunks * kAttnChunk.
 // Whether one-query attention has the fast kernel (and the statistics) for G query heads per KV head.
 bool decode_attention_supported(int head_dim, int G);
+// Raises the kernels' shared-memory limits (the tiled decode kernel's page tiles); once, before any launch
+// or graph capture (GpuKv's constructor calls it).
+void prepare_attention_kernels();
 
 void launch_attention(const KvDev& kv, int layer, const float* q, int q_stride, int n_heads,
                       const StepParams* params, int n, int max_chunks, float* part, float* out, __half* out_h,

