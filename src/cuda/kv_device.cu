@@ -1068,9 +1068,11 @@ __global__ void attn_merge_kernel(int hd, int n_heads, const StepParams* params,
 }
 
 // $KVDIAL_CUDA_DECODE_ATTN: "old" (one block per query head and 64 keys, then a merge kernel), "tokens"
-// (the per-token-table kernel, attn_decode_kernel) or unset (pages, attn_decode_paged_kernel), for
-// comparisons in one run.
-enum class DecodeMode { Tiled, Paged, Tokens, Old };
+// (the per-token-table kernel, attn_decode_kernel), "paged" (attn_decode_paged_kernel), "tiled"
+// (attn_decode_tiled_kernel) or unset: tiled while every block has one page (up to kDecodeBlocks pages),
+// paged beyond, as measured (results/cuda_paged_kv.md: the tiled kernel is faster at 4096 keys for every
+// width and shape, the paged one at 32k and 128k for the quantized widths).
+enum class DecodeMode { Auto, Tiled, Paged, Tokens, Old };
 DecodeMode decode_mode() {
   static const DecodeMode m = [] {
     const char* e = std::getenv("KVDIAL_CUDA_DECODE_ATTN");
@@ -1078,7 +1080,8 @@ DecodeMode decode_mode() {
     return v == "old"      ? DecodeMode::Old
            : v == "tokens" ? DecodeMode::Tokens
            : v == "paged"  ? DecodeMode::Paged
-                           : DecodeMode::Tiled;
+           : v == "tiled"  ? DecodeMode::Tiled
+                           : DecodeMode::Auto;
   }();
   return m;
 }
@@ -1102,12 +1105,14 @@ bool paged_decode_fits(const KvDev& kv) {
 
 template <int HD, int G>
 void decode_launch(const KvDev& kv, int layer, const float* q, int n_heads, const StepParams* params,
-                   float* part, float* out, cudaStream_t s) {
-  if (decode_mode() == DecodeMode::Tiled && tiled_decode_fits(kv))
+                   int max_keys, float* part, float* out, cudaStream_t s) {
+  const DecodeMode mode = decode_mode();
+  const bool tiled =
+      mode == DecodeMode::Tiled || (mode == DecodeMode::Auto && max_keys <= kDecodeBlocks * 64);
+  if (tiled && tiled_decode_fits(kv))
     attn_decode_tiled_kernel<HD, G><<<dim3(kDecodeParts, kv.n_kv_heads), 256, tile_smem_bytes<HD>(), s>>>(
         kv, layer, q, n_heads, params, part, out);
-  else if ((decode_mode() == DecodeMode::Paged || decode_mode() == DecodeMode::Tiled) &&
-           paged_decode_fits(kv))
+  else if (mode != DecodeMode::Tokens && paged_decode_fits(kv))
     attn_decode_paged_kernel<HD, G>
         <<<dim3(kDecodeParts, kv.n_kv_heads), 256, 0, s>>>(kv, layer, q, n_heads, params, part, out);
   else
@@ -1130,7 +1135,7 @@ void allow_tile_smem() {
                                 static_cast<int>(tile_smem_bytes<HD>())));
 }
 
-using DecodeLaunch = void (*)(const KvDev&, int, const float*, int, const StepParams*, float*, float*,
+using DecodeLaunch = void (*)(const KvDev&, int, const float*, int, const StepParams*, int, float*, float*,
                               cudaStream_t);
 
 // The decode kernel instantiated for head dimension hd and G query heads per KV head; null otherwise.
@@ -1152,13 +1157,15 @@ DecodeLaunch decode_kernel_for(int hd, int G) {
 }
 
 // The decode kernel for the shapes it is instantiated for; false otherwise (the caller falls back).
+// max_keys: the most keys a launch may see (a captured graph's bound), for the choice of kernel.
 bool launch_decode_attention(const KvDev& kv, int layer, const float* q, int n_heads, int G,
-                             const StepParams* params, float* part, float* out, cudaStream_t s) {
+                             const StepParams* params, int max_keys, float* part, float* out,
+                             cudaStream_t s) {
   if (!kv.attn_counters || G * kv.n_kv_heads != n_heads) return false;
   if (decode_mode() == DecodeMode::Old) return false;
   const DecodeLaunch f = decode_kernel_for(kv.head_dim, G);
   if (!f) return false;
-  f(kv, layer, q, n_heads, params, part, out, s);
+  f(kv, layer, q, n_heads, params, max_keys, part, out, s);
   return true;
 }
 
@@ -1207,7 +1214,7 @@ void launch_attention(const KvDev& kv, int layer, const float* q, int q_stride, 
                       cudaStream_t s) {
   const int G = n_heads / kv.n_kv_heads;
   if (n == 1 && out_h == nullptr && q_stride >= n_heads * kv.head_dim &&
-      launch_decode_attention(kv, layer, q, n_heads, G, params, part, out, s))
+      launch_decode_attention(kv, layer, q, n_heads, G, params, max_chunks * kAttnChunk, part, out, s))
     return;
   if (n > 1 && !prefill_old()) {
     const dim3 g((n + 63) / 64, n_heads);
