@@ -16,8 +16,17 @@ class CpuBackend final : public Backend {
   CpuBackend(int threads, ActQuant act) : pool_(threads), act_(act) {}
   std::string name() const override { return act_ == ActQuant::Q8 ? "cpu-q8" : "cpu"; }
   int threads() const override { return pool_.size(); }
+  void embed(const WeightView& table, const int32_t* tokens, int n, float* x) override {
+    ref::embed(table, tokens, n, x);
+  }
   void matmul(const WeightView& w, const float* x, float* y, int n) override {
     cpu::matmul(w, x, y, n, pool_, act_);
+  }
+  void add_bias(float* x, const float* bias, int n, int dim) override { ref::add_bias(x, bias, n, dim); }
+  void add(const float* x, float* y, size_t count) override {
+    if (count < 65536) return ref::add(x, y, count);
+    pool_.parallel_for(static_cast<int64_t>(count),
+                       [&](int64_t b, int64_t e) { ref::add(x + b, y + b, static_cast<size_t>(e - b)); });
   }
   void rmsnorm(const float* x, const float* weight, float* y, int n, int dim, float eps) override {
     if (n < 4) return ref::rmsnorm(x, weight, y, n, dim, eps);
@@ -25,15 +34,20 @@ class CpuBackend final : public Backend {
       ref::rmsnorm(x + b * dim, weight, y + b * dim, static_cast<int>(e - b), dim, eps);
     });
   }
-  void rope(float* x, int n, int n_heads, int head_dim, int rope_dim, int pos0, float theta,
-            RopeStyle style) override {
-    if (n < 4) return ref::rope(x, n, n_heads, head_dim, rope_dim, pos0, theta, style);
+  void rope(float* x, int n, int n_heads, int head_dim, int rope_dim, int pos0, float theta, RopeStyle style,
+            const RopeScaling& scaling) override {
+    if (n < 4) return ref::rope_any(x, n, n_heads, head_dim, rope_dim, pos0, theta, style, scaling);
     const size_t row = static_cast<size_t>(n_heads) * head_dim;
     pool_.parallel_for(n, [&](int64_t b, int64_t e) {
-      ref::rope(x + b * row, static_cast<int>(e - b), n_heads, head_dim, rope_dim, pos0 + static_cast<int>(b),
-                theta, style);
+      ref::rope_any(x + b * row, static_cast<int>(e - b), n_heads, head_dim, rope_dim,
+                    pos0 + static_cast<int>(b), theta, style, scaling);
     });
   }
+  void kv_write(KvCache& cache, int seq, int layer, int pos0, int n, const float* k,
+                const float* v) override {
+    ref::kv_write(cache, seq, layer, pos0, n, k, v);
+  }
+  void row_norms(const float* x, int n, int dim, float* out) override { ref::row_norms(x, n, dim, out); }
   void attention(const KvCache& cache, int seq, int layer, const AttnShape& shape, const float* q, int pos0,
                  int n, float* out, AttnStats* stats) override {
     cpu::attend(cache, seq, layer, shape, q, pos0, n, out, stats, pool_);

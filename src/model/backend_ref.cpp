@@ -11,15 +11,26 @@ class RefBackend final : public Backend {
  public:
   std::string name() const override { return "ref"; }
   int threads() const override { return 1; }
+  void embed(const WeightView& table, const int32_t* tokens, int n, float* x) override {
+    ref::embed(table, tokens, n, x);
+  }
   void matmul(const WeightView& w, const float* x, float* y, int n) override { ref::matmul(w, x, y, n); }
+  void add_bias(float* x, const float* bias, int n, int dim) override { ref::add_bias(x, bias, n, dim); }
+  void add(const float* x, float* y, size_t count) override { ref::add(x, y, count); }
   void rmsnorm(const float* x, const float* weight, float* y, int n, int dim, float eps) override {
     ref::rmsnorm(x, weight, y, n, dim, eps);
   }
-  void rope(float* x, int n, int n_heads, int head_dim, int rope_dim, int pos0, float theta, RopeStyle style) override {
-    ref::rope(x, n, n_heads, head_dim, rope_dim, pos0, theta, style);
+  void rope(float* x, int n, int n_heads, int head_dim, int rope_dim, int pos0, float theta, RopeStyle style,
+            const RopeScaling& scaling) override {
+    ref::rope_any(x, n, n_heads, head_dim, rope_dim, pos0, theta, style, scaling);
   }
-  void attention(const KvCache& cache, int seq, int layer, const AttnShape& shape, const float* q, int pos0, int n,
-                 float* out, AttnStats* stats) override {
+  void kv_write(KvCache& cache, int seq, int layer, int pos0, int n, const float* k,
+                const float* v) override {
+    ref::kv_write(cache, seq, layer, pos0, n, k, v);
+  }
+  void row_norms(const float* x, int n, int dim, float* out) override { ref::row_norms(x, n, dim, out); }
+  void attention(const KvCache& cache, int seq, int layer, const AttnShape& shape, const float* q, int pos0,
+                 int n, float* out, AttnStats* stats) override {
     const int stride = shape.n_heads * shape.head_dim;
     for (int i = 0; i < n; ++i)
       ref::attend(cache, seq, layer, shape, q + static_cast<size_t>(i) * stride, pos0 + i,

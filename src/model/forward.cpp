@@ -82,6 +82,8 @@ void Session::forward_batch(const std::vector<SeqTokens>& parts, int logits_from
   att_.resize(N * q_dim);
   gate_.resize(N * c.ffn_dim);
   up_.resize(N * c.ffn_dim);
+  knorm_.resize(N);
+  vnorm_.resize(N);
 
   const AttnShape shape{c.n_heads, c.n_kv_heads, hd};
   std::vector<AttnStats> attn_stats(stats ? N : 0);
@@ -98,8 +100,7 @@ void Session::forward_batch(const std::vector<SeqTokens>& parts, int logits_from
   }
   // x = embedding of each token: (n, dim)
   for (size_t p = 0; p < parts.size(); ++p)
-    for (int i = 0; i < parts[p].n; ++i)
-      embed_token(w.token_embd, parts[p].tokens[i], x_.data() + static_cast<size_t>(row0[p] + i) * dim);
+    backend_.embed(w.token_embd, parts[p].tokens, parts[p].n, x_.data() + static_cast<size_t>(row0[p]) * dim);
 
   for (int l = 0; l < c.n_layers; ++l) {
     const LayerWeights& L = w.layers[l];
@@ -108,15 +109,9 @@ void Session::forward_batch(const std::vector<SeqTokens>& parts, int logits_from
     backend_.matmul(L.wq, xb_.data(), q_.data(), n);
     backend_.matmul(L.wk, xb_.data(), k_.data(), n);
     backend_.matmul(L.wv, xb_.data(), v_.data(), n);
-    if (!L.bq.empty())
-      for (int i = 0; i < n; ++i)
-        for (int j = 0; j < q_dim; ++j) q_[i * q_dim + j] += L.bq[j];
-    if (!L.bk.empty())
-      for (int i = 0; i < n; ++i)
-        for (int j = 0; j < kv_dim; ++j) k_[i * kv_dim + j] += L.bk[j];
-    if (!L.bv.empty())
-      for (int i = 0; i < n; ++i)
-        for (int j = 0; j < kv_dim; ++j) v_[i * kv_dim + j] += L.bv[j];
+    if (!L.bq.empty()) backend_.add_bias(q_.data(), L.bq.data(), n, q_dim);
+    if (!L.bk.empty()) backend_.add_bias(k_.data(), L.bk.data(), n, kv_dim);
+    if (!L.bv.empty()) backend_.add_bias(v_.data(), L.bv.data(), n, kv_dim);
     if (!L.q_norm.empty()) {  // Qwen3: RMSNorm of each head's q and k
       backend_.rmsnorm(q_.data(), L.q_norm.data(), q_.data(), n * c.n_heads, hd, c.rms_eps);
       backend_.rmsnorm(k_.data(), L.k_norm.data(), k_.data(), n * c.n_kv_heads, hd, c.rms_eps);
@@ -128,34 +123,26 @@ void Session::forward_batch(const std::vector<SeqTokens>& parts, int logits_from
       if (np == 0) continue;
       float* qp = q_.data() + static_cast<size_t>(r) * q_dim;
       float* kp = k_.data() + static_cast<size_t>(r) * kv_dim;
-      if (c.rope_scaling.active()) {
-        rope_scaled(c.rope_scaling, qp, np, c.n_heads, hd, pos0[p], c.rope_style);
-        rope_scaled(c.rope_scaling, kp, np, c.n_kv_heads, hd, pos0[p], c.rope_style);
-      } else {
-        backend_.rope(qp, np, c.n_heads, hd, c.rope_dim, pos0[p], c.rope_theta, c.rope_style);
-        backend_.rope(kp, np, c.n_kv_heads, hd, c.rope_dim, pos0[p], c.rope_theta, c.rope_style);
-      }
-      for (int i = r; i < r + np; ++i)
-        cache_.write(parts[p].seq, l, pos0[p] + i - r, k_.data() + static_cast<size_t>(i) * kv_dim,
-                     v_.data() + static_cast<size_t>(i) * kv_dim);
+      backend_.rope(qp, np, c.n_heads, hd, c.rope_dim, pos0[p], c.rope_theta, c.rope_style, c.rope_scaling);
+      backend_.rope(kp, np, c.n_kv_heads, hd, c.rope_dim, pos0[p], c.rope_theta, c.rope_style,
+                    c.rope_scaling);
+      backend_.kv_write(cache_, parts[p].seq, l, pos0[p], np, kp,
+                        v_.data() + static_cast<size_t>(r) * kv_dim);
       backend_.attention(cache_, parts[p].seq, l, shape, q_.data() + static_cast<size_t>(r) * q_dim, pos0[p],
                          np, att_.data() + static_cast<size_t>(r) * q_dim,
                          stats ? attn_stats.data() + r : nullptr);
     }
-    for (int i = 0; stats && i < n; ++i) {
-      const float* ki = k_.data() + static_cast<size_t>(i) * kv_dim;
-      const float* vi = v_.data() + static_cast<size_t>(i) * kv_dim;
-      float kn = 0, vn = 0;
-      for (int j = 0; j < kv_dim; ++j) {
-        kn += ki[j] * ki[j];
-        vn += vi[j] * vi[j];
+    if (stats) {  // the policies' K and V norms, averaged over layers
+      backend_.row_norms(k_.data(), n, kv_dim, knorm_.data());
+      backend_.row_norms(v_.data(), n, kv_dim, vnorm_.data());
+      for (int i = 0; i < n; ++i) {
+        stats[i].k_norm += knorm_[static_cast<size_t>(i)] / static_cast<float>(c.n_layers);
+        stats[i].v_norm += vnorm_[static_cast<size_t>(i)] / static_cast<float>(c.n_layers);
       }
-      stats[i].k_norm += std::sqrt(kn) / static_cast<float>(c.n_layers);
-      stats[i].v_norm += std::sqrt(vn) / static_cast<float>(c.n_layers);
     }
     // x += att Wo
     backend_.matmul(L.wo, att_.data(), xb_.data(), n);
-    for (size_t i = 0; i < N * dim; ++i) x_[i] += xb_[i];
+    backend_.add(xb_.data(), x_.data(), N * dim);
 
     // Feed-forward block: x += (silu(norm(x) Wgate) * norm(x) Wup) Wdown
     backend_.rmsnorm(x_.data(), L.ffn_norm.data(), xb_.data(), n, dim, c.rms_eps);
@@ -163,7 +150,7 @@ void Session::forward_batch(const std::vector<SeqTokens>& parts, int logits_from
     backend_.matmul(L.w_up, xb_.data(), up_.data(), n);
     backend_.swiglu(gate_.data(), up_.data(), gate_.data(), N * c.ffn_dim);
     backend_.matmul(L.w_down, gate_.data(), xb_.data(), n);
-    for (size_t i = 0; i < N * dim; ++i) x_[i] += xb_[i];
+    backend_.add(xb_.data(), x_.data(), N * dim);
   }
 
   // Final norm and logits for the requested tokens only.

@@ -78,6 +78,7 @@ class Session : public SessionBase {
   std::vector<float> received_;
   // Activations for up to n_batch tokens.
   std::vector<float> x_, xb_, q_, k_, v_, att_, gate_, up_, logits_;
+  std::vector<float> knorm_, vnorm_;  // per token of a batch: |K|, |V| of one layer (statistics)
 };
 
 }  // namespace kvd
