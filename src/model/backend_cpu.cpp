@@ -11,18 +11,14 @@ std::unique_ptr<Backend> make_ref_backend();
 
 namespace {
 
-class CpuBackend final : public Backend {
+class CpuBackend final : public RefSmallOps {
  public:
   CpuBackend(int threads, ActQuant act) : pool_(threads), act_(act) {}
   std::string name() const override { return act_ == ActQuant::Q8 ? "cpu-q8" : "cpu"; }
   int threads() const override { return pool_.size(); }
-  void embed(const WeightView& table, const int32_t* tokens, int n, float* x) override {
-    ref::embed(table, tokens, n, x);
-  }
   void matmul(const WeightView& w, const float* x, float* y, int n) override {
     cpu::matmul(w, x, y, n, pool_, act_);
   }
-  void add_bias(float* x, const float* bias, int n, int dim) override { ref::add_bias(x, bias, n, dim); }
   void add(const float* x, float* y, size_t count) override {
     if (count < 65536) return ref::add(x, y, count);
     pool_.parallel_for(static_cast<int64_t>(count),
@@ -43,11 +39,6 @@ class CpuBackend final : public Backend {
                     pos0 + static_cast<int>(b), theta, style, scaling);
     });
   }
-  void kv_write(KvCache& cache, int seq, int layer, int pos0, int n, const float* k,
-                const float* v) override {
-    ref::kv_write(cache, seq, layer, pos0, n, k, v);
-  }
-  void row_norms(const float* x, int n, int dim, float* out) override { ref::row_norms(x, n, dim, out); }
   void attention(const KvCache& cache, int seq, int layer, const AttnShape& shape, const float* q, int pos0,
                  int n, float* out, AttnStats* stats) override {
     cpu::attend(cache, seq, layer, shape, q, pos0, n, out, stats, pool_);

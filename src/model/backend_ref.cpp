@@ -7,15 +7,11 @@
 namespace kvd {
 namespace {
 
-class RefBackend final : public Backend {
+class RefBackend final : public RefSmallOps {
  public:
   std::string name() const override { return "ref"; }
   int threads() const override { return 1; }
-  void embed(const WeightView& table, const int32_t* tokens, int n, float* x) override {
-    ref::embed(table, tokens, n, x);
-  }
   void matmul(const WeightView& w, const float* x, float* y, int n) override { ref::matmul(w, x, y, n); }
-  void add_bias(float* x, const float* bias, int n, int dim) override { ref::add_bias(x, bias, n, dim); }
   void add(const float* x, float* y, size_t count) override { ref::add(x, y, count); }
   void rmsnorm(const float* x, const float* weight, float* y, int n, int dim, float eps) override {
     ref::rmsnorm(x, weight, y, n, dim, eps);
@@ -24,11 +20,6 @@ class RefBackend final : public Backend {
             const RopeScaling& scaling) override {
     ref::rope_any(x, n, n_heads, head_dim, rope_dim, pos0, theta, style, scaling);
   }
-  void kv_write(KvCache& cache, int seq, int layer, int pos0, int n, const float* k,
-                const float* v) override {
-    ref::kv_write(cache, seq, layer, pos0, n, k, v);
-  }
-  void row_norms(const float* x, int n, int dim, float* out) override { ref::row_norms(x, n, dim, out); }
   void attention(const KvCache& cache, int seq, int layer, const AttnShape& shape, const float* q, int pos0,
                  int n, float* out, AttnStats* stats) override {
     const int stride = shape.n_heads * shape.head_dim;

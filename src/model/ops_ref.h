@@ -6,6 +6,7 @@
 #include <cstddef>
 
 #include "kv/kv_cache.h"
+#include "model/backend.h"
 #include "model/model.h"
 #include "model/rope_scaling.h"
 
@@ -84,3 +85,21 @@ inline void rope_any(float* x, int n, int n_heads, int head_dim, int rope_dim, i
 }
 
 }  // namespace kvd::ref
+
+namespace kvd {
+
+// The ops both CPU backends run as the reference loops above (on the calling thread: they cost little).
+class RefSmallOps : public Backend {
+ public:
+  void embed(const WeightView& table, const int32_t* tokens, int n, float* x) override {
+    ref::embed(table, tokens, n, x);
+  }
+  void add_bias(float* x, const float* bias, int n, int dim) override { ref::add_bias(x, bias, n, dim); }
+  void kv_write(KvCache& cache, int seq, int layer, int pos0, int n, const float* k,
+                const float* v) override {
+    ref::kv_write(cache, seq, layer, pos0, n, k, v);
+  }
+  void row_norms(const float* x, int n, int dim, float* out) override { ref::row_norms(x, n, dim, out); }
+};
+
+}  // namespace kvd
