@@ -113,11 +113,59 @@ TEST(KvCache, BytesStoredMatchLayoutAndStats) {
   EXPECT_EQ(s.tokens, 100);
   EXPECT_EQ(s.tokens_at_bits[2], 25);
   EXPECT_EQ(s.tokens_at_bits[16], 25);
-  EXPECT_EQ(s.bytes_stored, 25 * l.n_layers * (l.token_bytes(2) + l.token_bytes(4) + l.token_bytes(8) + l.token_bytes(16)));
+  EXPECT_EQ(s.bytes_stored,
+            25 * l.n_layers * (l.token_bytes(2) + l.token_bytes(4) + l.token_bytes(8) + l.token_bytes(16)));
   EXPECT_DOUBLE_EQ(s.avg_bits(), 7.5);
   EXPECT_EQ(cache.n_arena(0), 100);
-  // Allocation is what is stored plus less than one page per layer.
-  EXPECT_LT(s.bytes_allocated, s.bytes_stored + l.n_layers * o.page_bytes + 4096);
+  // Allocation is what is stored plus at most one partly filled page per width class used.
+  size_t partial = 0;
+  for (int c = 0; c < 4; ++c) partial += cache.page_geom().page_bytes(c);
+  EXPECT_LT(s.bytes_allocated, s.bytes_stored + partial + 4096);
+  EXPECT_EQ(cache.pool_bytes(), partial);  // 25 tokens a class: one page each
+}
+
+TEST(KvCache, SequencesShareThePagePool) {
+  // A cleared or rewound sequence gives its pages back; another sequence reuses them, and the records
+  // read back are the new sequence's.
+  const KvLayout l = small_layout();
+  KvCacheOptions o;
+  o.max_tokens = 1000;
+  o.n_seqs = 2;
+  KvCache cache(l, o);
+  fill(cache, 300, {4, 4, 2, 16}, 1);  // sequence 0
+  const size_t pool = cache.pool_bytes();
+  EXPECT_GE(cache.stats(0).bytes_allocated, pool);  // its pages and its staging
+  cache.clear(0);
+  KvCache ref(l, KvCacheOptions{1000, 0, 1});
+  for (KvCache* c : {&cache, &ref}) {
+    const int seq = c == &cache ? 1 : 0;
+    std::mt19937 rng(9);
+    std::normal_distribution<float> nd(0.0f, 1.0f);
+    std::vector<float> k(l.kv_dim()), v(l.kv_dim());
+    const std::vector<uint8_t> bits(300, 4);
+    c->begin_tokens(seq, 300, bits.data());
+    for (int t = 0; t < 300; ++t)
+      for (int layer = 0; layer < l.n_layers; ++layer) {
+        for (auto& x : k) x = nd(rng);
+        for (auto& x : v) x = nd(rng);
+        c->write(seq, layer, t, k.data(), v.data());
+      }
+    c->flush_window(seq);
+  }
+  // 300 tokens at 4 bits fit in the pages sequence 0 had for its 150 4-bit tokens plus new ones; no
+  // other class's page was taken.
+  EXPECT_GT(cache.pool_bytes(), pool);
+  for (int t = 0; t < 300; t += 7)
+    for (int layer = 0; layer < l.n_layers; ++layer) {
+      const KvTokenView a = cache.token(1, layer, t, 400), b = ref.token(0, layer, t, 400);
+      ASSERT_EQ(a.bits, 4);
+      ASSERT_EQ(0, std::memcmp(a.k, b.k, l.token_bytes(4))) << "token " << t << " layer " << layer;
+    }
+  // Rewinding sequence 1 and filling sequence 0 again needs no new page.
+  cache.truncate(1, 0);
+  const size_t before = cache.pool_bytes();
+  fill(cache, 300, {4, 4, 2, 16}, 2);
+  EXPECT_EQ(cache.pool_bytes(), before);
 }
 
 TEST(KvCache, ResidualWindowKeepsNewestAtSixteen) {
@@ -206,10 +254,12 @@ TEST_P(AttentionMix, FastMatchesReference) {
       for (int i = 0; i < 3; ++i) {
         st_ref[i].received = &recv_ref;
         st_fast[i].received = &recv_fast;
-        ref::attend(cache, 0, layer, shape, q.data() + i * stride, first + i, out_ref.data() + i * stride, &st_ref[i]);
+        ref::attend(cache, 0, layer, shape, q.data() + i * stride, first + i, out_ref.data() + i * stride,
+                    &st_ref[i]);
       }
       cpu::attend(cache, 0, layer, shape, q.data(), first, 3, out_fast.data(), st_fast.data(), pool);
-      for (int i = 0; i < 3 * stride; ++i) ASSERT_NEAR(out_fast[i], out_ref[i], 2e-5f + 2e-5f * std::abs(out_ref[i]));
+      for (int i = 0; i < 3 * stride; ++i)
+        ASSERT_NEAR(out_fast[i], out_ref[i], 2e-5f + 2e-5f * std::abs(out_ref[i]));
       for (int i = 0; i < 3; ++i) {
         EXPECT_NEAR(st_fast[i].var_sum, st_ref[i].var_sum, 1e-6 + 1e-4 * st_ref[i].var_sum);
         EXPECT_EQ(st_fast[i].var_count, st_ref[i].var_count);

@@ -2,6 +2,7 @@
 #include "kv/kv_cache.h"
 
 #include <algorithm>
+#include <array>
 #include <cstring>
 #include <string>
 
@@ -20,6 +21,37 @@ double KvStats::avg_bits() const {
   return sum / static_cast<double>(tokens);
 }
 
+// Host pages of one width class each (kv/kv_pages.h), shared by the cache's sequences: freed pages wait
+// in a list per class (a class's pages have their own size) for the next sequence that needs one.
+class KvCache::Pool final : public KvPageSource {
+ public:
+  explicit Pool(const KvPageGeom& g) : geom_(g) {}
+  int alloc_page(int cls) override {
+    int p;
+    if (!free_[cls].empty()) {
+      p = free_[cls].back();
+      free_[cls].pop_back();
+    } else {
+      p = static_cast<int>(pages_.size());
+      pages_.push_back(std::make_unique<uint8_t[]>(geom_.page_bytes(cls)));
+      cls_.push_back(cls);
+      bytes_ += geom_.page_bytes(cls);
+    }
+    std::fill_n(reinterpret_cast<int32_t*>(page(p)), geom_.page_tokens(), KvPageGeom::kEmptySlot);
+    return p;
+  }
+  void free_page(int p) override { free_[cls_[static_cast<size_t>(p)]].push_back(p); }
+  uint8_t* page(int p) const { return pages_[static_cast<size_t>(p)].get(); }
+  size_t bytes() const { return bytes_; }
+
+ private:
+  KvPageGeom geom_;
+  std::vector<std::unique_ptr<uint8_t[]>> pages_;
+  std::vector<int> cls_;
+  std::vector<int> free_[4];
+  size_t bytes_ = 0;
+};
+
 KvCache::KvCache(const KvLayout& layout, const KvCacheOptions& options) : layout_(layout), options_(options) {
   if (layout_.group <= 0 || layout_.head_dim % layout_.group != 0 || layout_.group % 4 != 0)
     throw Error("--kv-group " + std::to_string(layout_.group) + " must divide the head dimension (" +
@@ -34,21 +66,17 @@ KvCache::KvCache(const KvLayout& layout, const KvCacheOptions& options) : layout
   if (options_.max_tokens <= 0) throw Error("context size must be positive");
   if (options_.residual < 0) throw Error("--kv-residual must be >= 0");
   KVD_ASSERT(options_.n_seqs >= 1);
-  // A page must hold at least one 16-bit token record; pages are a power of two so that the offset
-  // of a token splits into page and position by shift and mask (attention calls token() per key).
-  size_t page = 4096;
+  if (options_.page_shift < 0 || options_.page_shift > 12) throw Error("KV pages hold 1 to 4096 tokens");
   rec_stride_ = layout_.max_token_bytes();
   for (int c : kKvClasses) {
     k_bytes_[c] = layout_.k_row_bytes(c);
     tok_bytes_[c] = layout_.token_bytes(c);
   }
-  while (page < std::max(options_.page_bytes, rec_stride_)) page *= 2;
-  options_.page_bytes = page;
-  page_shift_ = 0;
-  while ((size_t{1} << page_shift_) < page) ++page_shift_;
+  geom_ = make_page_geom(layout_, options_.page_shift);
+  pool_ = std::make_unique<Pool>(geom_);
   seqs_.resize(static_cast<size_t>(options_.n_seqs));
   for (auto& s : seqs_) {
-    s.pages.resize(static_cast<size_t>(layout_.n_layers));
+    s.pages = KvSeqPages(options_.page_shift);
     s.staged_k.resize(static_cast<size_t>(layout_.n_layers));
     s.staged_v.resize(static_cast<size_t>(layout_.n_layers));
     s.staged_q.resize(static_cast<size_t>(layout_.n_layers));
@@ -78,10 +106,11 @@ int KvCache::begin_tokens(int seq, int n, const uint8_t* bits) {
   s.n_tokens += n;
   s.token_bits.resize(static_cast<size_t>(s.n_tokens), 16);
   s.decided.resize(static_cast<size_t>(s.n_tokens), 0);
-  s.token_offset.resize(static_cast<size_t>(s.n_tokens), 0);
+  s.token_loc.resize(static_cast<size_t>(s.n_tokens), 0);
   if (bits) {
     for (int i = 0; i < n; ++i) {
-      if (!kv_bits_valid(bits[i])) throw Error("KV bit-width " + std::to_string(bits[i]) + " is not one of 2, 4, 8, 16");
+      if (!kv_bits_valid(bits[i]))
+        throw Error("KV bit-width " + std::to_string(bits[i]) + " is not one of 2, 4, 8, 16");
       s.token_bits[first + i] = bits[i];
       s.decided[first + i] = 1;
     }
@@ -121,7 +150,8 @@ void KvCache::quantize_staged(Sequence& s, int layer, int pos) {
 
 void KvCache::decide(int seq, int pos, int bits) {
   Sequence& s = seq_ref(seq);
-  if (!kv_bits_valid(bits)) throw Error("KV bit-width " + std::to_string(bits) + " is not one of 2, 4, 8, 16");
+  if (!kv_bits_valid(bits))
+    throw Error("KV bit-width " + std::to_string(bits) + " is not one of 2, 4, 8, 16");
   KVD_ASSERT(pos >= s.n_arena && pos < s.n_tokens);
   if (s.decided[pos] && s.token_bits[pos] == bits) return;
   s.token_bits[pos] = static_cast<uint8_t>(bits);
@@ -139,25 +169,19 @@ void KvCache::flush_window(int seq) {
 }
 
 void KvCache::move_to_arena(Sequence& s, int upto) {
-  const size_t page = options_.page_bytes;
   const int kv_dim = layout_.kv_dim();
   for (int pos = s.n_arena; pos < upto; ++pos) {
     const int bits = s.token_bits[pos];
-    const size_t rec = tok_bytes_[bits];
-    // Records never straddle pages: skip to the next page when this one cannot hold the record.
-    uint64_t off = s.arena_end;
-    if (off % page + rec > page) off = (off / page + 1) * page;
-    const size_t page_index = off / page;
-    const size_t in_page = off % page;
+    const int c = kv_class_index(bits);
+    const uint32_t loc = s.pages.place(c, *pool_);
+    uint8_t* page = pool_->page(geom_.page_of(loc));
+    const int slot = geom_.slot_of(loc);
+    reinterpret_cast<int32_t*>(page)[slot] = pos;
     const size_t staged_row = static_cast<size_t>(pos - s.n_arena);
-    for (int l = 0; l < layout_.n_layers; ++l) {
-      auto& pages = s.pages[l];
-      while (pages.size() <= page_index) pages.push_back(Page{std::make_unique<uint8_t[]>(page)});
-      std::memcpy(pages[page_index].data.get() + in_page, s.staged_q[l].data() + staged_row * rec_stride_,
-                  rec);
-    }
-    s.token_offset[pos] = off;
-    s.arena_end = off + rec;
+    for (int l = 0; l < layout_.n_layers; ++l)
+      std::memcpy(page + geom_.record_offset(c, l, slot), s.staged_q[l].data() + staged_row * rec_stride_,
+                  tok_bytes_[bits]);
+    s.token_loc[pos] = loc;
   }
   const size_t drop = static_cast<size_t>(upto - s.n_arena) * kv_dim;
   const size_t drop_q = static_cast<size_t>(upto - s.n_arena) * rec_stride_;
@@ -178,10 +202,10 @@ void KvCache::move_to_arena(Sequence& s, int upto) {
 
 void KvCache::clear(int seq) {
   Sequence& s = seq_ref(seq);
-  s.token_offset.clear();
+  s.pages.clear(*pool_);
+  s.token_loc.clear();
   s.token_bits.clear();
   s.decided.clear();
-  s.arena_end = 0;
   s.n_arena = 0;
   s.n_tokens = 0;
   for (int l = 0; l < layout_.n_layers; ++l) {
@@ -196,13 +220,17 @@ void KvCache::truncate(int seq, int n) {
   KVD_ASSERT(n >= 0);
   if (n >= s.n_tokens) return;
   if (n < s.n_arena) {
-    s.arena_end = s.token_offset[n];
+    // A class's tokens fill its pages in position order: keep each class's arena tokens below n.
+    std::array<int, 4> keep{};
+    for (int pos = 0; pos < n; ++pos) keep[static_cast<size_t>(kv_class_index(s.token_bits[pos]))]++;
+    for (const KvSeqPages::SlotRange& r : s.pages.truncate(keep, *pool_))
+      std::fill_n(reinterpret_cast<int32_t*>(pool_->page(r.page)) + r.slot0, r.count, KvPageGeom::kEmptySlot);
     s.n_arena = n;
   }
   s.n_tokens = n;
   s.token_bits.resize(static_cast<size_t>(n));
   s.decided.resize(static_cast<size_t>(n));
-  s.token_offset.resize(static_cast<size_t>(n));
+  s.token_loc.resize(static_cast<size_t>(n));
   const size_t staged = static_cast<size_t>(s.n_tokens - s.n_arena);
   for (int l = 0; l < layout_.n_layers; ++l) {
     s.staged_k[l].resize(staged * layout_.kv_dim());
@@ -226,8 +254,9 @@ KvTokenView KvCache::token(int seq, int layer, int pos, int query_pos) const {
             reinterpret_cast<const uint8_t*>(s.staged_v[layer].data() + off)};
   }
   const int bits = s.token_bits[pos];
-  const uint64_t off = s.token_offset[pos];
-  const uint8_t* base = s.pages[layer][off >> page_shift_].data.get() + (off & (options_.page_bytes - 1));
+  const uint32_t loc = s.token_loc[pos];
+  const uint8_t* base =
+      pool_->page(geom_.page_of(loc)) + geom_.record_offset(kv_class_index(bits), layer, geom_.slot_of(loc));
   return {bits, base, base + k_bytes_[bits]};
 }
 
@@ -236,6 +265,8 @@ int KvCache::token_bits(int seq, int pos) const {
   KVD_ASSERT(pos >= 0 && pos < s.n_tokens);
   return s.token_bits[pos];
 }
+
+size_t KvCache::pool_bytes() const { return pool_->bytes(); }
 
 const float* KvCache::rotation_signs(int layer) const {
   if (signs_.empty()) return nullptr;
@@ -257,10 +288,10 @@ KvStats KvCache::stats(int seq) const {
   }
   st.bytes_stored = stored;
   size_t alloc = 0;
-  for (int l = 0; l < layout_.n_layers; ++l) {
-    alloc += s.pages[l].size() * options_.page_bytes;
-    alloc += (s.staged_k[l].capacity() + s.staged_v[l].capacity()) * sizeof(uint16_t) + s.staged_q[l].capacity();
-  }
+  for (int c = 0; c < 4; ++c) alloc += s.pages.pages_of(c).size() * geom_.page_bytes(c);
+  for (int l = 0; l < layout_.n_layers; ++l)
+    alloc +=
+        (s.staged_k[l].capacity() + s.staged_v[l].capacity()) * sizeof(uint16_t) + s.staged_q[l].capacity();
   st.bytes_allocated = alloc;
   const double elems = 2.0 * layout_.kv_dim() * layout_.n_layers * static_cast<double>(s.n_tokens);
   st.effective_bits = elems > 0 ? 8.0 * static_cast<double>(stored) / elems : 0;

@@ -6,7 +6,9 @@
 // after it, from its features (decide()); it is then quantized once, into a staged record. A query at
 // position p reads key t quantized when t is decided and t < p - residual, else at fp16: so a token
 // always sees its own key at fp16, and the newest `residual` tokens stay at 16 bits. Decided tokens
-// older than the window move, record unchanged, into the layer arenas (paged, allocated as they fill).
+// older than the window move, record unchanged, into pages of their width class (kv/kv_pages.h: the same
+// layout as the GPU cache), taken from a pool that all sequences of the cache share: a sequence that is
+// cleared or rewound gives its pages back for any sequence to reuse.
 #pragma once
 #include <array>
 #include <cstddef>
@@ -15,6 +17,7 @@
 #include <vector>
 
 #include "kv/kv_layout.h"
+#include "kv/kv_pages.h"
 
 namespace kvd {
 
@@ -22,7 +25,7 @@ struct KvCacheOptions {
   int max_tokens = 4096;  // per sequence
   int residual = 0;       // newest tokens kept at 16 bits regardless of their decided width
   int n_seqs = 1;
-  size_t page_bytes = 64 * 1024;
+  int page_shift = 6;  // 2^page_shift token slots a page
   // Tokens never leave staging: each keeps its fp16 row beside its quantized record, so its width
   // can be changed later (decide() again) and the sequence rewound (truncate). For measuring what a
   // width costs (collect's sensitivity labels); uses more memory.
@@ -41,8 +44,8 @@ struct KvStats {
   std::array<int64_t, 17> tokens_at_bits{};  // index by bit-width; undecided/staged tokens count at 16
   size_t bytes_stored = 0;     // K+V bytes of all layers as the layout says (staged tokens as fp16)
   size_t bytes_allocated = 0;  // pages + staging actually allocated
-  double avg_bits() const;           // mean nominal bit-width over tokens
-  double effective_bits = 0;  // stored bits per K/V element, scales included
+  double avg_bits() const;     // mean nominal bit-width over tokens
+  double effective_bits = 0;   // stored bits per K/V element, scales included
 };
 
 class KvCache {
@@ -83,28 +86,27 @@ class KvCache {
   const uint16_t* staged_v(int seq, int layer) const;
 
   KvStats stats(int seq) const;
+  // The page geometry of the arena, and the bytes the shared pool holds (in use or free for reuse).
+  const KvPageGeom& page_geom() const { return geom_; }
+  size_t pool_bytes() const;
   // The rotation signs of one layer (n_kv_heads x head_dim), nullptr when the layout does not rotate.
   const float* rotation_signs(int layer) const;
 
  private:
-  struct Page {
-    std::unique_ptr<uint8_t[]> data;
-  };
+  class Pool;
   struct Sequence {
-    // Arena: per layer a list of pages; token_offset[pos] = page * page_bytes + offset, the same
-    // in every layer since every layer stores the token at the same width.
-    std::vector<std::vector<Page>> pages;  // [layer][page]
-    std::vector<uint64_t> token_offset;
+    // Arena: the sequence's pages (one class each); token_loc[pos] = page << page_shift | slot, the
+    // same in every layer since every layer stores the token at the same width.
+    KvSeqPages pages{6};
+    std::vector<uint32_t> token_loc;
     std::vector<uint8_t> token_bits;  // [pos], for arena and staged tokens (16 until decided)
     std::vector<uint8_t> decided;     // [pos]
-    uint64_t arena_end = 0;           // next free offset (same in every layer)
     int n_arena = 0;
     int n_tokens = 0;
     // Staging: per layer fp16 rows for positions [n_arena, n_tokens), and for decided tokens their
     // quantized record (stride max_token_bytes(), the largest record).
     std::vector<std::vector<uint16_t>> staged_k, staged_v;
     std::vector<std::vector<uint8_t>> staged_q;
-    std::vector<size_t> pages_allocated;
   };
 
   Sequence& seq_ref(int seq);
@@ -114,10 +116,11 @@ class KvCache {
 
   KvLayout layout_;
   KvCacheOptions options_;
-  int page_shift_ = 0;  // log2(options_.page_bytes)
+  KvPageGeom geom_;
+  std::unique_ptr<Pool> pool_;
   std::vector<Sequence> seqs_;
   std::vector<float> signs_;
-  size_t rec_stride_ = 0;               // staged record stride: the largest record
+  size_t rec_stride_ = 0;                         // staged record stride: the largest record
   size_t k_bytes_[17] = {}, tok_bytes_[17] = {};  // by width class  // [layer][kvh][i] when layout_.rotate
 };
 
