@@ -12,7 +12,6 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <random>
-#include <sstream>
 #include <string>
 #include <vector>
 
@@ -21,19 +20,11 @@
 #include "kv/attention.h"
 #include "kv/kv_cache.h"
 #include "util/error.h"
+#include "util/strings.h"
 
 using namespace kvd;
 
 namespace {
-
-std::vector<std::string> split(const std::string& s, char sep) {
-  std::vector<std::string> out;
-  std::string cur;
-  std::istringstream in(s);
-  while (std::getline(in, cur, sep))
-    if (!cur.empty()) out.push_back(cur);
-  return out;
-}
 
 struct Shape {
   std::string name;
@@ -108,9 +99,8 @@ int main(int argc, char** argv) {
     nlohmann::json rows = nlohmann::json::array();
     for (const std::string& sname : split(shapes, ',')) {
       const Shape sh = shape_of(sname);
-      for (const std::string& ctx_s : split(contexts, ',')) {
-        const int ctx = std::stoi(ctx_s);
-        if (ctx < 1) throw Error("--contexts: " + ctx_s + " is not a positive count");
+      for (const int ctx : split_ints(contexts, "--contexts")) {
+        if (ctx < 1) throw Error("--contexts: " + std::to_string(ctx) + " is not a positive count");
         for (const std::string& w : split(widths, ',')) {
           const KvLayout lay{1, sh.n_kv_heads, sh.head_dim, 32};
           const int total = ctx + 1, kv_dim = lay.kv_dim(), q_dim = sh.n_heads * sh.head_dim;
@@ -166,9 +156,9 @@ int main(int argc, char** argv) {
             }
             // As the tests allow: fp32 sums in another order, 1e-4 of the output's scale (at least 1).
             if (bad > 0 || !(diff <= 1e-4f * std::max(mx, 1.0f)))
-              throw Error("decode attention differs from the reference: " + sname + " " + w + " at " + ctx_s +
-                          ": max |diff| " + std::to_string(diff) + " of max |ref| " + std::to_string(mx) +
-                          ", " + std::to_string(bad) + " of 5 records differ");
+              throw Error("decode attention differs from the reference: " + sname + " " + w + " at " +
+                          std::to_string(ctx) + ": max |diff| " + std::to_string(diff) + " of max |ref| " +
+                          std::to_string(mx) + ", " + std::to_string(bad) + " of 5 records differ");
           }
           // What the kernel must read: every key's K and V at its width (one layer), scales included.
           const KvStats st = gpu.stats();

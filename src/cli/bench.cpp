@@ -15,6 +15,7 @@
 #include "eval/runner.h"
 #include "kernels/kernels.h"
 #include "util/error.h"
+#include "util/strings.h"
 #include "util/sysinfo.h"
 #include "util/thread_pool.h"
 
@@ -33,30 +34,6 @@ struct Row {
   double weight_bytes = 0;
   double vram_engine = 0, vram_device = 0;  // peak device memory (engines with one), bytes
 };
-
-std::vector<std::string> split(const std::string& s, char sep) {
-  std::vector<std::string> out;
-  std::stringstream ss(s);
-  std::string part;
-  while (std::getline(ss, part, sep))
-    if (!part.empty()) out.push_back(part);
-  return out;
-}
-
-std::vector<int> split_ints(const std::string& s, const char* what) {
-  std::vector<int> out;
-  for (const auto& p : split(s, ',')) {
-    try {
-      size_t used = 0;
-      const int v = std::stoi(p, &used);
-      if (used != p.size() || v < 0) throw std::invalid_argument(p);
-      out.push_back(v);
-    } catch (const std::exception&) {
-      throw Error(std::string(what) + ": '" + p + "' is not a non-negative integer");
-    }
-  }
-  return out;
-}
 
 }  // namespace
 

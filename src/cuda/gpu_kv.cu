@@ -59,38 +59,21 @@ void DeviceMemory::free(void* p) {
 // ---- KvPagePool ----
 
 KvPagePool::KvPagePool(DeviceMemory& mem, const KvPageGeom& geom, int capacity)
-    : mem_(mem), geom_(geom), capacity_(capacity) {
+    : KvPagePoolBase(geom), mem_(mem), capacity_(capacity) {
   table_ = static_cast<uint8_t**>(
       mem.alloc(static_cast<size_t>(capacity) * sizeof(uint8_t*), MemKind::Kv, "the KV page table"));
 }
 
-KvPagePool::~KvPagePool() = default;  // memory belongs to mem_
-
-int KvPagePool::alloc_page(int cls) {
-  int p;
-  if (!free_[cls].empty()) {
-    p = free_[cls].back();
-    free_[cls].pop_back();
-  } else {
-    if (static_cast<int>(ptr_.size()) >= capacity_)
-      throw Error("cuda: the KV page pool is full (" + std::to_string(capacity_) + " pages)");
-    const size_t bytes = geom_.page_bytes(cls);
-    uint8_t* data = static_cast<uint8_t*>(mem_.alloc(bytes, MemKind::Kv, "a KV page"));
-    p = static_cast<int>(ptr_.size());
-    ptr_.push_back(data);
-    cls_.push_back(cls);
-    bytes_ += bytes;
-    KVD_CUDA(cudaMemcpy(table_ + p, &data, sizeof data, cudaMemcpyHostToDevice));
-  }
-  // Every slot empty (kEmptySlot is what a 0x7f fill leaves).
-  KVD_CUDA(cudaMemset(ptr_[static_cast<size_t>(p)], 0x7f, geom_.header_bytes()));
-  return p;
+void KvPagePool::create_page(int cls) {
+  if (n_pages() >= capacity_)
+    throw Error("cuda: the KV page pool is full (" + std::to_string(capacity_) + " pages)");
+  uint8_t* data = static_cast<uint8_t*>(mem_.alloc(geom_.page_bytes(cls), MemKind::Kv, "a KV page"));
+  KVD_CUDA(cudaMemcpy(table_ + n_pages(), &data, sizeof data, cudaMemcpyHostToDevice));
+  ptr_.push_back(data);
 }
 
-void KvPagePool::free_page(int page) {
-  KVD_ASSERT(page >= 0 && page < static_cast<int>(ptr_.size()));
-  free_[cls_[static_cast<size_t>(page)]].push_back(page);
-}
+// Every slot empty (kEmptySlot is what a 0x7f fill leaves).
+void KvPagePool::empty_header(int p) { KVD_CUDA(cudaMemset(page(p), 0x7f, geom_.header_bytes())); }
 
 // ---- GpuKv ----
 
@@ -179,10 +162,7 @@ void GpuKv::upload_block() {
   std::vector<KvPageRef> refs(pages.size());
   for (size_t i = 0; i < pages.size(); ++i) {
     refs[i].data = pool_->page(pages[i]);
-    refs[i].cls = -1;
-    for (int c = 0; c < 4 && refs[i].cls < 0; ++c)
-      for (int p : seq_.pages_of(c))
-        if (p == pages[i]) refs[i].cls = c;
+    refs[i].cls = pool_->page_class(pages[i]);
   }
   if (!refs.empty())
     KVD_CUDA(cudaMemcpy(block_, refs.data(), refs.size() * sizeof(KvPageRef), cudaMemcpyHostToDevice));
@@ -251,11 +231,14 @@ void GpuKv::truncate(int n) {
     // Tokens of a class fill its pages in position order: keep each class's tokens below n.
     std::array<int, 4> keep{};
     for (int pos = 0; pos < n; ++pos) keep[cls_[static_cast<size_t>(pos)]]++;
-    for (const KvSeqPages::SlotRange& r : seq_.truncate(keep, *pool_))
+    const std::vector<KvSeqPages::SlotRange> emptied = seq_.truncate(keep, *pool_);
+    for (const KvSeqPages::SlotRange& r : emptied)
       KVD_CUDA(cudaMemset(pool_->page(r.page) + 4 * static_cast<size_t>(r.slot0), 0x7f,
                           4 * static_cast<size_t>(r.count)));
-    upload_block();
-    KVD_CUDA(cudaDeviceSynchronize());
+    if (seq_.block_changed())
+      upload_block();  // waits for the header fills too
+    else if (!emptied.empty())
+      KVD_CUDA(cudaDeviceSynchronize());
     n_decided_ = n;
   }
   n_tokens_ = n;

@@ -14,30 +14,23 @@
 
 namespace kvd::cuda {
 
-// The page pool: device pages of one width class each (kv/kv_pages.h), the device page table, and per
-// class a list of free pages for reuse (a class's pages have their own size). Shared by sequences.
-class KvPagePool : public KvPageSource {
+// The page pool: device pages of one width class each (kv/kv_pages.h) and the device page table
+// (page -> address). Shared by sequences.
+class KvPagePool final : public KvPagePoolBase {
  public:
   KvPagePool(DeviceMemory& mem, const KvPageGeom& geom, int capacity);
-  ~KvPagePool() override;
   KvPagePool(const KvPagePool&) = delete;
   KvPagePool& operator=(const KvPagePool&) = delete;
-  int alloc_page(int cls) override;
-  void free_page(int page) override;
   uint8_t* page(int p) const { return ptr_[static_cast<size_t>(p)]; }
   uint8_t** device_table() const { return table_; }
-  const KvPageGeom& geom() const { return geom_; }
-  size_t bytes_allocated() const { return bytes_; }
 
  private:
+  void create_page(int cls) override;
+  void empty_header(int page) override;
   DeviceMemory& mem_;
-  KvPageGeom geom_;
   int capacity_;
   uint8_t** table_ = nullptr;
   std::vector<uint8_t*> ptr_;
-  std::vector<int> cls_;
-  std::vector<int> free_[4];
-  size_t bytes_ = 0;
 };
 
 class GpuKv {
@@ -64,7 +57,6 @@ class GpuKv {
   void assign(int pos, int bits, uint8_t* cls, uint32_t* loc);
   bool decided(int pos) const { return cls_[static_cast<size_t>(pos)] != kUndecided; }
   int bits_at(int pos) const { return decided(pos) ? bits_of_class_[cls_[static_cast<size_t>(pos)]] : 16; }
-  int n_decided() const { return n_decided_; }
   // Per-token statistics buffers (KvDev::stat_attn / stat_kv) and the query head count.
   void set_stats(float* attn, float* kv, int n_heads) {
     dev_.stat_attn = attn;

@@ -496,6 +496,26 @@ __device__ inline void online_update(const float (&sq)[G][HD], int e0, unsigned 
   }
 }
 
+// The G query heads of KV head kvh into shared memory (the caller syncs before reading them).
+template <int HD, int G>
+__device__ inline void load_queries(const float* q, int kvh, float (&s_q)[G][HD]) {
+  for (int j = threadIdx.x; j < G * HD; j += blockDim.x)
+    s_q[j / HD][j % HD] = q[(kvh * G + j / HD) * HD + j % HD];
+}
+
+// A lane's online-softmax state before any key: max -inf, sums and accumulators 0.
+template <int HD, int G>
+__device__ inline void clear_online_state(float (&m)[G], float (&l)[G], float (&l2)[G],
+                                          float (&acc)[G][HD / 8]) {
+#pragma unroll
+  for (int h = 0; h < G; ++h) {
+    m[h] = -INFINITY;
+    l[h] = l2[h] = 0;
+#pragma unroll
+    for (int e = 0; e < HD / 8; ++e) acc[h][e] = 0;
+  }
+}
+
 // After a block wrote its partial state (part[(kvh * G + h) * kDecodeParts + chunk]: unnormalized output,
 // max, sum, sum of squares): the last of the KV head's n_parts blocks to get here merges them all and
 // writes the output (and the policies' statistics). Every head at once, so that the merge costs two
@@ -663,15 +683,9 @@ __global__ void __launch_bounds__(256) attn_decode_kernel(KvDev kv, int layer, c
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, sub = lane >> 3, sl = lane & 7;
   const int e0 = sl * E, idx0 = kvh * HD + e0;
   const unsigned lanes = 0xffu << (8 * sub);  // this key's 8 lanes
-  for (int j = threadIdx.x; j < G * HD; j += NT) s_q[j / HD][j % HD] = q[(kvh * G + j / HD) * HD + j % HD];
+  load_queries<HD, G>(q, kvh, s_q);
   float m[G], l[G], l2[G], acc[G][E];
-#pragma unroll
-  for (int h = 0; h < G; ++h) {
-    m[h] = -INFINITY;
-    l[h] = l2[h] = 0;
-#pragma unroll
-    for (int e = 0; e < E; ++e) acc[h][e] = 0;
-  }
+  clear_online_state<HD, G>(m, l, l2, acc);
   const float scale = 1.0f / sqrtf(static_cast<float>(HD));
   const int quant_below = min(pos - kv.residual, params->fp16_from);
   for (int w0 = t0; w0 < t1; w0 += W) {
@@ -781,15 +795,9 @@ __global__ void __launch_bounds__(256)
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, sub = lane >> 3, sl = lane & 7;
   const int e0 = sl * E, idx0 = kvh * HD + e0;
   const unsigned lanes = 0xffu << (8 * sub);
-  for (int j = threadIdx.x; j < G * HD; j += NT) s_q[j / HD][j % HD] = q[(kvh * G + j / HD) * HD + j % HD];
+  load_queries<HD, G>(q, kvh, s_q);
   float m[G], l[G], l2[G], acc[G][E];
-#pragma unroll
-  for (int h = 0; h < G; ++h) {
-    m[h] = -INFINITY;
-    l[h] = l2[h] = 0;
-#pragma unroll
-    for (int e = 0; e < E; ++e) acc[h][e] = 0;
-  }
+  clear_online_state<HD, G>(m, l, l2, acc);
   const float scale = 1.0f / sqrtf(static_cast<float>(HD));
   const int quant_below = min(pos - kv.residual, params->fp16_from);
   const int ja = warp * 4 + sub, jb = ja + NT / 8;
@@ -953,7 +961,7 @@ __global__ void __launch_bounds__(256)
   const int per = max(1, (n_pages + kDecodeBlocks - 1) / kDecodeBlocks);
   const int n_chunks = (n_pages + per - 1) / per;
   if (chunk > n_chunks) return;
-  for (int j = threadIdx.x; j < G * HD; j += NT) s_q[j / HD][j % HD] = q[(kvh * G + j / HD) * HD + j % HD];
+  load_queries<HD, G>(q, kvh, s_q);
   if (threadIdx.x < G) {
     s_m[threadIdx.x] = -INFINITY;
     s_l[threadIdx.x] = s_l2[threadIdx.x] = 0;

@@ -21,35 +21,18 @@ double KvStats::avg_bits() const {
   return sum / static_cast<double>(tokens);
 }
 
-// Host pages of one width class each (kv/kv_pages.h), shared by the cache's sequences: freed pages wait
-// in a list per class (a class's pages have their own size) for the next sequence that needs one.
-class KvCache::Pool final : public KvPageSource {
+// Host pages of one width class each (kv/kv_pages.h), shared by the cache's sequences.
+class KvCache::Pool final : public KvPagePoolBase {
  public:
-  explicit Pool(const KvPageGeom& g) : geom_(g) {}
-  int alloc_page(int cls) override {
-    int p;
-    if (!free_[cls].empty()) {
-      p = free_[cls].back();
-      free_[cls].pop_back();
-    } else {
-      p = static_cast<int>(pages_.size());
-      pages_.push_back(std::make_unique<uint8_t[]>(geom_.page_bytes(cls)));
-      cls_.push_back(cls);
-      bytes_ += geom_.page_bytes(cls);
-    }
-    std::fill_n(reinterpret_cast<int32_t*>(page(p)), geom_.page_tokens(), KvPageGeom::kEmptySlot);
-    return p;
-  }
-  void free_page(int p) override { free_[cls_[static_cast<size_t>(p)]].push_back(p); }
+  explicit Pool(const KvPageGeom& g) : KvPagePoolBase(g) {}
   uint8_t* page(int p) const { return pages_[static_cast<size_t>(p)].get(); }
-  size_t bytes() const { return bytes_; }
 
  private:
-  KvPageGeom geom_;
+  void create_page(int cls) override { pages_.push_back(std::make_unique<uint8_t[]>(geom_.page_bytes(cls))); }
+  void empty_header(int p) override {
+    std::fill_n(reinterpret_cast<int32_t*>(page(p)), geom_.page_tokens(), KvPageGeom::kEmptySlot);
+  }
   std::vector<std::unique_ptr<uint8_t[]>> pages_;
-  std::vector<int> cls_;
-  std::vector<int> free_[4];
-  size_t bytes_ = 0;
 };
 
 KvCache::KvCache(const KvLayout& layout, const KvCacheOptions& options) : layout_(layout), options_(options) {

@@ -16,6 +16,28 @@ KvPageGeom make_page_geom(const KvLayout& layout, int page_shift) {
   return g;
 }
 
+int KvPagePoolBase::alloc_page(int cls) {
+  KVD_ASSERT(cls >= 0 && cls < 4);
+  std::vector<int>& free = free_[static_cast<size_t>(cls)];
+  int p;
+  if (!free.empty()) {
+    p = free.back();
+    free.pop_back();
+  } else {
+    create_page(cls);  // throws when out of memory, before any bookkeeping changes
+    p = n_pages();
+    cls_.push_back(cls);
+    bytes_ += geom_.page_bytes(cls);
+  }
+  empty_header(p);
+  return p;
+}
+
+void KvPagePoolBase::free_page(int page) {
+  KVD_ASSERT(page >= 0 && page < n_pages());
+  free_[static_cast<size_t>(page_class(page))].push_back(page);
+}
+
 uint32_t KvSeqPages::place(int cls, KvPageSource& src) {
   KVD_ASSERT(cls >= 0 && cls < 4);
   std::vector<int>& pages = by_class_[static_cast<size_t>(cls)];

@@ -59,6 +59,30 @@ class KvPageSource {
   virtual void free_page(int page) = 0;
 };
 
+// The bookkeeping every pool shares: a page's class, and per class a list of freed pages that only that
+// class reuses (a class's pages have their own size). A pool supplies the storage: create_page gives
+// page n_pages() storage of geom.page_bytes(cls) bytes, empty_header fills a page's header with
+// kEmptySlot (on every allocation, fresh or reused).
+class KvPagePoolBase : public KvPageSource {
+ public:
+  int alloc_page(int cls) final;
+  void free_page(int page) final;
+  int page_class(int page) const { return cls_[static_cast<size_t>(page)]; }
+  int n_pages() const { return static_cast<int>(cls_.size()); }
+  size_t bytes() const { return bytes_; }  // all pages, in use or free
+
+ protected:
+  explicit KvPagePoolBase(const KvPageGeom& geom) : geom_(geom) {}
+  virtual void create_page(int cls) = 0;
+  virtual void empty_header(int page) = 0;
+  const KvPageGeom geom_;
+
+ private:
+  std::vector<int> cls_;
+  std::array<std::vector<int>, 4> free_;
+  size_t bytes_ = 0;
+};
+
 // A sequence's pages: per class the pages in fill order (all full but the last), and the block table
 // (every page of the sequence in allocation order) that kernels walk.
 class KvSeqPages {
