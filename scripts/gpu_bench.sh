@@ -5,7 +5,7 @@
 # Binaries built on the development machine travel in $C (bin/kvdial, bin/kvdial_cuda_tests,
 # bin/libkvdial_cuda.so when the build has the module, lib/libhwy.so.1); llama.cpp's binaries, if any,
 # at $LLAMA_BIN (built beside the project, never committed). Run from the repository root:
-#   STAGES="tests profile paged compare ppl vram" bash scripts/gpu_bench.sh
+#   STAGES="tests profile paged kernels compare ppl vram" bash scripts/gpu_bench.sh
 # Logs go to $OUT (default ./gpu_out); the summary to stdout.
 set -u
 C=${C:-.devcarry/gpu}
@@ -71,6 +71,25 @@ if has paged; then
       -d ${PAGED_DEPTHS:-4096,16384,32768} -r 3 --kv-policy static:16,static:4,static:2,pattern:2/2/8
     log "decode attention $a:"
     grep "|" "$OUT/long_$a.log" | tee -a "$OUT/summary.txt"
+  done
+fi
+
+if has kernels; then
+  # Decode-attention kernels side by side: the kernel benchmark (synthetic K/V/q, reference-checked) and
+  # the whole model after long contexts, per kernel (mma: tensor cores, the default; tiled; paged).
+  KB=$C/bin/bench_attention_gpu
+  for a in ${KERNELS:-mma tiled paged}; do
+    KVDIAL_CUDA_DECODE_ATTN=$a step attn_$a 300 $KB --shapes ${ATTN_SHAPES:-smol,llama8b} \
+      --contexts ${ATTN_CONTEXTS:-4096,32768,131072} --widths ${ATTN_WIDTHS:-16,4,2,pattern:2/2/8} \
+      --iters 10 --out "$OUT/attn_$a.md" --json "$OUT/attn_$a.json"
+    log "decode attention kernel $a:"
+    grep "|" "$OUT/attn_$a.log" | tee -a "$OUT/summary.txt"
+  done
+  for a in ${KERNELS:-mma tiled paged}; do
+    KVDIAL_CUDA_DECODE_ATTN=$a step tg_$a 300 $K bench -m $MODEL -dev cuda $KVX -p 0 -n 64 \
+      -d ${TG_DEPTHS:-4096,32768} -r 3 --kv-policy static:16,static:4,static:2,pattern:2/2/8
+    log "whole model, decode attention $a:"
+    grep "|" "$OUT/tg_$a.log" | tee -a "$OUT/summary.txt"
   done
 fi
 

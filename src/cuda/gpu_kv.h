@@ -40,6 +40,10 @@ class KvProbe {
   std::unique_ptr<Impl> impl_;
 };
 
+// The one-query decode-attention kernel for launches from now on, overriding $KVDIAL_CUDA_DECODE_ATTN:
+// "mma", "tiled", "paged", "tokens", "old", or "" for the default choice (for tests and benchmarks).
+void set_decode_attention(const std::string& kernel);
+
 // Quantizes n rows of kv_dim fp16 values at a width with the append kernel; returns the n rows'
 // bytes (layout.row_bytes(bits) each), for comparing with kv_quantize_row_fp16.
 std::vector<uint8_t> quantize_rows(const KvLayout& layout, int bits, const std::vector<uint16_t>& rows);

@@ -1,9 +1,12 @@
 // Kernels of the GPU KV cache: RoPE + quantize-on-append (the CPU quantizer's bytes, bit for bit) and
 // split-K decode attention over pages of any width mix, with its merge.
+#include <atomic>
 #include <cmath>
 #include <cstdlib>
 #include <string>
 
+#include "cuda/decode_mma.cuh"
+#include "cuda/decode_parts.cuh"
 #include "cuda/device_memory.cuh"
 #include "cuda/kv_device.cuh"
 
@@ -91,15 +94,6 @@ __device__ inline void ring_to_shared(const KvDev& kv, int layer, int pos, float
     sm[j] = h2f(kv.ring_k[slot + j]);
     sm[kv.kv_dim + j] = h2f(kv.ring_v[slot + j]);
   }
-}
-
-// The policies' attention statistics of one query and head from its softmax sums over n_keys keys
-// (weights w = exp(s - M) / L with M the largest score, L2 = sum exp(2 (s - M))): the largest weight 1 / L
-// and the weights' variance sum w^2 / n - 1 / n^2.
-__device__ inline void write_attn_stats(float* st, float L, float L2, int n_keys) {
-  const float nk = static_cast<float>(n_keys);
-  st[0] = 1.0f / L;
-  st[1] = L2 / (L * L) / nk - 1.0f / (nk * nk);
 }
 
 template <bool kPages>
@@ -516,76 +510,6 @@ __device__ inline void clear_online_state(float (&m)[G], float (&l)[G], float (&
   }
 }
 
-// After a block wrote its partial state (part[(kvh * G + h) * kDecodeParts + chunk]: unnormalized output,
-// max, sum, sum of squares): the last of the KV head's n_parts blocks to get here merges them all and
-// writes the output (and the policies' statistics). Every head at once, so that the merge costs two
-// round trips to L2 whatever G: the parts' (M, L, L2) into shared memory (all loads in flight), then warp
-// h reduces head h, then each output element sums its parts (loads through L2: other blocks wrote them).
-template <int HD, int G>
-__device__ inline void merge_parts(const KvDev& kv, int layer, int n_heads, const StepParams* params,
-                                   const float* part, float* out, int n_parts, int n_keys) {
-  constexpr int NT = 256;
-  __shared__ float s_w[G][kDecodeParts];
-  __shared__ float s_L[G];
-  __shared__ int s_last;
-  const int kvh = blockIdx.y, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  __threadfence();
-  __syncthreads();
-  if (threadIdx.x == 0) s_last = atomicAdd(&kv.attn_counters[kvh], 1) == n_parts - 1;
-  __syncthreads();
-  if (!s_last) return;
-  __threadfence();
-  constexpr int PS = HD + 3;  // partial stride: o[HD], M, L, L2
-  const float* base = part + static_cast<size_t>(kvh * G) * kDecodeParts * PS;
-  __shared__ float s_pm[G][kDecodeParts], s_pl[G][kDecodeParts], s_pq[G][kDecodeParts];
-  for (int j = threadIdx.x; j < G * n_parts; j += NT) {
-    const int h = j / n_parts, c = j - h * n_parts;
-    const float* pc = base + (static_cast<size_t>(h) * kDecodeParts + c) * PS + HD;
-    s_pm[h][c] = __ldcg(pc);
-    s_pl[h][c] = __ldcg(pc + 1);
-    s_pq[h][c] = __ldcg(pc + 2);
-  }
-  __syncthreads();
-  for (int h = warp; h < G; h += NT / 32) {
-    float M = -INFINITY;
-    for (int c = lane; c < n_parts; c += 32) M = fmaxf(M, s_pm[h][c]);
-    for (int o = 16; o > 0; o >>= 1) M = fmaxf(M, __shfl_xor_sync(0xffffffffu, M, o));
-    float L = 0, L2 = 0;
-    for (int c = lane; c < n_parts; c += 32) {
-      const float w = expf(s_pm[h][c] - M);
-      s_w[h][c] = w;
-      L += w * s_pl[h][c];
-      L2 += w * w * s_pq[h][c];
-    }
-    for (int o = 16; o > 0; o >>= 1) {
-      L += __shfl_xor_sync(0xffffffffu, L, o);
-      L2 += __shfl_xor_sync(0xffffffffu, L2, o);
-    }
-    if (lane == 0) {
-      s_L[h] = L;
-      if (params->stats)
-        write_attn_stats(kv.stat_attn + (static_cast<size_t>(layer) * n_heads + kvh * G + h) * 2, L, L2,
-                         n_keys);
-    }
-  }
-  __syncthreads();
-  for (int j = threadIdx.x; j < G * HD; j += NT) {
-    const int h = j / HD, d = j % HD;
-    const float* ph = base + static_cast<size_t>(h) * kDecodeParts * PS + d;
-    float o0 = 0, o1 = 0, o2 = 0, o3 = 0;
-    int c = 0;
-    for (; c + 4 <= n_parts; c += 4) {
-      o0 += s_w[h][c] * __ldcg(ph + c * PS);
-      o1 += s_w[h][c + 1] * __ldcg(ph + (c + 1) * PS);
-      o2 += s_w[h][c + 2] * __ldcg(ph + (c + 2) * PS);
-      o3 += s_w[h][c + 3] * __ldcg(ph + (c + 3) * PS);
-    }
-    for (; c < n_parts; ++c) o0 += s_w[h][c] * __ldcg(ph + c * PS);
-    out[(kvh * G + h) * HD + d] = ((o0 + o1) + (o2 + o3)) / s_L[h];
-  }
-  if (threadIdx.x == 0) kv.attn_counters[kvh] = 0;
-}
-
 // The end of a decode block (after its keys): its 4 key groups per warp merged (lanes 8 and 16 apart),
 // then its 8 warps through shared memory; with one part in all the block writes the output, else its
 // partial state goes to part[chunk] for merge_parts.
@@ -655,7 +579,8 @@ __device__ inline void decode_finish(const KvDev& kv, int layer, int n_heads, co
     }
   }
   if (single) return;
-  merge_parts<HD, G>(kv, layer, n_heads, params, part, out, n_parts, n_keys);
+  __shared__ MergeScratch<G> merge_scratch;
+  merge_parts<HD, G>(kv, layer, n_heads, params, part, out, n_parts, n_keys, merge_scratch);
 }
 
 // Decode (one query per head) over any width mix. Block (chunk, KV head), 256 threads: 64 keys at a time,
@@ -1046,7 +971,8 @@ __global__ void __launch_bounds__(256)
     }
   }
   if (n_parts == 1) return;
-  merge_parts<HD, G>(kv, layer, n_heads, params, part, out, n_parts, n_keys);
+  __shared__ MergeScratch<G> merge_scratch;
+  merge_parts<HD, G>(kv, layer, n_heads, params, part, out, n_parts, n_keys, merge_scratch);
 }
 
 template <int HD>
@@ -1075,21 +1001,28 @@ __global__ void attn_merge_kernel(int hd, int n_heads, const StepParams* params,
   if (out_h) out_h[at] = __float2half_rn(r);
 }
 
-// $KVDIAL_CUDA_DECODE_ATTN: "old" (one block per query head and 64 keys, then a merge kernel), "tokens"
-// (the per-token-table kernel, attn_decode_kernel), "paged" (attn_decode_paged_kernel), "tiled"
-// (attn_decode_tiled_kernel) or unset: tiled while every block has one page (up to kDecodeBlocks pages),
-// paged beyond, as measured (results/cuda_paged_kv.md: the tiled kernel is faster at 4096 keys for every
-// width and shape, the paged one at 32k and 128k for the quantized widths).
-enum class DecodeMode { Auto, Tiled, Paged, Tokens, Old };
+// $KVDIAL_CUDA_DECODE_ATTN (or set_decode_attention): "old" (one block per query head and 64 keys, then a
+// merge kernel), "tokens" (the per-token-table kernel, attn_decode_kernel), "paged"
+// (attn_decode_paged_kernel), "tiled" (attn_decode_tiled_kernel), "mma" (decode_mma.cu: tensor cores,
+// cp.async page pipeline) or unset: tiled while every block has one page (up to kDecodeBlocks pages), mma
+// beyond, as measured (results/cuda_decode_mma.md: tiled and mma within 1-2% at 4096 keys, mma 1.3-2.3x
+// faster than any other at 32k and 128k).
+enum class DecodeMode { Auto, Mma, Tiled, Paged, Tokens, Old };
+DecodeMode mode_of(const std::string& v) {
+  return v == "old"      ? DecodeMode::Old
+         : v == "mma"    ? DecodeMode::Mma
+         : v == "tokens" ? DecodeMode::Tokens
+         : v == "paged"  ? DecodeMode::Paged
+         : v == "tiled"  ? DecodeMode::Tiled
+                         : DecodeMode::Auto;
+}
+std::atomic<int> g_decode_override{-1};
 DecodeMode decode_mode() {
+  const int o = g_decode_override.load(std::memory_order_relaxed);
+  if (o >= 0) return static_cast<DecodeMode>(o);
   static const DecodeMode m = [] {
     const char* e = std::getenv("KVDIAL_CUDA_DECODE_ATTN");
-    const std::string v = e ? e : "";
-    return v == "old"      ? DecodeMode::Old
-           : v == "tokens" ? DecodeMode::Tokens
-           : v == "paged"  ? DecodeMode::Paged
-           : v == "tiled"  ? DecodeMode::Tiled
-                           : DecodeMode::Auto;
+    return mode_of(e ? e : "");
   }();
   return m;
 }
@@ -1117,6 +1050,10 @@ void decode_launch(const KvDev& kv, int layer, const float* q, int n_heads, cons
   const DecodeMode mode = decode_mode();
   const bool tiled =
       mode == DecodeMode::Tiled || (mode == DecodeMode::Auto && max_keys <= kDecodeBlocks * 64);
+  if ((mode == DecodeMode::Mma || (mode == DecodeMode::Auto && !tiled)) && decode_mma_fits(kv, G)) {
+    launch_decode_mma(kv, layer, q, n_heads, G, params, part, out, s);
+    return;
+  }
   if (tiled && tiled_decode_fits(kv))
     attn_decode_tiled_kernel<HD, G><<<dim3(kDecodeParts, kv.n_kv_heads), 256, tile_smem_bytes<HD>(), s>>>(
         kv, layer, q, n_heads, params, part, out);
@@ -1179,6 +1116,10 @@ bool launch_decode_attention(const KvDev& kv, int layer, const float* q, int n_h
 
 }  // namespace
 
+void set_decode_attention(const std::string& kernel) {
+  g_decode_override.store(kernel.empty() ? -1 : static_cast<int>(mode_of(kernel)), std::memory_order_relaxed);
+}
+
 bool decode_attention_supported(int head_dim, int G) { return decode_kernel_for(head_dim, G) != nullptr; }
 
 void prepare_attention_kernels() {
@@ -1191,6 +1132,7 @@ void prepare_attention_kernels() {
     allow_tile_smem<128, 1>();
     allow_tile_smem<128, 2>();
     allow_tile_smem<128, 4>();
+    prepare_decode_mma();
     return true;
   }();
   (void)done;

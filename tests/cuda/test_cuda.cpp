@@ -172,10 +172,24 @@ std::vector<uint8_t> widths_of(const std::string& what, int n, uint32_t seed) {
   return w;
 }
 
+// The decode-attention kernels the dispatch can choose (the default's choice depends on the context).
+const char* const kDecodeKernels[] = {"mma", "tiled", "paged", "tokens"};
+
 TEST(CudaKv, AttentionMatchesReferenceEveryWidth) {
   KVD_REQUIRE_GPU();
   const Shape smol{2, 9, 3, 64};
   float worst = 0;
+  for (const char* kernel : kDecodeKernels) {
+    SCOPED_TRACE(kernel);
+    cuda::set_decode_attention(kernel);
+    for (const std::string w : {"2", "4", "8", "16", "mixed"}) {
+      const std::vector<int> batches = {37, 1, 1, 100, 1, 130, 1};
+      int total = 0;
+      for (int b : batches) total += b;
+      check_cache_and_attention(smol, batches, widths_of(w, total, 11), 0, 5, &worst);
+    }
+  }
+  cuda::set_decode_attention("");
   for (const std::string w : {"2", "4", "8", "16", "mixed"}) {
     // A prompt of odd length, single tokens, a batch across a 128-key chunk boundary.
     const std::vector<int> batches = {37, 1, 1, 100, 1, 130, 1};
@@ -206,8 +220,22 @@ TEST(CudaKv, LongContextAcrossManyChunks) {
 
 TEST(CudaKv, DecodeAfterLongContext) {
   // One-query steps (the decode kernel: keys split over kDecodeBlocks chunks, more than 32 keys each,
-  // more than one table window) after 5120 keys of mixed widths, with and without a residual window.
+  // more than one table window) after 5120 keys of mixed widths, with and without a residual window;
+  // every decode kernel, then the default choice.
   KVD_REQUIRE_GPU();
+  for (const char* kernel : kDecodeKernels) {
+    SCOPED_TRACE(kernel);
+    cuda::set_decode_attention(kernel);
+    float worst = 0;
+    std::vector<int> batches(20, 256);
+    batches.insert(batches.end(), {1, 1, 3, 1});
+    int total = 0;
+    for (int b : batches) total += b;
+    check_cache_and_attention({1, 9, 3, 64}, batches, widths_of("mixed", total, 21), 0, 22, &worst, true);
+    check_cache_and_attention({1, 8, 2, 128}, batches, widths_of("mixed", total, 25), 3, 26, &worst, true);
+    std::printf("%s kernel, one query after 5120 keys: max relative difference %.3g\n", kernel, worst);
+  }
+  cuda::set_decode_attention("");
   float worst = 0;
   std::vector<int> batches(20, 256);
   batches.insert(batches.end(), {1, 1, 3, 1});
