@@ -1004,9 +1004,9 @@ __global__ void attn_merge_kernel(int hd, int n_heads, const StepParams* params,
 // $KVDIAL_CUDA_DECODE_ATTN (or set_decode_attention): "old" (one block per query head and 64 keys, then a
 // merge kernel), "tokens" (the per-token-table kernel, attn_decode_kernel), "paged"
 // (attn_decode_paged_kernel), "tiled" (attn_decode_tiled_kernel), "mma" (decode_mma.cu: tensor cores,
-// cp.async page pipeline) or unset: tiled while every block has one page (up to kDecodeBlocks pages), mma
-// beyond, as measured (results/cuda_decode_mma.md: tiled and mma within 1-2% at 4096 keys, mma 1.3-2.3x
-// faster than any other at 32k and 128k).
+// cp.async page pipeline) or unset: at head dim 64 tiled while every block has one page (up to kDecodeBlocks
+// pages), else mma, as measured (results/cuda_decode_mma.md: at 4096 keys tiled 1-3% faster at head dim
+// 64, mma 11-15% faster at 128; mma 1.2-2.3x faster than any other at 32k and 128k).
 enum class DecodeMode { Auto, Mma, Tiled, Paged, Tokens, Old };
 DecodeMode mode_of(const std::string& v) {
   return v == "old"      ? DecodeMode::Old
@@ -1048,8 +1048,8 @@ template <int HD, int G>
 void decode_launch(const KvDev& kv, int layer, const float* q, int n_heads, const StepParams* params,
                    int max_keys, float* part, float* out, cudaStream_t s) {
   const DecodeMode mode = decode_mode();
-  const bool tiled =
-      mode == DecodeMode::Tiled || (mode == DecodeMode::Auto && max_keys <= kDecodeBlocks * 64);
+  const bool tiled = mode == DecodeMode::Tiled ||
+                     (mode == DecodeMode::Auto && HD == 64 && max_keys <= kDecodeBlocks * 64);
   if ((mode == DecodeMode::Mma || (mode == DecodeMode::Auto && !tiled)) && decode_mma_fits(kv, G)) {
     launch_decode_mma(kv, layer, q, n_heads, G, params, part, out, s);
     return;
