@@ -427,17 +427,20 @@ __global__ void __launch_bounds__(256, 2)
     s_ci[c].rec_off = static_cast<uint32_t>(kv.geom.record_offset(c, layer, 0));
   }
   __syncthreads();
+  // Page p's copies into stage s (p < p1; `next` holds its table entry and takes the following one's).
+  // Thread 0 records the stage's class: every thread read the stage's previous class before the sync
+  // that precedes this.
+  auto issue = [&](int p, int s) {
+    const KvPageRef ref = next;
+    if (p + 1 < p1) next = kv.block[p + 1];
+    const ClassInfo& ci = s_ci[ref.cls];
+    if (threadIdx.x == 0) s_stage_cls[s] = ref.cls;
+    issue_page(ref.data, ref.data + ci.rec_off, ci.tok_bytes, ci.sg, stages + s * stage_bytes);
+  };
   // Start the first pages' copies before anything else.
 #pragma unroll
   for (int s = 0; s < kStages - 1; ++s) {
-    const int p = p0 + s;
-    if (p < p1) {
-      const KvPageRef ref = next;
-      if (p + 1 < p1) next = kv.block[p + 1];
-      const ClassInfo& ci = s_ci[ref.cls];
-      if (threadIdx.x == 0) s_stage_cls[s] = ref.cls;
-      issue_page(ref.data, ref.data + ci.rec_off, ci.tok_bytes, ci.sg, stages + s * stage_bytes);
-    }
+    if (p0 + s < p1) issue(p0 + s, s);
     cp_async_commit();
   }
   // The lane's Q fragments: head g (rows g: hi, g + 8: lo), dims 2t, 2t + 1, 2t + 8, 2t + 9 of each
@@ -483,15 +486,7 @@ __global__ void __launch_bounds__(256, 2)
       const int i = p - p0;
       cp_async_wait<kStages - 2>();  // this thread's copies of page p are in
       __syncthreads();               // everyone's are, and page p - 1 is consumed
-      const int pn = p + kStages - 1, sn = (i + kStages - 1) % kStages;
-      if (pn < p1) {
-        const KvPageRef ref = next;
-        if (pn + 1 < p1) next = kv.block[pn + 1];
-        const ClassInfo& ci = s_ci[ref.cls];
-        // Stage sn held page p - 1, whose class every thread read before this iteration's sync.
-        if (threadIdx.x == 0) s_stage_cls[sn] = ref.cls;
-        issue_page(ref.data, ref.data + ci.rec_off, ci.tok_bytes, ci.sg, stages + sn * stage_bytes);
-      }
+      if (p + kStages - 1 < p1) issue(p + kStages - 1, (i + kStages - 1) % kStages);  // page p - 1's stage
       cp_async_commit();
       const int cur = s_stage_cls[i % kStages];
       attend_staged<HD, G>(stages + (i % kStages) * stage_bytes, s_ci[cur], quant_below, qa, qsum, st, acc);

@@ -223,24 +223,20 @@ TEST(CudaKv, DecodeAfterLongContext) {
   // more than one table window) after 5120 keys of mixed widths, with and without a residual window;
   // every decode kernel, then the default choice.
   KVD_REQUIRE_GPU();
+  std::vector<int> batches(20, 256);
+  batches.insert(batches.end(), {1, 1, 3, 1});
+  int total = 0;
+  for (int b : batches) total += b;
   for (const char* kernel : kDecodeKernels) {
     SCOPED_TRACE(kernel);
     cuda::set_decode_attention(kernel);
     float worst = 0;
-    std::vector<int> batches(20, 256);
-    batches.insert(batches.end(), {1, 1, 3, 1});
-    int total = 0;
-    for (int b : batches) total += b;
     check_cache_and_attention({1, 9, 3, 64}, batches, widths_of("mixed", total, 21), 0, 22, &worst, true);
     check_cache_and_attention({1, 8, 2, 128}, batches, widths_of("mixed", total, 25), 3, 26, &worst, true);
     std::printf("%s kernel, one query after 5120 keys: max relative difference %.3g\n", kernel, worst);
   }
   cuda::set_decode_attention("");
   float worst = 0;
-  std::vector<int> batches(20, 256);
-  batches.insert(batches.end(), {1, 1, 3, 1});
-  int total = 0;
-  for (int b : batches) total += b;
   check_cache_and_attention({1, 9, 3, 64}, batches, widths_of("mixed", total, 21), 0, 22, &worst, true);
   check_cache_and_attention({1, 9, 3, 64}, batches, widths_of("4", total, 23), 33, 24, &worst, true);
   check_cache_and_attention({1, 8, 2, 128}, batches, widths_of("mixed", total, 25), 0, 26, &worst, true);
