@@ -18,6 +18,8 @@
 // the blocks' partial states are merged by merge_parts (decode_parts.cuh).
 #include <cuda_fp16.h>
 
+#include <algorithm>
+
 #include "cuda/decode_mma.cuh"
 #include "cuda/decode_parts.cuh"
 #include "cuda/device_memory.cuh"
@@ -403,7 +405,7 @@ max_stage_bytes() {  // the 16-bit class, whose segments are the largest (2 HD b
 template <int HD, int G>
 __global__ void __launch_bounds__(256, 2)
     attn_decode_mma_kernel(KvDev kv, int layer, const float* q, int n_heads, const StepParams* params,
-                           float* part, float* out, int stage_bytes, int fp16_cls) {
+                           float* part, float* out, int stage_bytes, int fp16_cls, int max_chunks) {
   static_assert(G >= 1 && G <= 8, "heads a KV head: rows of the 16-row operand, hi and lo");
   constexpr int NTW = HD / 64;
   extern __shared__ __align__(16) uint8_t stages[];
@@ -412,7 +414,7 @@ __global__ void __launch_bounds__(256, 2)
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
   const int pos = params->pos0, n_keys = pos + 1;
   const int n_pages = *kv.n_block;
-  const int per = max(1, (n_pages + kDecodeBlocks - 1) / kDecodeBlocks);
+  const int per = max(1, (n_pages + max_chunks - 1) / max_chunks);
   const int n_chunks = (n_pages + per - 1) / per;
   if (chunk > n_chunks) return;  // exactly n_chunks + 1 blocks reach the counter in merge_parts
   const int p0 = chunk * per, p1 = chunk < n_chunks ? min(n_pages, p0 + per) : p0;
@@ -546,12 +548,26 @@ int stage_bytes_for(const KvDev& kv) {
   return (most + 15) & ~15;
 }
 
+// Chunks a KV head: about two waves of blocks (two an SM) in all, so that each block streams several
+// pages through its stages (the first copies, the Q fragments and the merge are paid per block); at
+// least 8, at most kDecodeBlocks.
+int chunks_per_head(int n_kv_heads) {
+  static const int n_sm = [] {
+    int dev = 0, n = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess ||
+        cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)
+      n = 132;
+    return n;
+  }();
+  return std::clamp(4 * n_sm / std::max(1, n_kv_heads), 8, kDecodeBlocks);
+}
+
 template <int HD, int G>
 void launch(const KvDev& kv, int layer, const float* q, int n_heads, const StepParams* params, float* part,
             float* out, int fp16_cls, cudaStream_t s) {
   const int sb = stage_bytes_for(kv);
   attn_decode_mma_kernel<HD, G><<<dim3(kDecodeParts, kv.n_kv_heads), 256, kStages * sb, s>>>(
-      kv, layer, q, n_heads, params, part, out, sb, fp16_cls);
+      kv, layer, q, n_heads, params, part, out, sb, fp16_cls, chunks_per_head(kv.n_kv_heads));
 }
 
 template <int HD, int G>
