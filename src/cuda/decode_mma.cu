@@ -30,7 +30,7 @@ namespace {
 constexpr int kStages = 3;  // pages in shared memory at once: one computed, two in flight
 constexpr int kSlots = 64;  // slots a page (kPageShift)
 constexpr int kHeaderBytes = 4 * kSlots;
-constexpr int kGroup = 32;  // elements a quantized group (decode_mma_fits checks every class)
+constexpr int kGroup = 32;  // elements a quantized group (launch_decode_mma checks every class)
 static_assert(kSlots == 1 << kPageShift, "the kernel reads pages of 64 slots");
 
 // ---- PTX wrappers ----
@@ -564,8 +564,7 @@ int chunks_per_head(int n_kv_heads) {
 
 template <int HD, int G>
 void launch(const KvDev& kv, int layer, const float* q, int n_heads, const StepParams* params, float* part,
-            float* out, int fp16_cls, cudaStream_t s) {
-  const int sb = stage_bytes_for(kv);
+            float* out, int sb, int fp16_cls, cudaStream_t s) {
   attn_decode_mma_kernel<HD, G><<<dim3(kDecodeParts, kv.n_kv_heads), 256, kStages * sb, s>>>(
       kv, layer, q, n_heads, params, part, out, sb, fp16_cls, chunks_per_head(kv.n_kv_heads));
 }
@@ -576,7 +575,7 @@ void allow_smem() {
                                 kStages * max_stage_bytes<HD>()));
 }
 
-using Launch = void (*)(const KvDev&, int, const float*, int, const StepParams*, float*, float*, int,
+using Launch = void (*)(const KvDev&, int, const float*, int, const StepParams*, float*, float*, int, int,
                         cudaStream_t);
 
 Launch launch_for(int hd, int G) {
@@ -591,9 +590,10 @@ Launch launch_for(int hd, int G) {
 
 }  // namespace
 
-bool decode_mma_fits(const KvDev& kv, int G) {
-  if (!kv.block || !kv.n_block || kv.geom.page_shift != kPageShift || !launch_for(kv.head_dim, G))
-    return false;
+bool launch_decode_mma(const KvDev& kv, int layer, const float* q, int n_heads, int G,
+                       const StepParams* params, float* part, float* out, cudaStream_t s) {
+  const Launch f = launch_for(kv.head_dim, G);
+  if (!f || !kv.block || !kv.n_block || kv.geom.page_shift != kPageShift) return false;
   int fp16 = -1;
   for (int c = 0; c < kv.n_classes; ++c) {
     const KvClass& k = kv.cls[c];
@@ -604,16 +604,10 @@ bool decode_mma_fits(const KvDev& kv, int G) {
       return false;                                      // q sums and V minimums per 32 dims
     if (kv.geom.token_bytes[c] % 16 != 0) return false;  // 16-byte copies of every slot's segments
   }
-  return fp16 >= 0 &&
-         stage_bytes_for(kv) <= (kv.head_dim == 64 ? max_stage_bytes<64>() : max_stage_bytes<128>());
-}
-
-void launch_decode_mma(const KvDev& kv, int layer, const float* q, int n_heads, int G,
-                       const StepParams* params, float* part, float* out, cudaStream_t s) {
-  int fp16 = 0;
-  for (int c = 0; c < kv.n_classes; ++c)
-    if (kv.cls[c].k_bits == 16) fp16 = c;
-  launch_for(kv.head_dim, G)(kv, layer, q, n_heads, params, part, out, fp16, s);
+  const int sb = stage_bytes_for(kv);
+  if (fp16 < 0 || sb > (kv.head_dim == 64 ? max_stage_bytes<64>() : max_stage_bytes<128>())) return false;
+  f(kv, layer, q, n_heads, params, part, out, sb, fp16, s);
+  return true;
 }
 
 void prepare_decode_mma() {

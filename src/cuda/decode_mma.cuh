@@ -7,13 +7,12 @@
 
 namespace kvd::cuda {
 
-// Whether the kernel handles this cache with G query heads per KV head: head dim 64 or 128, G <= 8,
-// pages of 64 slots, every quantized class with groups of 32 and K and V at one width, a 16-bit class,
-// records a multiple of 16 bytes.
-bool decode_mma_fits(const KvDev& kv, int G);
-// One query per head (q: n_heads * head_dim fp32, rotated) against the sequence's pages and ring;
-// out as launch_attention's. part: the partial states (n_heads * kDecodeParts * (head_dim + 3) floats).
-void launch_decode_mma(const KvDev& kv, int layer, const float* q, int n_heads, int G,
+// One query per head (q: n_heads * head_dim fp32, rotated) against the sequence's pages and ring; out as
+// launch_attention's, part: the partial states (n_heads * kDecodeParts * (head_dim + 3) floats). Launches
+// and returns true when the kernel handles this cache with G query heads per KV head (head dim 64 or 128,
+// G <= 8, pages of 64 slots, every quantized class with groups of 32 and K and V at one width, a 16-bit
+// class, records a multiple of 16 bytes); else false and launches nothing.
+bool launch_decode_mma(const KvDev& kv, int layer, const float* q, int n_heads, int G,
                        const StepParams* params, float* part, float* out, cudaStream_t s);
 // Raises the kernel's shared-memory limit; once, before any launch or capture.
 void prepare_decode_mma();

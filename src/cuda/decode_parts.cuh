@@ -90,8 +90,8 @@ __device__ inline void merge_parts(const KvDev& kv, int layer, int n_heads, cons
 #pragma unroll
       for (int k = 0; k < 8; ++k) o[k] += s_w[h][c + k] * __ldcg(ph + (c + k) * PS);
     for (; c < n_parts; ++c) o[0] += s_w[h][c] * __ldcg(ph + c * PS);
-    const float o0 = (o[0] + o[1]) + (o[2] + o[3]), o1 = 0, o2 = (o[4] + o[5]) + (o[6] + o[7]), o3 = 0;
-    out[(kvh * G + h) * HD + d] = ((o0 + o1) + (o2 + o3)) / s_L[h];
+    out[(kvh * G + h) * HD + d] =
+        (((o[0] + o[1]) + (o[2] + o[3])) + ((o[4] + o[5]) + (o[6] + o[7]))) / s_L[h];
   }
   if (threadIdx.x == 0) kv.attn_counters[kvh] = 0;
 }

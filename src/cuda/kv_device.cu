@@ -1048,12 +1048,11 @@ template <int HD, int G>
 void decode_launch(const KvDev& kv, int layer, const float* q, int n_heads, const StepParams* params,
                    int max_keys, float* part, float* out, cudaStream_t s) {
   const DecodeMode mode = decode_mode();
-  const bool tiled = mode == DecodeMode::Tiled ||
-                     (mode == DecodeMode::Auto && HD == 64 && max_keys <= kDecodeBlocks * 64);
-  if ((mode == DecodeMode::Mma || (mode == DecodeMode::Auto && !tiled)) && decode_mma_fits(kv, G)) {
-    launch_decode_mma(kv, layer, q, n_heads, G, params, part, out, s);
+  const bool tiled =
+      mode == DecodeMode::Tiled || (mode == DecodeMode::Auto && HD == 64 && max_keys <= kDecodeBlocks * 64);
+  if ((mode == DecodeMode::Mma || (mode == DecodeMode::Auto && !tiled)) &&
+      launch_decode_mma(kv, layer, q, n_heads, G, params, part, out, s))
     return;
-  }
   if (tiled && tiled_decode_fits(kv))
     attn_decode_tiled_kernel<HD, G><<<dim3(kDecodeParts, kv.n_kv_heads), 256, tile_smem_bytes<HD>(), s>>>(
         kv, layer, q, n_heads, params, part, out);
